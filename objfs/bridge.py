@@ -1,0 +1,234 @@
+"""The one crossing between trio (pyfuse3's loop) and asyncio (nats-py's loop).
+
+nats-py only runs on asyncio and pyfuse3 only under trio, so objfs runs an asyncio loop in a
+dedicated thread and hops across here, and nowhere else. A hop costs about 55-110 us (the trio
+side is woken with ``TrioToken.run_sync_soon``, the cheapest wake-up measured), against a NATS
+round trip of 0.3-0.4 ms: callers make calls coarse (a batch of chunks, a whole put).
+
+``TrioStore`` wraps an asyncio-side ``ObjectStore`` so that trio code awaits the same methods;
+async-iterator methods (``read_stream``, ``watch``) are pulled across one batch per hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import concurrent.futures
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+
+class AsyncioThread:
+    """An asyncio event loop running in a daemon thread, for the life of a ``with`` block."""
+
+    def __init__(self, name: str = "objfs-asyncio") -> None:
+        self._name = name
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> AsyncioThread:
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        return self
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self.loop = loop
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the loop from any thread."""
+        assert self.loop is not None, "AsyncioThread not started"
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and block this (non-loop) thread until it is done."""
+        return self.submit(coro).result(timeout)
+
+    def stop(self) -> None:
+        if self.loop is not None and self._thread is not None and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> AsyncioThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Bridge:
+    """Await asyncio coroutines from trio. Create inside a trio run (it keeps the trio token)."""
+
+    def __init__(self, thread: AsyncioThread) -> None:
+        self.thread = thread
+        self._token = trio.lowlevel.current_trio_token()
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` on the asyncio loop and return its result in trio.
+
+        Cancelling the trio task cancels the asyncio task too.
+        """
+        task = trio.lowlevel.current_task()
+        token = self._token
+        fut = self.thread.submit(_as_coro(fn, *args, **kwargs))
+
+        def done(_: concurrent.futures.Future[T]) -> None:
+            token.run_sync_soon(trio.lowlevel.reschedule, task)
+
+        fut.add_done_callback(done)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            fut.cancel()
+            # The done callback still fires and reschedules; let it, so nothing is lost.
+            return trio.lowlevel.Abort.FAILED
+
+        try:
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        except BaseException:
+            fut.cancel()
+            raise
+        if fut.cancelled():
+            raise trio.Cancelled._create()  # type: ignore[attr-defined]
+        return fut.result()
+
+    async def iterate(
+        self, make: Callable[[], AsyncIterator[T]], *, batch: int = 1
+    ) -> AsyncIterator[T]:
+        """Iterate an asyncio async iterator from trio, up to ``batch`` ready items a hop.
+
+        A pump task on the asyncio side runs the iterator into a bounded queue (so a slow
+        consumer holds the producer back); each hop takes the first item, waiting if needed,
+        plus whatever else is already queued.
+        """
+        pump = _Pump(make, maxsize=max(2 * batch, 2))
+        await self.call(pump.start)
+        try:
+            while True:
+                items, done = await self.call(pump.take, batch)
+                for item in items:
+                    yield item
+                if done:
+                    return
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.call(pump.close)
+
+
+_END = object()
+
+
+class _Pump:
+    """Runs an async iterator on the asyncio loop into a bounded queue (see Bridge.iterate)."""
+
+    def __init__(self, make: Callable[[], AsyncIterator[Any]], maxsize: int) -> None:
+        self._make = make
+        self._maxsize = maxsize
+        self._queue: asyncio.Queue[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._done = False
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(self._maxsize)
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        it = self._make()
+        try:
+            async for item in it:
+                await self._queue.put(item)
+            await self._queue.put(_END)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # handed to the consumer, which re-raises it in trio
+            await self._queue.put(_Failure(e))
+        finally:
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def take(self, limit: int) -> tuple[list[Any], bool]:
+        assert self._queue is not None
+        if self._done:
+            return [], True
+        items: list[Any] = []
+        item = await self._queue.get()
+        while True:
+            if item is _END:
+                self._done = True
+                return items, True
+            if isinstance(item, _Failure):
+                self._done = True
+                if items:
+                    # Deliver what came before the error; the error comes on the next take.
+                    self._queue.put_nowait(item)
+                    self._done = False
+                    return items, False
+                raise item.error
+            items.append(item)
+            if len(items) >= limit or self._queue.empty():
+                return items, False
+            item = self._queue.get_nowait()
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+async def _as_coro(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    return await fn(*args, **kwargs)
+
+
+class TrioStore:
+    """An ``ObjectStore`` seen from trio: same methods, each one bridge hop.
+
+    ``read_stream`` and ``watch`` return trio async iterators.
+    """
+
+    _ITERATORS = frozenset({"read_stream", "watch"})
+
+    def __init__(self, store: Any, bridge: Bridge) -> None:
+        self.store = store
+        self.bridge = bridge
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.store, name)
+        if not callable(target):
+            return target
+        if name in self._ITERATORS:
+
+            def iterator(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+                return self.bridge.iterate(lambda: target(*args, **kwargs), batch=64)
+
+            return iterator
+
+        async def method(*args: Any, **kwargs: Any) -> Any:
+            return await self.bridge.call(target, *args, **kwargs)
+
+        return method

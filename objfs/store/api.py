@@ -1,0 +1,283 @@
+"""The backend-neutral object store API that the filesystem is written against.
+
+Two implementations: ``objfs.store.nats_store.NatsObjectStore`` (ADR-20 on a real server; the
+only module that imports nats) and ``objfs.store.memory.MemoryObjectStore`` (in-process, for fast
+tests and fault injection). Both run on an asyncio event loop; the filesystem, which runs under
+trio, reaches them through ``objfs.bridge`` (one hop per call, so calls are coarse: a batch of
+chunks, a whole put).
+
+Semantics every implementation honours (the contract tests in tests/store/ check them):
+
+- A put replaces atomically: chunks go under a fresh nuid, then the meta is published (rollup),
+  then the old chunks are purged. Readers see the old or the new object, never a mix.
+- Errors are ``objfs.store.errors`` classes only; a missing or short chunk is ``Corrupt``,
+  never a hang; a server that does not answer is ``Unavailable``/``Timeout`` within the
+  configured timeout.
+- Deleted objects are tombstones: ``info(deleted=True)`` and ``list(deleted=True)`` show them,
+  everything else treats them as missing.
+- Links follow the Go client's rules: no link to a link, none to a deleted object; a link may
+  replace a link but not an object.
+"""
+
+from __future__ import annotations
+
+import abc
+import bisect
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO, Literal
+
+DEFAULT_CHUNK_SIZE = 128 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """An object's link: to an object (``name`` set) or to a whole bucket (``name`` None)."""
+
+    bucket: str
+    name: str | None = None
+
+    @property
+    def is_bucket_link(self) -> bool:
+        return self.name is None
+
+
+@dataclass(slots=True)
+class ObjectMeta:
+    """The part of an object's meta a writer controls (kept by rename, replaced by put)."""
+
+    description: str = ""
+    headers: dict[str, list[str]] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ObjectInfo:
+    """One object's meta as the store holds it (ADR-20's ObjectInfo)."""
+
+    bucket: str
+    name: str
+    nuid: str
+    size: int = 0
+    chunks: int = 0
+    digest: str = ""
+    """``SHA-256=`` + padded base64url of the hash; empty for links and tombstones."""
+    mtime_ns: int = 0
+    """The meta's modification time, nanoseconds since the epoch."""
+    deleted: bool = False
+    description: str = ""
+    headers: dict[str, list[str]] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    link: Link | None = None
+    chunk_size: int | None = None
+    """``options.max_chunk_size`` as the writer recorded it (None if it did not)."""
+    revision: int = 0
+    """Stream sequence of the meta message (a strictly increasing version of this name)."""
+
+    @property
+    def is_link(self) -> bool:
+        return self.link is not None
+
+    @property
+    def meta(self) -> ObjectMeta:
+        return ObjectMeta(self.description, dict(self.headers), dict(self.metadata))
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLayout:
+    """Where an object's chunks are: their stream sequences and byte offsets.
+
+    ``offsets`` has ``chunks + 1`` entries: chunk ``i`` holds bytes
+    ``offsets[i]:offsets[i + 1]``; the last entry is the object's size. ``seqs`` are opaque
+    positions the backend uses to fetch chunk ``i`` (stream sequences for NATS).
+    """
+
+    bucket: str
+    nuid: str
+    seqs: Sequence[int]
+    offsets: Sequence[int]
+
+    @property
+    def chunks(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def size(self) -> int:
+        return self.offsets[-1] if self.offsets else 0
+
+    def chunk_at(self, offset: int) -> int:
+        """Index of the chunk holding byte ``offset`` (``chunks`` at or past the end)."""
+        if offset >= self.size:
+            return self.chunks
+        return bisect.bisect_right(self.offsets, offset) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class BucketConfig:
+    """What a bucket is created or updated with."""
+
+    name: str
+    description: str = ""
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_bytes: int = -1
+    replicas: int = 1
+    storage: Literal["file", "memory"] = "file"
+    compression: bool = False
+    ttl: float = 0.0
+    """Seconds an object lives (the stream's max_age); 0 keeps objects forever."""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BucketStatus:
+    """A bucket's configuration and usage."""
+
+    config: BucketConfig
+    size: int
+    """Bytes the backing stream holds (chunks and meta, tombstones included)."""
+    sealed: bool = False
+    objects: int = 0
+    """Live objects (meta subjects that are not tombstones), when the backend can count."""
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One item of a bucket watch.
+
+    ``put``: ``info`` is the object's new meta (a new object, an overwrite, a meta update, a
+    link, or the new name of a rename). ``delete``: ``info`` is the tombstone, or for a rename
+    done by purging the old meta subject (as the Go client does), a synthetic tombstone of the
+    old name that the watch infers from the nuid reappearing under a new name.
+    ``snapshot_end``: every object that existed when the watch started has been delivered;
+    ``info`` is None.
+    """
+
+    kind: Literal["put", "delete", "snapshot_end"]
+    info: ObjectInfo | None = None
+
+
+class ObjectStore(abc.ABC):
+    """An object store: buckets of named, chunked, immutable-once-written objects."""
+
+    # -- buckets ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_bucket(self, config: BucketConfig) -> BucketStatus:
+        """Create a bucket; Exists if it is there already, InvalidName for a bad name."""
+
+    @abc.abstractmethod
+    async def update_bucket(self, config: BucketConfig) -> BucketStatus:
+        """Change description, max_bytes, replicas, compression, ttl or metadata."""
+
+    @abc.abstractmethod
+    async def delete_bucket(self, name: str) -> None:
+        """Delete a bucket and everything in it; NotFound if missing."""
+
+    @abc.abstractmethod
+    async def bucket_status(self, name: str) -> BucketStatus:
+        """Configuration and usage; NotFound if missing."""
+
+    @abc.abstractmethod
+    async def list_buckets(self) -> list[BucketStatus]:
+        """Every object store bucket on the server (an empty list when there are none)."""
+
+    @abc.abstractmethod
+    async def seal_bucket(self, name: str) -> BucketStatus:
+        """Make a bucket read-only for ever; later writes raise ReadOnly."""
+
+    # -- objects: metadata -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def info(self, bucket: str, name: str, *, deleted: bool = False) -> ObjectInfo:
+        """An object's meta; NotFound if missing (or deleted, unless ``deleted``)."""
+
+    @abc.abstractmethod
+    async def list(self, bucket: str, *, deleted: bool = False) -> list[ObjectInfo]:
+        """Every object of a bucket (empty bucket: empty list); tombstones if ``deleted``."""
+
+    @abc.abstractmethod
+    async def update_meta(self, bucket: str, name: str, meta: ObjectMeta) -> ObjectInfo:
+        """Replace description, headers and metadata; no data is copied."""
+
+    @abc.abstractmethod
+    async def rename(self, bucket: str, old: str, new: str, *, replace: bool = False) -> ObjectInfo:
+        """Give an object a new name without copying data.
+
+        Exists if ``new`` is a live object and ``replace`` is false; with ``replace`` the
+        object that was at ``new`` is deleted (its chunks purged) after the rename.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, bucket: str, name: str) -> ObjectInfo:
+        """Tombstone an object, then purge its chunks; returns the tombstone."""
+
+    @abc.abstractmethod
+    async def add_link(
+        self, bucket: str, name: str, target_bucket: str, target_name: str
+    ) -> ObjectInfo:
+        """Make ``name`` a link to object ``target_name`` of ``target_bucket``."""
+
+    @abc.abstractmethod
+    async def add_bucket_link(self, bucket: str, name: str, target_bucket: str) -> ObjectInfo:
+        """Make ``name`` a link to the bucket ``target_bucket``."""
+
+    # -- objects: data ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def put(
+        self,
+        bucket: str,
+        name: str,
+        source: BinaryIO | bytes,
+        *,
+        meta: ObjectMeta | None = None,
+        chunk_size: int | None = None,
+        if_revision: int | None = None,
+    ) -> ObjectInfo:
+        """Store ``source`` (read to EOF from its current position) as ``name``.
+
+        Memory stays bounded by the window of in-flight chunks whatever the size. With
+        ``if_revision`` the put fails with Exists unless the name's current meta revision is
+        that (0: the name must not exist), and nothing is left behind.
+        """
+
+    @abc.abstractmethod
+    async def layout(self, info: ObjectInfo) -> ChunkLayout:
+        """Where the chunks of this version (``info.nuid``) are."""
+
+    @abc.abstractmethod
+    async def read_chunks(self, layout: ChunkLayout, first: int, count: int) -> list[bytes]:
+        """Chunks ``first`` .. ``first + count - 1`` (clipped at the end), in one round trip
+        where the backend can; Corrupt if one is missing or not the size the layout says."""
+
+    @abc.abstractmethod
+    def read_stream(self, info: ObjectInfo, *, window: int = 64) -> AsyncIterator[list[bytes]]:
+        """The object's chunks in order, in batches (fetching ahead up to ``window`` chunks).
+
+        The digest is verified at the end; a mismatch raises Corrupt after the last batch.
+        """
+
+    async def get(self, bucket: str, name: str, sink: BinaryIO) -> ObjectInfo:
+        """Write the whole object into ``sink``; digest verified. Links are followed."""
+        info = await self.resolve(bucket, name)
+        async for batch in self.read_stream(info):
+            for chunk in batch:
+                sink.write(chunk)
+        return info
+
+    async def resolve(self, bucket: str, name: str) -> ObjectInfo:
+        """The object ``name`` designates: itself, or the object its link points at."""
+        info = await self.info(bucket, name)
+        if info.link is not None and info.link.name is not None:
+            info = await self.info(info.link.bucket, info.link.name)
+        return info
+
+    # -- change notices --------------------------------------------------------------------
+    @abc.abstractmethod
+    def watch(self, bucket: str) -> AsyncIterator[WatchEvent]:
+        """Current state (one ``put`` per live object), ``snapshot_end``, then live changes."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""

@@ -1,0 +1,119 @@
+"""Shared fixtures: the asyncio thread, real nats-servers, and both store implementations.
+
+Tests that need the NATS server or FUSE skip with a reason on a machine that lacks them, unless
+OBJFS_REQUIRE_REAL=1 (set by .ci/run), where they fail instead: in CI they must run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from objfs.bridge import AsyncioThread, Bridge, TrioStore
+from objfs.server import EmbeddedServer, ServerError, find_binary
+
+REQUIRE_REAL = os.environ.get("OBJFS_REQUIRE_REAL") == "1"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip (laptop) or fail (CI) when a real component is missing."""
+    if condition:
+        return
+    if REQUIRE_REAL:
+        pytest.fail(f"required in CI (OBJFS_REQUIRE_REAL=1): {reason}")
+    pytest.skip(reason)
+
+
+def fuse_available() -> bool:
+    return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+
+
+def _server_binary_ok() -> bool:
+    try:
+        find_binary()
+        return True
+    except ServerError:
+        return False
+
+
+_servers: list[EmbeddedServer] = []
+
+
+@pytest.fixture(scope="session")
+def asyncio_thread() -> Iterator[AsyncioThread]:
+    with AsyncioThread() as t:
+        yield t
+
+
+def _start_server(tmp: Path) -> EmbeddedServer:
+    need(_server_binary_ok(), "nats-server binary not installed")
+    srv = EmbeddedServer(tmp).start()
+    _servers.append(srv)
+    return srv
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """One real nats-server for the session; tests isolate themselves by bucket name."""
+    srv = _start_server(tmp_path_factory.mktemp("nats"))
+    yield srv
+    srv.stop()
+    _servers.remove(srv)
+
+
+@pytest.fixture
+def private_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    """A nats-server of this test alone (for tests that stop or restart it)."""
+    srv = _start_server(tmp_path / "nats")
+    yield srv
+    srv.stop()
+    if srv in _servers:
+        _servers.remove(srv)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for srv in _servers:
+            report.sections.append((f"nats-server log {srv.data_dir}", srv.log_tail(40)))
+
+
+@pytest.fixture
+def bucket_name(request: pytest.FixtureRequest) -> str:
+    """A bucket name unique to this test (valid per ADR-20)."""
+    import re
+    import uuid
+
+    base = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[:40]
+    return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(params=["memory", "nats"])
+async def store(request: pytest.FixtureRequest, asyncio_thread: AsyncioThread) -> AsyncIterator[TrioStore]:
+    """The store API seen from trio, over each implementation (NATS on a real server)."""
+    if request.param == "memory":
+        from objfs.store.memory import MemoryObjectStore
+
+        async def make():  # type: ignore[no-untyped-def]
+            return MemoryObjectStore()
+    else:
+        from objfs.store.nats_store import connect
+
+        srv: EmbeddedServer = request.getfixturevalue("nats_server")
+
+        async def make():  # type: ignore[no-untyped-def]
+            return await connect([srv.url], timeout=5.0)
+
+    bridge = Bridge(asyncio_thread)
+    backend = await bridge.call(make)
+    ts = TrioStore(backend, bridge)
+    try:
+        yield ts
+    finally:
+        await bridge.call(backend.close)
