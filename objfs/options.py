@@ -1,0 +1,59 @@
+"""Mount options: everything ``objfs mount`` can be told, as one plain value.
+
+The CLI builds it from arguments and the environment; the mount runner and the filesystem core
+read it. Keeping it a dataclass with defaults lets tests build a mount without argparse.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from objfs.store.api import DEFAULT_CHUNK_SIZE
+
+
+@dataclass(slots=True)
+class ConnectOptions:
+    """How to reach NATS. ``servers`` empty: start the embedded server."""
+
+    servers: list[str] = field(default_factory=list)
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    timeout: float = 10.0
+    """Seconds a store request may take before the filesystem answers EIO/ETIMEDOUT."""
+    data_dir: Path = field(
+        default_factory=lambda: Path(
+            os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")
+        )
+        / "objfs"
+    )
+    """Where the embedded server keeps its store and log."""
+
+
+@dataclass(slots=True)
+class MountOptions:
+    mountpoint: Path
+    connect: ConnectOptions = field(default_factory=ConnectOptions)
+    bucket: str | None = None
+    """Mount this bucket at the root; None shows every bucket as a root directory."""
+    create: bool = False
+    read_only: bool = False
+    allow_other: bool = False
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    umask: int = 0o022
+    """Defaults for objects that carry no stored attributes (written by other clients)."""
+    cache_size: int = 256 * 1024 * 1024
+    """Chunk cache, bytes."""
+    spool_dir: Path | None = None
+    """Where write spool files live; None: a private directory under the system temp dir."""
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    fuse_options: list[str] = field(default_factory=list)
+    daemon: bool = False
+    debug: bool = False
