@@ -1,0 +1,335 @@
+"""The ``objfs`` command line: arguments in, option values out, one command run.
+
+``objfs mount`` builds an ``objfs.options.MountOptions`` and hands it to ``objfs.mount.main``
+(which owns the mount's lifetime and its one-line errors); ``objfs server`` runs the embedded
+nats-server in the foreground, small enough to live here. Bad option values are checked here,
+before anything starts, and reported like every other objfs error: one line, exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import os
+import pwd
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from objfs import __version__
+from objfs.options import ConnectOptions, MountOptions
+from objfs.server import DEFAULT_DATA_DIR, EmbeddedServer, ServerError
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``256M``, ``1G``, ``128K``, ``1.5GiB`` or plain bytes -> bytes (binary units)."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4096, 128K, 256M, 1G)")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return value
+
+
+def parse_chunk_size(text: str) -> int:
+    value = parse_size(text)
+    # nats-server's max_payload (default 1 MiB, at most 64 MiB) caps a chunk; tiny chunks
+    # would turn every read into thousands of round trips.
+    if not 1024 <= value <= 64 << 20:
+        raise argparse.ArgumentTypeError(f"chunk size must be between 1K and 64M: {text!r}")
+    return value
+
+
+def parse_umask(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"umask must be octal (e.g. 022): {text!r}") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"umask out of range (000-777): {text!r}")
+    return value
+
+
+def parse_uid(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no such user: {text!r}") from None
+
+
+def parse_gid(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no such group: {text!r}") from None
+
+
+def parse_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"timeout must be seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"timeout must be positive: {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 1 like every objfs error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _split_servers(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _add_mount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "mount",
+        help="mount a NATS Object Store (one bucket, or every bucket) as a filesystem",
+        description="Mount NATS JetStream Object Store buckets at MOUNTPOINT. Without "
+        "--server, a private nats-server is started with its store under --data-dir. "
+        "The mount runs in the foreground until unmounted (fusermount3 -u MOUNTPOINT), "
+        "interrupted (Ctrl-C) or terminated (SIGTERM); pending uploads finish first.",
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path, help="an existing directory")
+    conn = p.add_argument_group("connection")
+    conn.add_argument(
+        "--server",
+        metavar="URL[,URL...]",
+        default=os.environ.get("NATS_URL", ""),
+        help="NATS server URL(s), comma separated (default: $NATS_URL; if neither is set, "
+        "start the embedded server)",
+    )
+    conn.add_argument("--user", help="user name for NATS user/password authentication")
+    conn.add_argument("--password", help="password for NATS user/password authentication")
+    conn.add_argument("--token", help="NATS authentication token")
+    conn.add_argument("--creds", metavar="FILE", help="NATS credentials file (JWT and NKey seed)")
+    conn.add_argument("--tls-ca", metavar="FILE", help="CA certificate to verify the server")
+    conn.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS")
+    conn.add_argument("--tls-key", metavar="FILE", help="client private key for mutual TLS")
+    conn.add_argument(
+        "--timeout",
+        type=parse_timeout,
+        default=ConnectOptions().timeout,
+        metavar="SECONDS",
+        help="seconds to reach the server at start, and for any store request before the "
+        "filesystem answers an I/O error (default: %(default)s)",
+    )
+    conn.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        metavar="DIR",
+        help="where the embedded server keeps its store and log, and where a daemonized "
+        "mount logs (default: %(default)s)",
+    )
+    fs = p.add_argument_group("filesystem")
+    fs.add_argument(
+        "--bucket",
+        metavar="NAME",
+        help="mount this bucket as the root (default: the root lists every bucket as a "
+        "directory; mkdir there creates a bucket)",
+    )
+    fs.add_argument("--create", action="store_true", help="create the --bucket if it is missing")
+    fs.add_argument("--read-only", action="store_true", help="mount read-only (writes: EROFS)")
+    fs.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users access the mount (FUSE allow_other; non-root users need "
+        "user_allow_other in /etc/fuse.conf)",
+    )
+    fs.add_argument(
+        "--uid",
+        type=parse_uid,
+        default=os.getuid(),
+        metavar="UID",
+        help="owner (number or name) of objects that carry no stored owner, e.g. written "
+        "by other NATS clients (default: you)",
+    )
+    fs.add_argument(
+        "--gid",
+        type=parse_gid,
+        default=os.getgid(),
+        metavar="GID",
+        help="group (number or name) of objects that carry no stored group (default: yours)",
+    )
+    fs.add_argument(
+        "--umask",
+        type=parse_umask,
+        default=0o022,
+        metavar="OCTAL",
+        help="permission bits removed from the default mode of objects that carry no "
+        "stored mode (default: 022)",
+    )
+    fs.add_argument(
+        "--cache-size",
+        type=parse_size,
+        default=MountOptions.__dataclass_fields__["cache_size"].default,
+        metavar="SIZE",
+        help="memory for the read chunk cache, e.g. 256M or 1G (default: 256M)",
+    )
+    fs.add_argument(
+        "--spool-dir",
+        type=Path,
+        metavar="DIR",
+        help="where files being written are spooled before upload (default: a private "
+        "directory under the system temp dir); failed uploads are kept here",
+    )
+    fs.add_argument(
+        "--chunk-size",
+        type=parse_chunk_size,
+        default=MountOptions.__dataclass_fields__["chunk_size"].default,
+        metavar="SIZE",
+        help="chunk size of new objects, e.g. 128K (default: 128K; the server's "
+        "max_payload caps it)",
+    )
+    fs.add_argument(
+        "-o",
+        dest="fuse_options",
+        action="append",
+        default=[],
+        metavar="OPT[,OPT...]",
+        help="extra FUSE mount options (repeatable), e.g. -o nonempty to mount over a "
+        "non-empty directory",
+    )
+    run = p.add_argument_group("running")
+    run.add_argument(
+        "--daemon",
+        action="store_true",
+        help="run in the background; return once the mount answers (log: DATA_DIR/objfs.log)",
+    )
+    run.add_argument("--debug", action="store_true", help="log everything, including FUSE calls")
+    run.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (repeat for more)"
+    )
+
+
+def _add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "server",
+        help="run the embedded nats-server in the foreground and print its URL",
+        description="Run objfs's embedded nats-server (JetStream, loopback only) until "
+        "interrupted; prints its URL on the first line of stdout.",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        metavar="DIR",
+        help="where the server keeps its store and log (default: %(default)s)",
+    )
+    p.add_argument("--port", type=int, default=0, help="port to listen on (default: a free port)")
+    p.add_argument(
+        "--max-payload",
+        type=parse_size,
+        metavar="SIZE",
+        help="largest message (caps the chunk size; default: the server's 1M)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="objfs", description="Mount NATS JetStream Object Store buckets as a filesystem."
+    )
+    parser.add_argument("--version", action="version", version=f"objfs {__version__}")
+    sub = parser.add_subparsers(
+        parser_class=_Parser, dest="command", metavar="COMMAND", required=True
+    )
+    _add_mount_parser(sub)
+    _add_server_parser(sub)
+    return parser
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().absolute()) if path else None
+
+
+def mount_options(args: argparse.Namespace) -> MountOptions:
+    """The parsed ``objfs mount`` arguments as a MountOptions value."""
+    fuse_options = [o.strip() for arg in args.fuse_options for o in arg.split(",") if o.strip()]
+    connect = ConnectOptions(
+        servers=_split_servers(args.server),
+        user=args.user,
+        password=args.password,
+        token=args.token,
+        # Absolute: a daemonized mount moves to / before it reads them.
+        creds=_absolute(args.creds),
+        tls_ca=_absolute(args.tls_ca),
+        tls_cert=_absolute(args.tls_cert),
+        tls_key=_absolute(args.tls_key),
+        timeout=args.timeout,
+        data_dir=args.data_dir.expanduser().absolute(),
+    )
+    return MountOptions(
+        mountpoint=args.mountpoint,
+        connect=connect,
+        bucket=args.bucket,
+        create=args.create,
+        read_only=args.read_only,
+        allow_other=args.allow_other,
+        uid=args.uid,
+        gid=args.gid,
+        umask=args.umask,
+        cache_size=args.cache_size,
+        spool_dir=args.spool_dir.expanduser().absolute() if args.spool_dir else None,
+        chunk_size=args.chunk_size,
+        fuse_options=fuse_options,
+        daemon=args.daemon,
+        debug=args.debug,
+    )
+
+
+def run_server(data_dir: Path, *, port: int = 0, max_payload: int | None = None) -> int:
+    """``objfs server``: the embedded nats-server in the foreground until SIGINT/SIGTERM.
+
+    Prints the URL on stdout first (scripts and tests read it), the log path on stderr.
+    """
+    srv = EmbeddedServer(data_dir, port=port, max_payload=max_payload)
+    # Blocked signals are collected by sigtimedwait below instead of interrupting anything, so
+    # the server is always stopped through stop() (which flushes its store).
+    stop_on = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_on)
+    try:
+        srv.start()
+    except ServerError as e:
+        print(f"objfs: {str(e).splitlines()[0]} (log: {srv.log_path})", file=sys.stderr)
+        return 1
+    try:
+        print(srv.url, flush=True)
+        print(f"objfs: nats-server running, store and log in {srv.data_dir}", file=sys.stderr)
+        while srv.proc is not None and srv.proc.poll() is None:
+            if signal.sigtimedwait(stop_on, 0.5) is not None:
+                break
+        else:
+            print(f"objfs: nats-server exited (log: {srv.log_path})", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        srv.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "server":
+        return run_server(args.data_dir.expanduser(), port=args.port, max_payload=args.max_payload)
+    from objfs import mount
+
+    return mount.main(mount_options(args), verbose=args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Logging setup for the objfs command: one concise format, chosen once at start-up.
+
+Foreground runs log to stderr with a timestamp, so a terminal or a test harness reading the
+child's stderr sees what happened. A daemonized mount has no terminal: it logs to a file under
+the data directory, with full dates and the process id, since that file outlives many mounts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+FOREGROUND_FORMAT = "%(asctime)s.%(msecs)03d %(levelname).1s %(name)s: %(message)s"
+DATE_FORMAT = "%H:%M:%S"
+FILE_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+
+# Libraries whose INFO lines are noise for a user (pyfuse3 logs each init step at DEBUG only,
+# but nats-py's reconnect chatter and trio's internals would drown objfs's own messages).
+_QUIET = ("nats", "asyncio", "trio")
+
+
+def level_for(verbose: int, debug: bool) -> int:
+    """WARNING by default, INFO with -v, DEBUG with -vv or --debug."""
+    if debug or verbose >= 2:
+        return logging.DEBUG
+    if verbose == 1:
+        return logging.INFO
+    return logging.WARNING
+
+
+def setup(level: int, log_file: Path | None = None) -> None:
+    """Install the one handler objfs uses (stderr, or ``log_file`` when daemonized)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler: logging.Handler
+    if log_file is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(FOREGROUND_FORMAT, DATE_FORMAT))
+    else:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Library debug output only when the user asked for all of it.
+    lib_level = logging.DEBUG if level <= logging.DEBUG else logging.WARNING
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(lib_level)
