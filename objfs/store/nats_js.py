@@ -1,0 +1,562 @@
+"""The JetStream requests the NATS backend needs, on bare nats-py core NATS, with objfs errors.
+
+Why not nats-py's JetStream helpers: its ordered consumer answers flow control from a polling
+loop (stalls), its direct get raises generic errors, and none of it does ADR-31 batch direct
+gets. This module speaks the JetStream JSON API directly (stream CRUD, publish with acks,
+direct get, batch direct get, ephemeral ordered push consumers) and turns every failure into an
+``objfs.store.errors`` class, so ``nats_store`` contains object-store logic only.
+
+Everything here uses one timeout (the store's), so a silent server costs at most that long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from objfs.store import errors
+from objfs.store.wire import parse_mtime
+
+log = logging.getLogger(__name__)
+
+API = "$JS.API"
+
+# JetStream error codes (nats-server's errors.json) objfs tells apart.
+ERR_STREAM_NOT_FOUND = 10059
+ERR_STREAM_NAME_IN_USE = 10058
+ERR_WRONG_LAST_SEQUENCE = 10071
+ERR_INSUFFICIENT_RESOURCES = 10023
+ERR_STREAM_SEALED = 10109
+ERR_NO_MESSAGE = 10037
+ERR_STORE_FAILED = 10077
+
+
+class WrongLastSequence(errors.Exists):
+    """A publish's Nats-Expected-Last-Subject-Sequence did not match (someone wrote first)."""
+
+
+def raise_api_error(err: dict[str, Any], what: str) -> NoReturn:
+    """Map a JetStream API error object to the objfs error class."""
+    code = err.get("code")
+    err_code = err.get("err_code")
+    desc = str(err.get("description", ""))
+    text = f"{what}: {desc} (code {code}, err_code {err_code})"
+    low = desc.lower()
+    if err_code == ERR_WRONG_LAST_SEQUENCE or "wrong last sequence" in low:
+        raise WrongLastSequence(text)
+    if err_code == ERR_STREAM_SEALED or "sealed" in low:
+        raise errors.ReadOnly(text)
+    if err_code == ERR_STREAM_NOT_FOUND or (code == 404 and "stream" in low):
+        raise errors.NotFound(text)
+    if err_code == ERR_STREAM_NAME_IN_USE:
+        raise errors.Exists(text)
+    if (
+        err_code == ERR_INSUFFICIENT_RESOURCES
+        or "maximum bytes" in low
+        or "resource" in low
+        or ("storage" in low and "exceed" in low)
+    ):
+        raise errors.NoSpace(text)
+    if code == 404 or err_code == ERR_NO_MESSAGE:
+        raise errors.NotFound(text)
+    if code == 503:
+        raise errors.Unavailable(text)
+    if code == 400:
+        raise errors.InvalidName(text) if "name" in low else errors.StoreError(text)
+    raise errors.StoreError(text)
+
+
+@contextlib.contextmanager
+def mapped(
+    what: str, *, no_responders: type[errors.StoreError] = errors.Unavailable
+) -> Iterator[None]:
+    """Turn nats-py and asyncio exceptions raised inside the block into objfs errors.
+
+    ``no_responders``: what "nobody listens on that subject" means here. For a publish or
+    direct get on a bucket's own subjects it is NotFound (the stream does not exist); for an
+    API request it means JetStream is off (Unavailable).
+    """
+    try:
+        yield
+    except errors.StoreError:
+        raise
+    except nats.errors.NoRespondersError:
+        raise no_responders(f"{what}: no responders") from None
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise errors.Timeout(f"{what}: timed out") from None
+    except (
+        nats.errors.ConnectionClosedError,
+        nats.errors.ConnectionDrainingError,
+        nats.errors.ConnectionReconnectingError,
+        nats.errors.StaleConnectionError,
+        nats.errors.OutboundBufferLimitError,
+        nats.errors.NoServersError,
+        ConnectionError,
+    ) as e:
+        raise errors.Unavailable(f"{what}: {type(e).__name__}: {e}") from None
+    except nats.errors.MaxPayloadError as e:
+        raise errors.StoreError(f"{what}: {e}") from None
+
+
+@dataclass(slots=True)
+class StoredMsg:
+    """One message as a direct get or a consumer delivers it."""
+
+    subject: str
+    seq: int
+    data: bytes
+    headers: dict[str, str]
+    timestamp_ns: int = 0
+    pending: int = 0
+    """Consumer deliveries only: messages still to come (0 at the end of a snapshot)."""
+
+
+def _status(msg: Msg) -> str | None:
+    h = msg.headers
+    return h.get("Status") if h else None
+
+
+def _stored(msg: Msg) -> StoredMsg:
+    h = msg.headers or {}
+    return StoredMsg(
+        subject=h.get("Nats-Subject", msg.subject),
+        seq=int(h.get("Nats-Sequence", 0)),
+        data=msg.data,
+        headers=h,
+        timestamp_ns=parse_mtime(h.get("Nats-Time-Stamp")) or 0,
+    )
+
+
+class JetStream:
+    """JSON API, publish and direct get on one connection, with one timeout."""
+
+    def __init__(self, nc: Client, timeout: float) -> None:
+        self.nc = nc
+        self.timeout = timeout
+
+    def _check_open(self, what: str) -> None:
+        if self.nc.is_closed:
+            raise errors.Unavailable(f"{what}: connection closed")
+
+    async def api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One JetStream API request (``subject`` after ``$JS.API.``); its JSON answer."""
+        self._check_open(subject)
+        payload = json.dumps(body).encode() if body is not None else b""
+        with mapped(subject):
+            msg = await self.nc.request(f"{API}.{subject}", payload, timeout=self.timeout)
+        try:
+            resp = json.loads(msg.data)
+        except ValueError:
+            raise errors.StoreError(f"{subject}: bad JSON answer") from None
+        if "error" in resp:
+            raise_api_error(resp["error"], subject)
+        return resp
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> int:
+        """Publish into a stream and wait for the ack; the message's stream sequence."""
+        self._check_open(subject)
+        with mapped(f"publish {subject}", no_responders=errors.NotFound):
+            msg = await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
+        try:
+            resp = json.loads(msg.data)
+        except ValueError:
+            raise errors.StoreError(f"publish {subject}: bad ack") from None
+        if "error" in resp:
+            raise_api_error(resp["error"], f"publish {subject}")
+        return int(resp["seq"])
+
+    async def direct_last(self, stream: str, subject: str) -> StoredMsg | None:
+        """The last message on ``subject`` (direct get); None if there is none."""
+        self._check_open(subject)
+        with mapped(f"get {subject}", no_responders=errors.NotFound):
+            msg = await self.nc.request(
+                f"{API}.DIRECT.GET.{stream}.{subject}", b"", timeout=self.timeout
+            )
+        return self._direct_answer(msg, subject)
+
+    async def direct_get(self, stream: str, req: dict[str, Any]) -> StoredMsg | None:
+        """A single-message direct get (``seq``, ``next_by_subj``...); None if none."""
+        what = f"get {stream} {req}"
+        self._check_open(what)
+        with mapped(what, no_responders=errors.NotFound):
+            msg = await self.nc.request(
+                f"{API}.DIRECT.GET.{stream}", json.dumps(req).encode(), timeout=self.timeout
+            )
+        return self._direct_answer(msg, what)
+
+    @staticmethod
+    def _direct_answer(msg: Msg, what: str) -> StoredMsg | None:
+        status = _status(msg)
+        if status == "404":
+            return None
+        if status is not None:
+            desc = (msg.headers or {}).get("Description", "")
+            raise_api_error({"code": int(status), "description": desc}, what)
+        return _stored(msg)
+
+    async def purge(self, stream: str, subject: str | None = None) -> None:
+        body = {"filter": subject} if subject else {}
+        await self.api(f"STREAM.PURGE.{stream}", body)
+
+
+class _Request:
+    """One outstanding batch direct get: collects messages until its end-of-batch status."""
+
+    __slots__ = ("done", "error", "msgs")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.msgs: list[Msg] = []
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.error: str | None = None
+
+
+class BatchGetter:
+    """ADR-31 batch direct gets over one wildcard reply subscription.
+
+    Several batches can be outstanding (read_stream pipelines them); each has its own reply
+    subject under the subscription's prefix. The callback only appends the message: header
+    checks happen once a batch is complete, off the hot path.
+    """
+
+    def __init__(self, js: JetStream) -> None:
+        self.js = js
+        self._prefix = ""
+        self._sub: Any = None
+        self._reqs: dict[str, _Request] = {}
+        self._next = 0
+
+    async def start(self) -> BatchGetter:
+        nc = self.js.nc
+        self._prefix = nc.new_inbox()
+        with mapped("subscribe"):
+            # No byte limit: the caller's window bounds what is in flight, and a dropped
+            # message would look like a missing chunk.
+            self._sub = await nc.subscribe(
+                self._prefix + ".*", cb=self._on_msg, pending_bytes_limit=0
+            )
+        return self
+
+    async def _on_msg(self, msg: Msg) -> None:
+        req = self._reqs.get(msg.subject[len(self._prefix) + 1 :])
+        if req is None or req.done.done():
+            return
+        headers = msg.headers
+        status = headers.get("Status") if headers and not msg.data else None
+        if status is None:
+            req.msgs.append(msg)
+            return
+        if status not in ("204", "404"):
+            req.error = f"status {status} {headers.get('Description', '')}"
+        req.done.set_result(None)
+
+    async def request(
+        self, stream: str, seq: int, count: int, subject: str
+    ) -> asyncio.Future[list[Msg]]:
+        """Send one batch request; a future of its messages (raises objfs errors)."""
+        token = str(self._next)
+        self._next += 1
+        req = _Request(asyncio.get_running_loop())
+        self._reqs[token] = req
+        body = json.dumps({"seq": seq, "batch": count, "next_by_subj": subject}).encode()
+        what = f"batch get {subject} from {seq}"
+        self.js._check_open(what)
+        with mapped(what):
+            await self.js.nc.publish(
+                f"{API}.DIRECT.GET.{stream}", body, reply=f"{self._prefix}.{token}"
+            )
+        return asyncio.ensure_future(self._wait(token, req, what))
+
+    async def _wait(self, token: str, req: _Request, what: str) -> list[Msg]:
+        try:
+            with mapped(what):
+                await asyncio.wait_for(asyncio.shield(req.done), self.js.timeout)
+        finally:
+            self._reqs.pop(token, None)
+        if req.error:
+            raise errors.Corrupt(f"{what}: {req.error}")
+        return req.msgs
+
+    async def close(self) -> None:
+        self._reqs.clear()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+
+_background: set[asyncio.Future[None]] = set()
+"""Fire-and-forget requests (consumer deletes), referenced until done."""
+
+
+def _ack_tokens(reply: str) -> tuple[int, int, int, int]:
+    """(stream seq, consumer seq, timestamp ns, pending) from a JetStream ack subject.
+
+    v1: ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``;
+    v2 adds ``<domain>.<account hash>`` after ``ACK`` and a random token at the end.
+    """
+    t = reply.split(".")
+    off = 2 if len(t) == 9 else 4
+    return int(t[off + 3]), int(t[off + 4]), int(t[off + 5]), int(t[off + 6])
+
+
+class OrderedConsumer:
+    """An ephemeral ordered push consumer: in-order delivery, restarted on any gap.
+
+    Answers flow control and stalled heartbeats at once (nats-py's helper polls). On a gap
+    in consumer sequences, or silence longer than three heartbeats (a server restart drops
+    the ephemeral consumer; the connection comes back, the consumer does not), it recreates
+    the consumer from the last stream sequence seen + 1.
+    """
+
+    def __init__(
+        self,
+        js: JetStream,
+        stream: str,
+        filter_subject: str,
+        *,
+        deliver_policy: str = "last_per_subject",
+        headers_only: bool = False,
+        heartbeat: float = 2.0,
+    ) -> None:
+        self.js = js
+        self.stream = stream
+        self.filter_subject = filter_subject
+        self.deliver_policy = deliver_policy
+        self.headers_only = headers_only
+        self.heartbeat = heartbeat
+        self.name: str | None = None
+        self.pending_at_start = 0
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._sub: Any = None
+        self._inbox = ""
+        self._last_sseq = 0
+        self._next_cseq = 1
+        self.resets = 0
+
+    async def start(self) -> int:
+        """Create the consumer; messages pending for it at creation (0: nothing to deliver)."""
+        nc = self.js.nc
+        self._inbox = nc.new_inbox()
+        with mapped("subscribe"):
+            self._sub = await nc.subscribe(self._inbox, cb=self._on_msg, pending_bytes_limit=0)
+        await self._create(self.deliver_policy, None)
+        return self.pending_at_start
+
+    async def _create(self, policy: str, start_seq: int | None) -> None:
+        config: dict[str, Any] = {
+            "deliver_policy": policy,
+            "ack_policy": "none",
+            "max_deliver": 1,
+            "filter_subject": self.filter_subject,
+            "deliver_subject": self._inbox,
+            "flow_control": True,
+            "idle_heartbeat": int(self.heartbeat * 1e9),
+            "mem_storage": True,
+            "num_replicas": 1,
+            "inactive_threshold": int(max(30.0, 10 * self.heartbeat) * 1e9),
+            "headers_only": self.headers_only,
+        }
+        if start_seq is not None:
+            config["opt_start_seq"] = start_seq
+        self._next_cseq = 1
+        resp = await self.js.api(
+            f"CONSUMER.CREATE.{self.stream}", {"stream_name": self.stream, "config": config}
+        )
+        self.name = resp.get("name")
+        self.pending_at_start = int(resp.get("num_pending", 0))
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._queue.put_nowait(msg)
+
+    async def reset(self) -> None:
+        """Recreate the consumer after the last message delivered (gap, silence, restart)."""
+        self.resets += 1
+        self._drop_consumer()
+        # Messages of the old consumer still queued would look like a gap: discard them.
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        if self._last_sseq:
+            await self._create("by_start_sequence", self._last_sseq + 1)
+        else:
+            await self._create(self.deliver_policy, None)
+
+    def _drop_consumer(self) -> None:
+        if self.name and not self.js.nc.is_closed:
+            # Fire and forget: the inactive threshold removes it anyway if this is lost.
+            subject = f"{API}.CONSUMER.DELETE.{self.stream}.{self.name}"
+            task = asyncio.ensure_future(self.js.nc.publish(subject, b""))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+        self.name = None
+
+    async def next(self, timeout: float) -> StoredMsg | None:
+        """The next message in order; None when ``timeout`` passes without one.
+
+        Control messages are handled here and never returned. A gap triggers a reset.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                msg = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return None
+                try:
+                    msg = await asyncio.wait_for(self._queue.get(), left)
+                except TimeoutError:
+                    return None
+            status = _status(msg)
+            if status is not None:
+                await self._control(msg, status)
+                continue
+            if not msg.reply:
+                continue
+            sseq, cseq, ts, pending = _ack_tokens(msg.reply)
+            if cseq != self._next_cseq:
+                log.debug("consumer gap on %s: %d != %d", self.stream, cseq, self._next_cseq)
+                await self.reset()
+                continue
+            self._next_cseq = cseq + 1
+            self._last_sseq = sseq
+            h = msg.headers or {}
+            return StoredMsg(msg.subject, sseq, msg.data, h, ts, pending)
+
+    async def _control(self, msg: Msg, status: str) -> None:
+        h = msg.headers or {}
+        if status == "100":
+            if msg.reply:  # flow control request: answer at once
+                await self.js.nc.publish(msg.reply, b"")
+            stalled = h.get("Nats-Consumer-Stalled")
+            if stalled:
+                await self.js.nc.publish(stalled, b"")
+            last = h.get("Nats-Last-Consumer")
+            if last is not None and int(last) != self._next_cseq - 1:
+                await self.reset()  # a heartbeat tells us we missed messages
+        elif status == "409":
+            # Consumer deleted or replaced under us (e.g. server restart): start again.
+            await self.reset()
+
+    async def stop(self) -> None:
+        self._drop_consumer()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+
+async def consume_snapshot(
+    js: JetStream,
+    stream: str,
+    filter_subject: str,
+    *,
+    headers_only: bool = False,
+    deliver_policy: str = "last_per_subject",
+    on_msg: Callable[[StoredMsg], None],
+) -> None:
+    """Deliver every message an ordered consumer has pending at creation, then stop."""
+    oc = OrderedConsumer(
+        js, stream, filter_subject, deliver_policy=deliver_policy, headers_only=headers_only
+    )
+    try:
+        if await oc.start() == 0:
+            return
+        while True:
+            m = await oc.next(js.timeout)
+            if m is None:
+                raise errors.Timeout(f"listing {filter_subject}: no message in {js.timeout}s")
+            on_msg(m)
+            if m.pending == 0:
+                return
+    finally:
+        await oc.stop()
+
+
+class Publisher:
+    """Pipelined JetStream publishes: sent strictly in call order, acks awaited later.
+
+    Chunk order in the stream is the object's byte order for every client, so publishes must
+    reach the server in order: ``send`` writes the message before returning, and only the
+    wait for its ack is deferred. Acks arrive on one wildcard reply subscription.
+    """
+
+    def __init__(self, js: JetStream) -> None:
+        self.js = js
+        self._prefix = ""
+        self._sub: Any = None
+        self._futures: dict[str, asyncio.Future[int]] = {}
+        self._next = 0
+
+    async def _ensure(self) -> None:
+        if self._sub is None:
+            self._prefix = self.js.nc.new_inbox()
+            with mapped("subscribe"):
+                self._sub = await self.js.nc.subscribe(self._prefix + ".*", cb=self._on_ack)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        fut = self._futures.pop(msg.subject[len(self._prefix) + 1 :], None)
+        if fut is None or fut.done():
+            return
+        status = _status(msg)
+        if status == "503":  # no responders: the stream does not exist
+            fut.set_exception(errors.NotFound("publish: no stream for this bucket"))
+            return
+        try:
+            resp = json.loads(msg.data)
+            if "error" in resp:
+                raise_api_error(resp["error"], "publish")
+            fut.set_result(int(resp["seq"]))
+        except errors.StoreError as e:
+            fut.set_exception(e)
+        except (ValueError, KeyError, TypeError):
+            fut.set_exception(errors.StoreError(f"publish: bad ack {msg.data[:200]!r}"))
+
+    async def send(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> asyncio.Future[int]:
+        """Publish now; a future of the stream sequence (objfs errors, Timeout if no ack)."""
+        await self._ensure()
+        self.js._check_open(subject)
+        token = str(self._next)
+        self._next += 1
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._futures[token] = fut
+        try:
+            with mapped(f"publish {subject}"):
+                await self.js.nc.publish(
+                    subject, payload, reply=f"{self._prefix}.{token}", headers=headers
+                )
+        except BaseException:
+            self._futures.pop(token, None)
+            raise
+        return fut
+
+    async def ack(self, fut: asyncio.Future[int]) -> int:
+        """Wait for one ack within the timeout."""
+        try:
+            with mapped("publish ack"):
+                return await asyncio.wait_for(fut, self.js.timeout)
+        finally:
+            if not fut.done():
+                fut.cancel()
+
+    async def close(self) -> None:
+        for fut in self._futures.values():
+            fut.cancel()
+        self._futures.clear()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None

@@ -1,0 +1,732 @@
+"""The NATS JetStream backend of the store API: ADR-20 object stores on a real server.
+
+This is the object-store logic (what to publish where, in which order, what to purge);
+``nats_js`` carries the requests and maps errors, ``wire`` encodes the meta JSON. Together they
+are the only objfs code that imports nats. nats-py's own ObjectStore class is not used: its get
+is quadratic and stalls on flow control, its rename is broken and it has no links.
+
+Choices worth knowing:
+
+- Chunks are published in order with a bounded window of unacknowledged publishes
+  (``PUT_WINDOW``); the acks give each chunk's stream sequence, so the layout of an object this
+  process wrote is cached and ``layout()`` costs nothing for it.
+- Reads use ADR-31 batch direct gets, pipelined; each message's sequence and size is checked
+  against the layout, so a missing chunk is Corrupt at once instead of a hang.
+- rename publishes the meta under the new name, then a *tombstone* (not a purge, as nats.go
+  does) on the old name: watchers of every client then see the old name go as an ordinary
+  delete. The tombstone keeps the nuid but has no chunks, so nothing ever purges the chunks
+  the new name still uses (a delete of a tombstone is refused; a put over it purges nothing).
+- ``BucketStatus.objects`` counts live objects by listing the meta subjects (one ordered
+  consumer, last message per subject): exact, and O(objects) per call.
+- Bucket settings that ADR-20 has no field for (the chunk size) live in the stream config's
+  ``metadata`` under ``objfs.``-prefixed keys, which other clients ignore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator
+from typing import Any, BinaryIO
+
+import nats
+import nats.errors
+from cachetools import LRUCache
+from nats.nuid import NUID
+
+from objfs.store import errors
+from objfs.store.api import (
+    DEFAULT_CHUNK_SIZE,
+    BucketConfig,
+    BucketStatus,
+    ChunkLayout,
+    Link,
+    ObjectInfo,
+    ObjectMeta,
+    ObjectStore,
+    WatchEvent,
+)
+from objfs.store.names import check_bucket, check_object, encode_name
+from objfs.store.nats_js import (
+    BatchGetter,
+    JetStream,
+    OrderedConsumer,
+    Publisher,
+    StoredMsg,
+    WrongLastSequence,
+    consume_snapshot,
+)
+from objfs.store.wire import decode_info, encode_info, format_digest, parse_digest
+
+log = logging.getLogger(__name__)
+
+PUT_WINDOW = 24
+"""Chunks published but not yet acknowledged, per put (unbounded windows get 429s)."""
+
+LAYOUT_CACHE = 512
+"""Layouts of objects this process wrote (nuid -> layout), kept for a free ``layout()``."""
+
+META_CHUNK_SIZE = "objfs.chunk_size"
+ROLLUP = {"Nats-Rollup": "sub"}
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+
+
+def _stream(bucket: str) -> str:
+    return f"OBJ_{bucket}"
+
+
+def _meta_subject(bucket: str, name: str) -> str:
+    return f"$O.{bucket}.M.{encode_name(name)}"
+
+
+def _chunk_subject(bucket: str, nuid: str) -> str:
+    return f"$O.{bucket}.C.{nuid}"
+
+
+async def connect(
+    servers: list[str],
+    *,
+    timeout: float = 5.0,
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    creds: str | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    name: str = "objfs",
+) -> NatsObjectStore:
+    """Connect to NATS; the store reconnects by itself for as long as it lives.
+
+    Unavailable if no server answers within ``timeout``.
+    """
+    opts: dict[str, Any] = {
+        "servers": servers,
+        "name": name,
+        "connect_timeout": timeout,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,  # a mount outlives server restarts
+        "reconnect_time_wait": 0.5,
+        "error_cb": _log_error,
+        "disconnected_cb": _log_disconnected,
+        "reconnected_cb": _log_reconnected,
+    }
+    if user is not None:
+        opts["user"] = user
+        opts["password"] = password
+    if token is not None:
+        opts["token"] = token
+    if creds is not None:
+        opts["user_credentials"] = creds
+    if tls_ca or tls_cert:
+        ctx = ssl.create_default_context(cafile=tls_ca)
+        if tls_cert:
+            ctx.load_cert_chain(tls_cert, tls_key)
+        opts["tls"] = ctx
+    try:
+        # The initial connect does not retry for ever (only reconnects do), but bound it anyway.
+        nc = await asyncio.wait_for(nats.connect(**opts), timeout * 2 + 1)
+    except (TimeoutError, OSError, nats.errors.Error) as e:
+        raise errors.Unavailable(f"cannot connect to {servers}: {type(e).__name__}: {e}") from None
+    return NatsObjectStore(nc, timeout)
+
+
+async def _log_error(e: Exception) -> None:
+    log.warning("nats: %s: %s", type(e).__name__, e)
+
+
+async def _log_disconnected() -> None:
+    log.warning("nats: disconnected")
+
+
+async def _log_reconnected() -> None:
+    log.info("nats: reconnected")
+
+
+def _stream_config(cfg: BucketConfig) -> dict[str, Any]:
+    b = cfg.name
+    metadata = dict(cfg.metadata)
+    metadata[META_CHUNK_SIZE] = str(cfg.chunk_size)
+    sc: dict[str, Any] = {
+        "name": _stream(b),
+        "subjects": [f"$O.{b}.C.>", f"$O.{b}.M.>"],
+        "retention": "limits",
+        "max_consumers": -1,
+        "max_msgs": -1,
+        "max_bytes": cfg.max_bytes,
+        "max_age": int(cfg.ttl * 1e9),
+        "max_msgs_per_subject": -1,
+        "max_msg_size": -1,
+        "storage": cfg.storage,
+        "discard": "new",
+        "num_replicas": cfg.replicas,
+        "allow_rollup_hdrs": True,
+        "allow_direct": True,
+        "compression": "s2" if cfg.compression else "none",
+        "metadata": metadata,
+    }
+    if cfg.description:
+        sc["description"] = cfg.description
+    return sc
+
+
+def _bucket_config(sc: dict[str, Any]) -> BucketConfig:
+    md = dict(sc.get("metadata") or {})
+    chunk_size = int(md.pop(META_CHUNK_SIZE, DEFAULT_CHUNK_SIZE))
+    user_md = {k: v for k, v in md.items() if not k.startswith("_nats")}
+    return BucketConfig(
+        name=sc["name"][len("OBJ_") :],
+        description=sc.get("description") or "",
+        chunk_size=chunk_size,
+        max_bytes=int(sc.get("max_bytes", -1)),
+        replicas=int(sc.get("num_replicas", 1)),
+        storage="memory" if sc.get("storage") == "memory" else "file",
+        compression=sc.get("compression", "none") == "s2",
+        ttl=int(sc.get("max_age", 0)) / 1e9,
+        metadata=user_md,
+    )
+
+
+def _pieces(source: BinaryIO | bytes | bytearray | memoryview, size: int) -> Any:
+    """``source`` in ``size``-byte pieces (the last one shorter), without copying bytes."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = source if isinstance(source, bytes) else bytes(source)
+        for off in range(0, len(data), size):
+            yield data[off : off + size]
+        return
+    while True:
+        piece = source.read(size)
+        if not piece:
+            return
+        # A raw/non-blocking file may return short reads: top up to a full chunk so that
+        # every chunk but the last has the bucket's size (readers rely on it).
+        while len(piece) < size:
+            more = source.read(size - len(piece))
+            if not more:
+                break
+            piece += more
+        yield piece
+
+
+class NatsObjectStore(ObjectStore):
+    """ADR-20 object stores on one NATS connection (see the module docstring)."""
+
+    def __init__(self, nc: Any, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self.js = JetStream(nc, timeout)
+        self._publisher = Publisher(self.js)
+        self._getter: BatchGetter | None = None
+        self._nuid = NUID()
+        self._layouts: LRUCache[tuple[str, str], ChunkLayout] = LRUCache(LAYOUT_CACHE)
+        self._chunk_sizes: dict[str, int] = {}
+
+    # -- buckets ---------------------------------------------------------------------------
+    async def _stream_info(self, bucket: str) -> dict[str, Any]:
+        check_bucket(bucket)
+        return await self.js.api(f"STREAM.INFO.{_stream(bucket)}")
+
+    async def _status(self, si: dict[str, Any]) -> BucketStatus:
+        cfg = _bucket_config(si["config"])
+        self._chunk_sizes[cfg.name] = cfg.chunk_size
+        objects = len(await self._list_all(cfg.name, deleted=False))
+        return BucketStatus(
+            config=cfg,
+            size=int(si.get("state", {}).get("bytes", 0)),
+            sealed=bool(si["config"].get("sealed", False)),
+            objects=objects,
+        )
+
+    async def create_bucket(self, config: BucketConfig) -> BucketStatus:
+        check_bucket(config.name)
+        stream = _stream(config.name)
+        try:
+            # Exists must be exact: the server answers "create" of an identical config with
+            # success, so look first (a race between two creators is then the server's call).
+            await self.js.api(f"STREAM.INFO.{stream}")
+        except errors.NotFound:
+            pass
+        else:
+            raise errors.Exists(f"bucket {config.name!r} exists")
+        si = await self.js.api(f"STREAM.CREATE.{stream}", _stream_config(config))
+        return await self._status(si)
+
+    async def update_bucket(self, config: BucketConfig) -> BucketStatus:
+        check_bucket(config.name)
+        cur = await self._stream_info(config.name)
+        sc = dict(cur["config"])
+        sc.update(_stream_config(config))
+        sc["storage"] = cur["config"].get("storage", sc["storage"])  # immutable
+        self._chunk_sizes.pop(config.name, None)
+        si = await self.js.api(f"STREAM.UPDATE.{_stream(config.name)}", sc)
+        return await self._status(si)
+
+    async def delete_bucket(self, name: str) -> None:
+        check_bucket(name)
+        self._chunk_sizes.pop(name, None)
+        await self.js.api(f"STREAM.DELETE.{_stream(name)}")
+
+    async def bucket_status(self, name: str) -> BucketStatus:
+        return await self._status(await self._stream_info(name))
+
+    async def list_buckets(self) -> list[BucketStatus]:
+        infos: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            resp = await self.js.api("STREAM.LIST", {"offset": offset})
+            streams = resp.get("streams") or []
+            infos.extend(s for s in streams if s["config"]["name"].startswith("OBJ_"))
+            offset += len(streams)
+            if not streams or offset >= int(resp.get("total", 0)):
+                break
+        statuses = await asyncio.gather(*(self._status(si) for si in infos))
+        return sorted(statuses, key=lambda s: s.name)
+
+    async def seal_bucket(self, name: str) -> BucketStatus:
+        cur = await self._stream_info(name)
+        sc = dict(cur["config"])
+        if not sc.get("sealed"):
+            sc["sealed"] = True
+            cur = await self.js.api(f"STREAM.UPDATE.{_stream(name)}", sc)
+        return await self._status(cur)
+
+    async def _chunk_size(self, bucket: str) -> int:
+        size = self._chunk_sizes.get(bucket)
+        if size is None:
+            si = await self._stream_info(bucket)
+            size = _bucket_config(si["config"]).chunk_size
+            self._chunk_sizes[bucket] = size
+        return size
+
+    # -- objects: metadata -----------------------------------------------------------------
+    def _decode(self, bucket: str, m: StoredMsg) -> ObjectInfo:
+        return decode_info(m.data, bucket=bucket, revision=m.seq, timestamp_ns=m.timestamp_ns)
+
+    async def _last_meta(self, bucket: str, name: str) -> ObjectInfo | None:
+        """The name's current meta, tombstones included; None if it never existed."""
+        check_bucket(bucket)
+        check_object(name)
+        m = await self.js.direct_last(_stream(bucket), _meta_subject(bucket, name))
+        return None if m is None else self._decode(bucket, m)
+
+    async def info(self, bucket: str, name: str, *, deleted: bool = False) -> ObjectInfo:
+        info = await self._last_meta(bucket, name)
+        if info is None or (info.deleted and not deleted):
+            raise errors.NotFound(f"{bucket}/{name}: no such object")
+        return info
+
+    async def _list_all(self, bucket: str, *, deleted: bool) -> list[ObjectInfo]:
+        found: dict[str, ObjectInfo] = {}
+
+        def take(m: StoredMsg) -> None:
+            try:
+                info = self._decode(bucket, m)
+            except errors.Corrupt as e:
+                log.warning("skipping %s: %s", m.subject, e)
+                return
+            found[m.subject] = info
+
+        await consume_snapshot(self.js, _stream(bucket), f"$O.{bucket}.M.>", on_msg=take)
+        return sorted((i for i in found.values() if deleted or not i.deleted), key=lambda i: i.name)
+
+    async def list(self, bucket: str, *, deleted: bool = False) -> list[ObjectInfo]:
+        check_bucket(bucket)
+        return await self._list_all(bucket, deleted=deleted)
+
+    async def _publish_meta(self, info: ObjectInfo, expected: int | None = None) -> ObjectInfo:
+        """Publish ``info`` as the name's meta (rollup); returns it with its revision."""
+        headers = dict(ROLLUP)
+        if expected is not None:
+            headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expected)
+        seq = await self.js.publish(
+            _meta_subject(info.bucket, info.name), encode_info(info), headers
+        )
+        return dataclasses.replace(info, revision=seq)
+
+    async def update_meta(self, bucket: str, name: str, meta: ObjectMeta) -> ObjectInfo:
+        info = await self.info(bucket, name)
+        new = dataclasses.replace(
+            info,
+            description=meta.description,
+            headers={k: list(v) for k, v in meta.headers.items()},
+            metadata=dict(meta.metadata),
+        )
+        return await self._publish_meta(new)
+
+    async def rename(self, bucket: str, old: str, new: str, *, replace: bool = False) -> ObjectInfo:
+        check_object(new)
+        src = await self.info(bucket, old)
+        if old == new:
+            return src
+        dst = await self._last_meta(bucket, new)
+        dst_live = dst is not None and not dst.deleted
+        if dst_live and not replace:
+            raise errors.Exists(f"{bucket}/{new} exists")
+        try:
+            # Expect exactly what we saw at the new name: a concurrent create fails us.
+            moved = await self._publish_meta(
+                dataclasses.replace(src, name=new), expected=dst.revision if dst else 0
+            )
+        except WrongLastSequence:
+            raise errors.Exists(f"{bucket}/{new} was created concurrently") from None
+        tomb = dataclasses.replace(src, deleted=True, size=0, chunks=0, digest="")
+        # If the old name was rewritten meanwhile, that newer object stays.
+        with contextlib.suppress(WrongLastSequence):
+            await self._publish_meta(tomb, expected=src.revision)
+        if dst_live and dst is not None and dst.nuid != src.nuid and not dst.is_link:
+            await self._purge_chunks(bucket, dst.nuid)
+        return moved
+
+    async def delete(self, bucket: str, name: str) -> ObjectInfo:
+        info = await self.info(bucket, name)
+        tomb = dataclasses.replace(
+            info, deleted=True, size=0, chunks=0, digest="", mtime_ns=time.time_ns()
+        )
+        tomb = await self._publish_meta(tomb)
+        if info.chunks:
+            await self._purge_chunks(bucket, info.nuid)
+        return tomb
+
+    async def _purge_chunks(self, bucket: str, nuid: str) -> None:
+        self._layouts.pop((bucket, nuid), None)
+        await self.js.purge(_stream(bucket), _chunk_subject(bucket, nuid))
+
+    async def _purge_quietly(self, bucket: str, nuid: str) -> None:
+        try:
+            await self._purge_chunks(bucket, nuid)
+        except errors.StoreError as e:
+            log.warning("could not purge chunks %s of %s: %s", nuid, bucket, e)
+
+    async def _put_link(self, bucket: str, name: str, link: Link) -> ObjectInfo:
+        cur = await self._last_meta(bucket, name)
+        if cur is not None and not cur.deleted and not cur.is_link:
+            raise errors.Exists(f"{bucket}/{name} is an object; a link may only replace a link")
+        info = ObjectInfo(
+            bucket=bucket,
+            name=name,
+            nuid=self._nuid.next().decode(),
+            mtime_ns=time.time_ns(),
+            link=link,
+        )
+        return await self._publish_meta(info)
+
+    async def add_link(
+        self, bucket: str, name: str, target_bucket: str, target_name: str
+    ) -> ObjectInfo:
+        check_bucket(bucket)
+        check_object(name)
+        target = await self.info(target_bucket, target_name)
+        if target.is_link:
+            raise errors.InvalidLink(f"{target_bucket}/{target_name} is a link")
+        return await self._put_link(bucket, name, Link(target_bucket, target_name))
+
+    async def add_bucket_link(self, bucket: str, name: str, target_bucket: str) -> ObjectInfo:
+        check_bucket(bucket)
+        check_object(name)
+        await self._stream_info(target_bucket)  # NotFound if there is no such bucket
+        return await self._put_link(bucket, name, Link(target_bucket))
+
+    # -- objects: data ---------------------------------------------------------------------
+    async def put(
+        self,
+        bucket: str,
+        name: str,
+        source: BinaryIO | bytes,
+        *,
+        meta: ObjectMeta | None = None,
+        chunk_size: int | None = None,
+        if_revision: int | None = None,
+    ) -> ObjectInfo:
+        check_bucket(bucket)
+        check_object(name)
+        size_per_chunk = chunk_size or await self._chunk_size(bucket)
+        old = await self._last_meta(bucket, name)
+        old_live = old if old is not None and not old.deleted else None
+        expected: int | None = None
+        if if_revision is not None:
+            current = old_live.revision if old_live else 0
+            if current != if_revision:
+                raise errors.Exists(
+                    f"{bucket}/{name}: revision is {current}, expected {if_revision}"
+                )
+            # 0 means "no live object": a tombstone may be there, whose sequence we expect.
+            expected = old.revision if old is not None else 0
+
+        nuid = self._nuid.next().decode()
+        subject = _chunk_subject(bucket, nuid)
+        sha = hashlib.sha256()
+        seqs: list[int] = []
+        sizes: list[int] = []
+        window: collections.deque[asyncio.Future[int]] = collections.deque()
+        published = False
+        try:
+            for piece in _pieces(source, size_per_chunk):
+                sha.update(piece)
+                sizes.append(len(piece))
+                window.append(await self._publisher.send(subject, piece))
+                published = True
+                if len(window) >= PUT_WINDOW:
+                    seqs.append(await self._publisher.ack(window.popleft()))
+            while window:
+                seqs.append(await self._publisher.ack(window.popleft()))
+            size = sum(sizes)
+            info = ObjectInfo(
+                bucket=bucket,
+                name=name,
+                nuid=nuid,
+                size=size,
+                chunks=len(seqs),
+                digest=format_digest(sha.digest()),
+                mtime_ns=time.time_ns(),
+                chunk_size=size_per_chunk,
+                **_meta_fields(meta),
+            )
+            try:
+                info = await self._publish_meta(info, expected)
+            except WrongLastSequence:
+                raise errors.Exists(f"{bucket}/{name} changed during the put") from None
+        except BaseException:
+            for fut in window:
+                fut.cancel()
+            if published:
+                # Shielded: a cancelled put must still not leave orphan chunks behind.
+                await asyncio.shield(self._purge_quietly(bucket, nuid))
+            raise
+        offsets = [0]
+        for s in sizes:
+            offsets.append(offsets[-1] + s)
+        self._layouts[(bucket, nuid)] = ChunkLayout(bucket, nuid, seqs, offsets)
+        if old_live is not None and not old_live.is_link and old_live.chunks:
+            await self._purge_quietly(bucket, old_live.nuid)
+        return info
+
+    async def layout(self, info: ObjectInfo) -> ChunkLayout:
+        bucket, nuid = info.bucket, info.nuid
+        if info.chunks == 0 or info.link is not None:
+            if info.size:
+                raise errors.Corrupt(f"{bucket}/{info.name}: {info.size} bytes in no chunk")
+            return ChunkLayout(bucket, nuid, [], [0])
+        cached = self._layouts.get((bucket, nuid))
+        if cached is not None:
+            return cached
+        stream, subject = _stream(bucket), _chunk_subject(bucket, nuid)
+        first, last = await asyncio.gather(
+            self.js.direct_get(stream, {"seq": 1, "next_by_subj": subject}),
+            self.js.direct_last(stream, subject),
+        )
+        if first is None or last is None:
+            raise errors.Corrupt(f"{bucket}/{info.name}: chunks of {nuid} missing")
+        n = info.chunks
+        width = len(first.data)
+        tail = info.size - (n - 1) * width
+        if last.seq - first.seq == n - 1 and 0 < tail <= width and len(last.data) == tail:
+            # One put, contiguous: every chunk but the last is the first one's size.
+            lay = ChunkLayout(
+                bucket,
+                nuid,
+                range(first.seq, last.seq + 1),
+                [*range(0, (n - 1) * width + 1, width), info.size] if n > 1 else [0, tail],
+            )
+        else:
+            lay = await self._layout_listed(info)
+        self._layouts[(bucket, nuid)] = lay
+        return lay
+
+    async def _layout_listed(self, info: ObjectInfo) -> ChunkLayout:
+        """The exact layout from a headers-only listing of the chunk subject."""
+        seqs: list[int] = []
+        offsets = [0]
+
+        def take(m: StoredMsg) -> None:
+            seqs.append(m.seq)
+            offsets.append(offsets[-1] + int(m.headers.get("Nats-Msg-Size", 0)))
+
+        subject = _chunk_subject(info.bucket, info.nuid)
+        await consume_snapshot(
+            self.js,
+            _stream(info.bucket),
+            subject,
+            headers_only=True,
+            deliver_policy="all",
+            on_msg=take,
+        )
+        if len(seqs) != info.chunks or offsets[-1] != info.size:
+            raise errors.Corrupt(
+                f"{info.bucket}/{info.name}: {len(seqs)} chunks, {offsets[-1]} bytes stored; "
+                f"meta says {info.chunks} chunks, {info.size} bytes"
+            )
+        return ChunkLayout(info.bucket, info.nuid, seqs, offsets)
+
+    async def _batch_getter(self) -> BatchGetter:
+        if self._getter is None:
+            self._getter = await BatchGetter(self.js).start()
+        return self._getter
+
+    def _verify(self, layout: ChunkLayout, first: int, msgs: list[Any]) -> list[bytes]:
+        """The payloads of ``msgs`` if they are chunks ``first``.. of ``layout``; else Corrupt."""
+        seqs, offsets = layout.seqs, layout.offsets
+        out: list[bytes] = []
+        for i, msg in enumerate(msgs):
+            k = first + i
+            seq = int(msg.headers.get("Nats-Sequence", 0)) if msg.headers else 0
+            if k >= len(seqs) or seq != seqs[k]:
+                expected = seqs[k] if k < len(seqs) else "none"
+                raise errors.Corrupt(
+                    f"{layout.bucket} object {layout.nuid}: chunk {k} missing "
+                    f"(expected seq {expected}, got {seq})"
+                )
+            if len(msg.data) != offsets[k + 1] - offsets[k]:
+                raise errors.Corrupt(
+                    f"{layout.bucket} object {layout.nuid}: chunk {k} is {len(msg.data)} "
+                    f"bytes, expected {offsets[k + 1] - offsets[k]}"
+                )
+            out.append(msg.data)
+        return out
+
+    async def read_chunks(self, layout: ChunkLayout, first: int, count: int) -> list[bytes]:
+        count = min(count, layout.chunks - first)
+        if count <= 0:
+            return []
+        getter = await self._batch_getter()
+        stream, subject = _stream(layout.bucket), _chunk_subject(layout.bucket, layout.nuid)
+        out: list[bytes] = []
+        while len(out) < count:
+            k = first + len(out)
+            fut = await getter.request(stream, layout.seqs[k], count - len(out), subject)
+            got = self._verify(layout, k, await fut)
+            if not got:
+                raise errors.Corrupt(f"{layout.bucket} object {layout.nuid}: chunk {k} missing")
+            out.extend(got)  # a batch the server cut short is continued, not an error
+        return out
+
+    async def read_stream(
+        self, info: ObjectInfo, *, window: int = 64
+    ) -> AsyncIterator[list[bytes]]:
+        layout = await self.layout(info)
+        n = layout.chunks
+        getter = await self._batch_getter()
+        stream, subject = _stream(layout.bucket), _chunk_subject(layout.bucket, layout.nuid)
+        batch = max(1, min(window // 2, 32))
+        sha = hashlib.sha256()
+        inflight: collections.deque[tuple[int, int, asyncio.Future[list[Any]]]] = (
+            collections.deque()
+        )
+        issued = 0
+        done = 0
+        try:
+            while done < n:
+                while issued < n and issued - done < max(window, batch):
+                    count = min(batch, n - issued)
+                    fut = await getter.request(stream, layout.seqs[issued], count, subject)
+                    inflight.append((issued, count, fut))
+                    issued += count
+                first, count, fut = inflight.popleft()
+                chunks = self._verify(layout, first, await fut)
+                if len(chunks) < count:
+                    chunks += await self.read_chunks(
+                        layout, first + len(chunks), count - len(chunks)
+                    )
+                for c in chunks:
+                    sha.update(c)
+                done += count
+                yield chunks
+        finally:
+            for _, _, fut in inflight:
+                fut.cancel()
+        want = parse_digest(info.digest)
+        if want is not None and want != sha.digest():
+            raise errors.Corrupt(f"{info.bucket}/{info.name}: digest mismatch")
+
+    # -- change notices --------------------------------------------------------------------
+    async def watch(self, bucket: str) -> AsyncIterator[WatchEvent]:
+        check_bucket(bucket)
+        oc = OrderedConsumer(self.js, _stream(bucket), f"$O.{bucket}.M.>")
+        live: dict[str, ObjectInfo] = {}
+        by_nuid: dict[str, str] = {}
+        try:
+            in_snapshot = await oc.start() > 0
+            if not in_snapshot:
+                yield WatchEvent("snapshot_end")
+            while True:
+                m = await oc.next(3 * oc.heartbeat)
+                if m is None:
+                    # Three heartbeats of silence: the consumer is gone (server restart) or
+                    # the server is. Recreate it after the last event; retry until it works.
+                    try:
+                        await oc.reset()
+                    except errors.StoreError as e:
+                        log.info("watch %s: cannot recreate consumer yet: %s", bucket, e)
+                        await asyncio.sleep(min(1.0, oc.heartbeat))
+                    continue
+                try:
+                    info = self._decode(bucket, m)
+                except errors.Corrupt as e:
+                    log.warning("watch %s: %s", bucket, e)
+                    info = None
+                if info is not None:
+                    for event in _apply(info, live, by_nuid, in_snapshot):
+                        yield event
+                if in_snapshot and m.pending == 0:
+                    in_snapshot = False
+                    yield WatchEvent("snapshot_end")
+        finally:
+            await oc.stop()
+
+    async def close(self) -> None:
+        await self._publisher.close()
+        if self._getter is not None:
+            await self._getter.close()
+        if not self.nc.is_closed:
+            with contextlib.suppress(TimeoutError, nats.errors.Error):
+                await asyncio.wait_for(self.nc.close(), self.timeout)
+
+
+def _meta_fields(meta: ObjectMeta | None) -> dict[str, Any]:
+    if meta is None:
+        return {}
+    return {
+        "description": meta.description,
+        "headers": {k: list(v) for k, v in meta.headers.items()},
+        "metadata": dict(meta.metadata),
+    }
+
+
+def _apply(
+    info: ObjectInfo, live: dict[str, ObjectInfo], by_nuid: dict[str, str], in_snapshot: bool
+) -> list[WatchEvent]:
+    """Watch events for one meta message, updating the live-name and nuid maps."""
+    events: list[WatchEvent] = []
+    name = info.name
+    if info.deleted:
+        gone = live.pop(name, None)
+        if gone is not None:
+            if by_nuid.get(gone.nuid) == name:
+                del by_nuid[gone.nuid]
+            if not in_snapshot:
+                events.append(WatchEvent("delete", info))
+        return events
+    if not info.is_link:
+        other = by_nuid.get(info.nuid)
+        if other is not None and other != name and other in live:
+            # The nuid moved to a new name: a rename that purged the old meta subject (the
+            # Go client's way). Report the old name gone before the new one appears.
+            old = live.pop(other)
+            events.append(
+                WatchEvent(
+                    "delete",
+                    dataclasses.replace(old, deleted=True, size=0, chunks=0, digest=""),
+                )
+            )
+        by_nuid[info.nuid] = name
+    prev = live.get(name)
+    if prev is not None and prev.nuid != info.nuid and by_nuid.get(prev.nuid) == name:
+        del by_nuid[prev.nuid]
+    live[name] = info
+    events.append(WatchEvent("put", info))
+    return events
