@@ -12,13 +12,15 @@ async-iterator methods (``read_stream``, ``watch``) are pulled across one batch 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import trio
+
+from objfs.store.errors import Unavailable
 
 T = TypeVar("T")
 
@@ -96,7 +98,11 @@ class Bridge:
 
         fut.add_done_callback(done)
 
-        def abort(_: object) -> trio.lowlevel.Abort:
+        raise_cancel: Callable[[], Any] | None = None
+
+        def abort(raise_cancel_: Callable[[], Any]) -> trio.lowlevel.Abort:
+            nonlocal raise_cancel
+            raise_cancel = raise_cancel_
             fut.cancel()
             # The done callback still fires and reschedules; let it, so nothing is lost.
             return trio.lowlevel.Abort.FAILED
@@ -107,7 +113,11 @@ class Bridge:
             fut.cancel()
             raise
         if fut.cancelled():
-            raise trio.Cancelled._create()  # type: ignore[attr-defined]
+            if raise_cancel is not None:
+                raise_cancel()
+            # Cancelled on the asyncio side (e.g. its loop shutting down), not by trio: a
+            # trio.Cancelled here would escape every cancel scope, so report an error.
+            raise Unavailable(f"{getattr(fn, '__name__', fn)} was cancelled on the asyncio loop")
         return fut.result()
 
     async def iterate(
@@ -152,8 +162,10 @@ class _Pump:
 
     async def _run(self) -> None:
         assert self._queue is not None
-        it = self._make()
+        it: AsyncIterator[Any] | None = None
         try:
+            # Inside the try: a factory that raises must reach the consumer, not hang it.
+            it = self._make()
             async for item in it:
                 await self._queue.put(item)
             await self._queue.put(_END)
@@ -162,7 +174,7 @@ class _Pump:
         except BaseException as e:  # handed to the consumer, which re-raises it in trio
             await self._queue.put(_Failure(e))
         finally:
-            aclose = getattr(it, "aclose", None)
+            aclose = getattr(it, "aclose", None) if it is not None else None
             if aclose is not None:
                 await aclose()
 
