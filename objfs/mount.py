@@ -76,7 +76,11 @@ def run(options: MountOptions, reporter: Reporter | None = None) -> int:
     """Mount and serve until unmounted or signalled (the caller has set up logging)."""
     reporter = reporter or Reporter(None)
     try:
-        return trio.run(_main, options, reporter)
+        try:
+            return trio.run(_main, options, reporter)
+        except BaseExceptionGroup as group:
+            # Nurseries wrap errors in groups; the user wants the one that ended the mount.
+            raise _first_leaf(group) from None
     except (MountError, ServerError, StoreError) as e:
         message = _one_line(e)
     except OSError as e:
@@ -90,6 +94,13 @@ def run(options: MountOptions, reporter: Reporter | None = None) -> int:
     reporter.failed(message)
     print(f"objfs: {message}", file=sys.stderr)
     return 1
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def _one_line(e: BaseException) -> str:

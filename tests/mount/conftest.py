@@ -1,0 +1,76 @@
+"""Fixtures for real-mount tests: a mount of a fresh bucket, more mounts, and failure logs.
+
+Every test here needs /dev/fuse and fusermount3 (skip on a laptop without them, fail in CI) and
+the session's real nats-server. ``mount`` is a fresh bucket mounted at ``tmp_path/mnt``;
+``mounts`` makes more (the same bucket again, read-only, ...). All of them are unmounted after
+the test, which also checks that each ``objfs mount`` exited 0; a failing test's report carries
+the mounts' stderr.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from mounting import Mount
+
+from objfs.server import EmbeddedServer
+
+# The top-level tests/conftest.py, by path: a bare `import conftest` here would find this file.
+_spec = importlib.util.spec_from_file_location(
+    "objfs_tests_root_conftest", Path(__file__).parents[1] / "conftest.py"
+)
+assert _spec is not None and _spec.loader is not None
+_root = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_root)
+need: Callable[[bool, str], None] = _root.need
+fuse_available: Callable[[], bool] = _root.fuse_available
+
+_ACTIVE_KEY = pytest.StashKey[list[Mount]]()
+
+
+MountFactory = Callable[..., Mount]
+
+
+@pytest.fixture
+def mounts(
+    request: pytest.FixtureRequest, nats_server: EmbeddedServer, tmp_path: Path, bucket_name: str
+) -> Iterator[MountFactory]:
+    """Mount a bucket (default: this test's) at a new mount point; unmounted at teardown."""
+    need(fuse_available(), "FUSE is not available (/dev/fuse and fusermount3)")
+    made: list[Mount] = []
+    request.node.stash[_ACTIVE_KEY] = made
+
+    def make(
+        *args: str, bucket: str | None = bucket_name, name: str | None = None, create: bool = True
+    ) -> Mount:
+        mp = tmp_path / (name or f"mnt{len(made)}")
+        m = Mount(mp, nats_server.url, bucket, args=args, log_dir=tmp_path, create=create)
+        made.append(m)
+        return m.start()
+
+    yield make
+    errors = []
+    for m in reversed(made):
+        try:
+            m.stop()
+        except AssertionError as e:
+            errors.append(str(e))
+    assert not errors, "\n".join(errors)
+
+
+@pytest.fixture
+def mount(mounts: MountFactory) -> Mount:
+    """This test's bucket, created and mounted at ``tmp_path/mnt0``."""
+    return mounts()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for m in item.stash.get(_ACTIVE_KEY, []):
+            report.sections.append((f"objfs mount {m.mountpoint} stderr", m.stderr()))
