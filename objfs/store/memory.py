@@ -198,13 +198,17 @@ class MemoryObjectStore(ObjectStore):
         live = sum(1 for i in b.metas.values() if not i.deleted)
         return BucketStatus(config=b.config, size=b.size(), sealed=b.sealed, objects=live)
 
-    def _publish(self, b: _Bucket, info: ObjectInfo) -> ObjectInfo:
-        """Store ``info`` as the meta of its name (a rollup) and tell the watchers."""
+    def _publish(self, b: _Bucket, info: ObjectInfo, *, notify: bool = True) -> ObjectInfo:
+        """Store ``info`` as the meta of its name (a rollup) and tell the watchers.
+
+        ``mtime_ns`` is the caller's: like the NATS backend, a put, delete or link sets it and
+        a rename or meta update keeps the object's.
+        """
         info.bucket = b.config.name
-        info.mtime_ns = time.time_ns()
         info.revision = self._next_seq()
         b.metas[info.name] = info
-        b.notify(WatchEvent("delete" if info.deleted else "put", info))
+        if notify:
+            b.notify(WatchEvent("delete" if info.deleted else "put", info))
         return _copy(info)
 
     def _purge(self, b: _Bucket, nuid: str) -> None:
@@ -225,11 +229,10 @@ class MemoryObjectStore(ObjectStore):
     async def update_bucket(self, config: BucketConfig) -> BucketStatus:
         await self._enter("update_bucket")
         b = self._writable(config.name)
-        # Storage type and chunk size are fixed at creation, as a stream's storage is.
+        # The storage type is fixed at creation, as a stream's is.
         b.config = dataclasses.replace(
             config,
             storage=b.config.storage,
-            chunk_size=b.config.chunk_size,
             metadata=dict(config.metadata),
         )
         return self._status(b)
@@ -268,7 +271,7 @@ class MemoryObjectStore(ObjectStore):
         await self._enter("list")
         b = self._bucket(bucket)
         infos = [i for i in b.metas.values() if deleted or not i.deleted]
-        return [_copy(i) for i in sorted(infos, key=lambda i: i.revision)]
+        return [_copy(i) for i in sorted(infos, key=lambda i: i.name)]
 
     async def update_meta(self, bucket: str, name: str, meta: ObjectMeta) -> ObjectInfo:
         await self._enter("update_meta")
@@ -298,10 +301,17 @@ class MemoryObjectStore(ObjectStore):
             raise Exists(f"object {new!r} exists in {bucket!r}")
         moved = _copy(src)
         moved.name = new
-        result = self._publish(b, moved)
+        result = self._publish(b, moved, notify=False)
         tomb = _copy(src)
         tomb.deleted, tomb.size, tomb.chunks, tomb.digest = True, 0, 0, ""
-        self._publish(b, tomb)
+        self._publish(b, tomb, notify=False)
+        # The NATS watch reports a moved object's old name gone before the new one appears
+        # (it infers the rename from the nuid); a moved link shows in publish order.
+        events = [WatchEvent("put", moved), WatchEvent("delete", tomb)]
+        if src.link is None:
+            events.reverse()
+        for event in events:
+            b.notify(event)
         if dst is not None and dst.nuid != src.nuid:
             self._purge(b, dst.nuid)
         return result
@@ -315,6 +325,7 @@ class MemoryObjectStore(ObjectStore):
             raise NotFound(f"object {name!r} not found in {bucket!r}")
         tomb = _copy(old)
         tomb.deleted, tomb.size, tomb.chunks, tomb.digest = True, 0, 0, ""
+        tomb.mtime_ns = time.time_ns()
         result = self._publish(b, tomb)
         self._purge(b, old.nuid)
         return result
@@ -338,7 +349,11 @@ class MemoryObjectStore(ObjectStore):
             raise InvalidLink("a link cannot point at another link")
         self._check_link_slot(b, name)
         info = ObjectInfo(
-            bucket=bucket, name=name, nuid=_nuid(), link=Link(target_bucket, target_name)
+            bucket=bucket,
+            name=name,
+            nuid=_nuid(),
+            mtime_ns=time.time_ns(),
+            link=Link(target_bucket, target_name),
         )
         return self._publish(b, info)
 
@@ -348,7 +363,13 @@ class MemoryObjectStore(ObjectStore):
         check_object(name)
         self._bucket(target_bucket)
         self._check_link_slot(b, name)
-        info = ObjectInfo(bucket=bucket, name=name, nuid=_nuid(), link=Link(target_bucket))
+        info = ObjectInfo(
+            bucket=bucket,
+            name=name,
+            nuid=_nuid(),
+            mtime_ns=time.time_ns(),
+            link=Link(target_bucket),
+        )
         return self._publish(b, info)
 
     # -- objects: data ---------------------------------------------------------------------
@@ -365,7 +386,8 @@ class MemoryObjectStore(ObjectStore):
         await self._enter("put")
         b = self._writable(bucket)
         check_object(name)
-        size_limit = chunk_size if chunk_size is not None else b.config.chunk_size
+        # 0 or None: the bucket's chunk size, as the NATS backend does.
+        size_limit = chunk_size or b.config.chunk_size
         if size_limit <= 0:
             raise ValueError(f"chunk_size must be positive, not {size_limit}")
         if if_revision is not None:
@@ -408,6 +430,7 @@ class MemoryObjectStore(ObjectStore):
             headers={k: list(v) for k, v in m.headers.items()},
             metadata=dict(m.metadata),
             chunk_size=size_limit,
+            mtime_ns=time.time_ns(),
         )
         new_bytes = sum(len(p) + subject_len + _MSG_OVERHEAD for p in pieces)
         if (
