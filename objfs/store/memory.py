@@ -11,7 +11,10 @@ both backends:
   under a fresh nuid, then swaps the meta in and drops the old chunks in one step, so readers
   see the old or the new object, never a mix.
 - Deletes leave tombstones (deleted, size 0, chunks 0, digest "", nuid kept). A rename moves
-  the meta to the new name and leaves a tombstone on the old one.
+  the meta to the new name and leaves a tombstone on the old one; a watch reports the old
+  name's delete before the new name's put, as the NATS watch does (for a renamed link, the
+  other way round). Like the NATS backend, put, delete and links set ``mtime_ns``; rename and
+  update_meta keep it. ``list`` is sorted by name.
 - ``max_bytes`` is checked the way a ``discard new`` stream checks it: the old chunks still
   count while the new ones are stored, so a replacing put needs room for both. Sizes are
   approximations of JetStream's per-message accounting (subject + headers + payload + 16).
@@ -449,6 +452,9 @@ class MemoryObjectStore(ObjectStore):
 
     async def layout(self, info: ObjectInfo) -> ChunkLayout:
         await self._enter("layout")
+        return self._layout(info)
+
+    def _layout(self, info: ObjectInfo) -> ChunkLayout:
         b = self._bucket(info.bucket)
         if info.chunks == 0:
             return ChunkLayout(info.bucket, info.nuid, [], [0])
@@ -493,8 +499,12 @@ class MemoryObjectStore(ObjectStore):
     ) -> AsyncIterator[list[bytes]]:
         await self._enter("read_stream")
         if info.link is not None and info.link.name is not None:
-            info = await self.resolve(info.link.bucket, info.link.name)
-        lay = await self.layout(info)
+            # Internal lookups: no extra call counts or injected faults.
+            target = self._bucket(info.link.bucket).live(info.link.name)
+            if target is None:
+                raise NotFound(f"link target {info.link.bucket}/{info.link.name} not found")
+            info = target
+        lay = self._layout(info)
         sha = hashlib.sha256()
         step = max(1, window)
         for first in range(0, lay.chunks, step):
