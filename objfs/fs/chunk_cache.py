@@ -1,0 +1,166 @@
+"""The read path's chunk cache: whole store chunks, in memory, keyed by object version.
+
+- Keys are ``(bucket, nuid, chunk index)``. Every put uses a fresh nuid, so an overwritten
+  object can never be served from stale chunks, by construction.
+- An LRU bounded in bytes (cachetools with ``getsizeof=len``), ``options.cache_size``.
+- pyfuse3 runs up to 99 handlers at once, and the kernel splits one big read into many: a
+  chunk that is already being fetched is waited for (one ``trio.Event`` per in-flight key),
+  never fetched twice.
+- Missing chunks of one read are fetched in one ``read_chunks`` call (one bridge hop, one
+  batch request), and sequential access starts a background fetch of the next chunks
+  (readahead) when a task spawner is available (``Filesystem.run_background`` provides one).
+- Layouts (where an object's chunks are) are cached per ``(bucket, nuid)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import trio
+from cachetools import LRUCache
+
+from objfs.store.api import ChunkLayout, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, int]
+Spawner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+
+READAHEAD_BYTES = 4 * 1024 * 1024
+
+
+class ChunkCache:
+    def __init__(
+        self, store: Any, capacity: int, *, readahead_bytes: int = READAHEAD_BYTES
+    ) -> None:
+        self.store = store
+        self._chunks: LRUCache[Key, bytes] = LRUCache(maxsize=max(capacity, 1), getsizeof=len)
+        self._layouts: LRUCache[tuple[str, str], ChunkLayout] = LRUCache(maxsize=4096)
+        self._inflight: dict[Key, trio.Event] = {}
+        self._next_expected: LRUCache[tuple[str, str], int] = LRUCache(maxsize=1024)
+        self.readahead_bytes = readahead_bytes
+        self.spawn: Spawner | None = None
+
+    async def layout(self, info: ObjectInfo) -> ChunkLayout:
+        key = (info.bucket, info.nuid)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = await self.store.layout(info)
+            self._layouts[key] = layout
+        return layout
+
+    async def read(self, info: ObjectInfo, offset: int, size: int) -> bytes:
+        """Bytes ``offset`` .. ``offset + size`` of the object version ``info``."""
+        if size <= 0 or offset >= info.size:
+            return b""
+        layout = await self.layout(info)
+        end = min(offset + size, layout.size)
+        if offset >= end:
+            return b""
+        first = layout.chunk_at(offset)
+        last = layout.chunk_at(end - 1)
+        chunks = await self.chunks(layout, first, last - first + 1)
+        self._maybe_readahead(layout, first, last)
+        data = b"".join(chunks)
+        start = offset - layout.offsets[first]
+        return data[start : start + (end - offset)]
+
+    async def chunks(self, layout: ChunkLayout, first: int, count: int) -> list[bytes]:
+        """Chunks ``first`` .. ``first + count - 1``, from the cache or fetched once."""
+        got: dict[int, bytes] = {}
+        for _attempt in range(3):
+            missing: list[int] = []
+            waits: list[trio.Event] = []
+            for i in range(first, first + count):
+                if i in got:
+                    continue
+                key = (layout.bucket, layout.nuid, i)
+                data = self._chunks.get(key)
+                if data is not None:
+                    got[i] = data
+                elif key in self._inflight:
+                    waits.append(self._inflight[key])
+                else:
+                    missing.append(i)
+            if missing:
+                got.update(await self._fetch(layout, missing))
+            for event in waits:
+                await event.wait()
+            if len(got) == count:
+                break
+            # Chunks another task fetched: take them from the cache (or fetch them ourselves
+            # if that fetch failed or they were evicted meanwhile) on the next round.
+        if len(got) != count:
+            got.update(
+                await self._fetch(layout, [i for i in range(first, first + count) if i not in got])
+            )
+        return [got[i] for i in range(first, first + count)]
+
+    async def _fetch(self, layout: ChunkLayout, indexes: list[int]) -> dict[int, bytes]:
+        """Fetch ``indexes`` (sorted), one ``read_chunks`` call per contiguous run."""
+        events = {}
+        for i in indexes:
+            key = (layout.bucket, layout.nuid, i)
+            events[key] = self._inflight[key] = trio.Event()
+        out: dict[int, bytes] = {}
+        try:
+            for start, n in _runs(indexes):
+                batch = await self.store.read_chunks(layout, start, n)
+                for j, data in enumerate(batch):
+                    out[start + j] = data
+                    self._put(layout, start + j, data)
+        finally:
+            for key, event in events.items():
+                if self._inflight.get(key) is event:
+                    del self._inflight[key]
+                event.set()
+        return out
+
+    def _put(self, layout: ChunkLayout, index: int, data: bytes) -> None:
+        # ValueError: a chunk larger than the whole cache; serve it, do not keep it.
+        with contextlib.suppress(ValueError):
+            self._chunks[(layout.bucket, layout.nuid, index)] = data
+
+    def _maybe_readahead(self, layout: ChunkLayout, first: int, last: int) -> None:
+        key = (layout.bucket, layout.nuid)
+        expected = self._next_expected.get(key)
+        self._next_expected[key] = last + 1
+        if self.spawn is None or expected is None or not (expected - 1 <= first <= expected):
+            return
+        chunk_len = max(1, layout.offsets[1] - layout.offsets[0]) if layout.chunks else 1
+        window = max(1, self.readahead_bytes // chunk_len)
+        start = last + 1
+        wanted = [
+            i
+            for i in range(start, min(start + window, layout.chunks))
+            if (layout.bucket, layout.nuid, i) not in self._chunks
+            and (layout.bucket, layout.nuid, i) not in self._inflight
+        ]
+        if not wanted:
+            return
+
+        async def prefetch() -> None:
+            try:
+                await self._fetch(layout, wanted)
+            except Exception as e:  # readahead is a hint: a failure only costs a later fetch
+                log.debug("readahead of %s failed: %r", layout.nuid, e)
+
+        self.spawn(prefetch)
+
+    def forget(self, bucket: str, nuid: str) -> None:
+        """Drop the layout of an object version that no longer exists (chunks age out)."""
+        self._layouts.pop((bucket, nuid), None)
+
+
+def _runs(indexes: list[int]) -> list[tuple[int, int]]:
+    """Contiguous runs of sorted ``indexes`` as (start, count)."""
+    runs: list[tuple[int, int]] = []
+    for i in indexes:
+        if runs and runs[-1][0] + runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs

@@ -1,0 +1,311 @@
+"""Name operations of the core: mkdir, rmdir, unlink, rename, symlink, readlink, link.
+
+- Directories: an empty directory made here persists as a zero-size marker object ``dir/``;
+  directories implied by deeper names need none. rmdir removes the marker, so nothing is
+  left behind. At the all-buckets root, mkdir creates a bucket and rmdir deletes an empty one.
+- Rename of a file is the store's zero-copy rename (same nuid, new name). Rename of a
+  directory renames every object below it (and its marker), up to ``RENAME_PARALLEL`` at a
+  time. A file not uploaded yet (still only in its spool) is renamed in the tree only: its
+  upload goes to the new name.
+- Symlinks: a plain symlink is an empty object whose ``Objfs-Symlink`` header holds the
+  target. Object links (``ObjectInfo.link``) show as symlinks to the relative path of their
+  target. Hard links, fifos, sockets and device nodes are refused with EPERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import posixpath
+import stat
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from objfs.fs.errors import FsError
+from objfs.fs.inodes import InodeTable, Kind, Node
+from objfs.fs.posix_attrs import attrs_to_headers
+from objfs.fs.tree import Tree
+from objfs.fs.values import Caller
+from objfs.store.api import BucketConfig, ObjectInfo, ObjectMeta
+from objfs.store.errors import InvalidName, NotFound, StoreError
+from objfs.store.names import check_bucket
+
+if TYPE_CHECKING:
+    from objfs.fs.watcher import BucketWatch
+    from objfs.options import MountOptions
+
+log = logging.getLogger(__name__)
+
+RENAME_PARALLEL = 16
+"""Objects of a directory rename renamed at once (bounded so a big tree does not flood)."""
+
+
+class NamespaceOps:
+    """Mixed into ``Filesystem``; uses its store, tables and helpers."""
+
+    store: Any
+    options: MountOptions
+    table: InodeTable
+    tree: Tree
+    root: Node
+    watches: dict[str, BucketWatch]
+
+    if TYPE_CHECKING:
+
+        def check_writable(self) -> None: ...
+        async def directory(self, ino: int) -> Node: ...
+        async def ensure_loaded(self, node: Node) -> None: ...
+        async def forget_bucket(self, name: str) -> None: ...
+        def object_name(self, parent: Node, name: str, *, directory: bool = False) -> str: ...
+        def in_bucket(self, parent: Node) -> str: ...
+        def new_attrs(self, file_type: int, mode: int, caller: Caller) -> Any: ...
+        def touch(self, node: Node | None) -> None: ...
+        @property
+        def multi_bucket(self) -> bool: ...
+
+    def _existing(self, parent: Node, name: str) -> Node:
+        node = self.table.child(parent, name)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        return node
+
+    # -- directories ---------------------------------------------------------------------------
+    async def mkdir(self, parent_ino: int, name: str, mode: int, caller: Caller) -> Node:
+        self.check_writable()
+        parent = await self.directory(parent_ino)
+        if self.table.child(parent, name) is not None:
+            raise FsError(errno.EEXIST)
+        if parent.bucket is None:
+            return await self._make_bucket(name)
+        full = self.object_name(parent, name, directory=True)
+        attrs = self.new_attrs(stat.S_IFDIR, mode, caller)
+        info = await self.store.put(
+            parent.bucket, full, b"", meta=ObjectMeta(headers=attrs_to_headers(attrs))
+        )
+        node = self.table.new(Kind.DIR, parent, name, attrs, info=info)
+        self.table.ref(node)
+        self.touch(parent)
+        return node
+
+    async def _make_bucket(self, name: str) -> Node:
+        try:
+            check_bucket(name)
+        except InvalidName as e:
+            raise FsError(errno.EINVAL, str(e)) from None
+        await self.store.create_bucket(BucketConfig(name=name, chunk_size=self.options.chunk_size))
+        node = self.table.new(
+            Kind.DIR, self.root, name, self.tree.attrs_for(None, Kind.DIR), bucket=name, path=""
+        )
+        node.loaded = False
+        self.table.ref(node)
+        self.touch(self.root)
+        return node
+
+    async def rmdir(self, parent_ino: int, name: str, caller: Caller | None = None) -> None:
+        self.check_writable()
+        parent = await self.directory(parent_ino)
+        node = self._existing(parent, name)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if node.is_bucket_root:
+            await self.ensure_loaded(node)
+            assert node.bucket is not None
+            if node.children or await self.store.list(node.bucket):
+                raise FsError(errno.ENOTEMPTY)
+            await self.store.delete_bucket(node.bucket)
+            await self.forget_bucket(node.bucket)
+            self.touch(parent)
+            return
+        if node.children:
+            raise FsError(errno.ENOTEMPTY)
+        if node.info is not None:
+            assert node.bucket is not None
+            # NotFound: someone else removed the marker; the goal is reached.
+            with contextlib.suppress(NotFound):
+                await self.store.delete(node.bucket, node.info.name)
+        self.table.detach(node)
+        self.touch(parent)
+
+    # -- files ---------------------------------------------------------------------------------
+    async def unlink(self, parent_ino: int, name: str, caller: Caller | None = None) -> None:
+        self.check_writable()
+        parent = await self.directory(parent_ino)
+        node = self._existing(parent, name)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        if node.info is not None:
+            assert node.bucket is not None
+            with contextlib.suppress(NotFound):
+                await self.store.delete(node.bucket, node.info.name)
+        self.table.detach(node)  # open handles keep the node; its spool is never uploaded
+        if node.spool is not None and node.handles == 0:
+            node.spool.close()
+            node.spool = None
+        self.touch(parent)
+
+    async def link(
+        self, ino: int, parent_ino: int, name: str, caller: Caller | None = None
+    ) -> Node:
+        raise FsError(errno.EPERM, "objects cannot have two names")
+
+    async def symlink(self, parent_ino: int, name: str, target: str, caller: Caller) -> Node:
+        self.check_writable()
+        parent = await self.directory(parent_ino)
+        bucket = self.in_bucket(parent)
+        full = self.object_name(parent, name)
+        if self.table.child(parent, name) is not None:
+            raise FsError(errno.EEXIST)
+        attrs = self.new_attrs(stat.S_IFLNK, 0o777, Caller(caller.uid, caller.gid, 0))
+        headers = attrs_to_headers(attrs, symlink=target)
+        info = await self.store.put(bucket, full, b"", meta=ObjectMeta(headers=headers))
+        node = self.table.new(Kind.SYMLINK, parent, name, attrs, info=info)
+        node.symlink = target
+        self.table.ref(node)
+        self.touch(parent)
+        return node
+
+    def readlink(self, ino: int) -> str:
+        node = self.table.get(ino)
+        if node.kind is not Kind.SYMLINK:
+            raise FsError(errno.EINVAL)
+        if node.symlink is not None:
+            return node.symlink
+        if node.info is not None and node.info.link is not None:
+            return self._link_target(node)
+        raise FsError(errno.EINVAL)
+
+    def _link_target(self, node: Node) -> str:
+        """Relative path from an object link to what it points at (object or bucket)."""
+        assert node.info is not None and node.info.link is not None
+        link = node.info.link
+        here = posixpath.dirname(node.path)
+        if link.bucket == node.bucket and link.name is not None:
+            return posixpath.relpath(link.name, here or ".")
+        # Another bucket: reachable from the all-buckets root, one level above this bucket.
+        up = "../" * (len(here.split("/")) + 1 if here else 1)
+        return up + link.bucket + ("" if link.name is None else "/" + link.name)
+
+    # -- rename --------------------------------------------------------------------------------
+    async def rename(
+        self,
+        old_parent_ino: int,
+        old_name: str,
+        new_parent_ino: int,
+        new_name: str,
+        *,
+        noreplace: bool = False,
+        exchange: bool = False,
+        caller: Caller | None = None,
+    ) -> None:
+        if exchange:
+            raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        self.check_writable()
+        old_parent = await self.directory(old_parent_ino)
+        new_parent = await self.directory(new_parent_ino)
+        node = self._existing(old_parent, old_name)
+        if node.bucket is None or node.is_bucket_root or new_parent.bucket is None:
+            raise FsError(errno.EPERM, "buckets cannot be renamed")
+        if new_parent.bucket != node.bucket:
+            raise FsError(errno.EXDEV)
+        new_full = self.object_name(new_parent, new_name, directory=node.is_dir)
+        if node.is_dir:
+            ancestor: Node | None = new_parent
+            while ancestor is not None and not ancestor.is_bucket_root:
+                if ancestor is node:
+                    raise FsError(errno.EINVAL, "cannot move a directory into itself")
+                ancestor = self.table.find(ancestor.parent)
+        target = self.table.child(new_parent, new_name)
+        if target is node:
+            return
+        if target is not None:
+            if noreplace:
+                raise FsError(errno.EEXIST)
+            if target.is_dir and not node.is_dir:
+                raise FsError(errno.EISDIR)
+            if node.is_dir and not target.is_dir:
+                raise FsError(errno.ENOTDIR)
+            if target.is_dir and target.children:
+                raise FsError(errno.ENOTEMPTY)
+        if node.is_dir:
+            await self._rename_dir(node, new_parent, new_name, target)
+        else:
+            await self._rename_file(node, new_parent, new_name, new_full, target)
+        self.touch(old_parent)
+        self.touch(new_parent)
+
+    async def _rename_file(
+        self, node: Node, new_parent: Node, new_name: str, new_full: str, target: Node | None
+    ) -> None:
+        assert node.bucket is not None
+        replace = target is not None and target.info is not None
+        if node.spool is not None:
+            async with node.spool.lock:  # never rename under a running upload
+                await self._rename_object(node, new_full, replace)
+        else:
+            await self._rename_object(node, new_full, replace)
+        if target is not None:
+            self.table.detach(target)
+        self.table.move(node, new_parent, new_name)
+        node.attrs.ctime_ns = new_parent.attrs.mtime_ns
+
+    async def _rename_object(self, node: Node, new_full: str, replace: bool) -> None:
+        if node.info is None:
+            return  # not uploaded yet: the upload will use the new name
+        assert node.bucket is not None
+        node.info = await self.store.rename(node.bucket, node.info.name, new_full, replace=replace)
+
+    async def _rename_dir(
+        self, node: Node, new_parent: Node, new_name: str, target: Node | None
+    ) -> None:
+        assert node.bucket is not None
+        bucket = node.bucket
+        old_prefix = node.path + "/"
+        new_prefix = (f"{new_parent.path}/{new_name}" if new_parent.path else new_name) + "/"
+        movers = [n for n in self.table.walk(node) if n.info is not None]
+        limiter = trio.CapacityLimiter(RENAME_PARALLEL)
+        failed: list[tuple[ObjectInfo, StoreError]] = []
+
+        async def move(n: Node) -> None:
+            info = n.info
+            assert info is not None
+            new = (
+                new_prefix + info.name[len(old_prefix) :] if info.name != old_prefix else new_prefix
+            )
+            async with limiter:
+                try:
+                    if n.spool is not None:
+                        async with n.spool.lock:
+                            n.info = await self.store.rename(bucket, info.name, new)
+                    else:
+                        n.info = await self.store.rename(bucket, info.name, new)
+                except StoreError as e:
+                    failed.append((info, e))
+
+        if target is not None and target.info is not None:
+            with contextlib.suppress(NotFound):
+                await self.store.delete(bucket, target.info.name)
+        async with trio.open_nursery() as nursery:
+            for n in movers:
+                nursery.start_soon(move, n)
+        if target is not None:
+            self.table.detach(target)
+        self.table.move(node, new_parent, new_name)
+        if failed:
+            # Show what stayed behind where it still is, so the tree matches the store.
+            root = self._bucket_root(node)
+            for info, _ in failed:
+                for n in self.table.walk(node):
+                    if n.info is info:
+                        n.info = None if n.is_dir else n.info
+                        if not n.is_dir:
+                            self.table.detach(n)
+                self.tree.add(root, info)
+            log.error("rename of %s: %d objects failed: %s", old_prefix, len(failed), failed[0][1])
+            raise FsError(failed[0][1].errno)
+
+    def _bucket_root(self, node: Node) -> Node:
+        while not node.is_bucket_root:
+            node = self.table.get(node.parent)
+        return node

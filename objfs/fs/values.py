@@ -1,0 +1,67 @@
+"""Plain values that cross the boundary between the core and the pyfuse3 adapter.
+
+The core speaks in these instead of pyfuse3's types, so it can be driven (and tested)
+without a kernel; the adapter copies them into ``EntryAttributes``/``StatvfsData`` and builds
+``Caller``/``SetAttr`` from ``RequestContext``/``SetattrFields``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asks: the request context's uid, gid, umask (and pid, for logs)."""
+
+    uid: int
+    gid: int
+    umask: int = 0o022
+    pid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    blksize: int
+    blocks: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    entry_timeout: float
+    attr_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    bsize: int
+    frsize: int
+    blocks: int
+    bfree: int
+    bavail: int
+    files: int
+    ffree: int
+    favail: int
+    namemax: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetAttr:
+    """The attributes a setattr changes (None: leave as is).
+
+    Times are absolute nanoseconds: pyfuse3 has already turned UTIME_NOW into the current
+    time, and UTIME_OMIT arrives as "field not set" (None here).
+    """
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None

@@ -1,0 +1,185 @@
+"""Keeps the tree in step with the store: one watch per bucket, applied to the inode table.
+
+A watch delivers the bucket's current objects, ``snapshot_end``, then live changes. The
+snapshot builds the bucket's tree (``load``); later events (``follow``) update it and queue
+kernel invalidations, so lookups and readdir are answered from memory without a round trip
+and stay fresh across clients.
+
+This mount's own writes come back through the watch too. They are recognised and not
+invalidated: a put whose revision is not newer than what the node already holds is ours (or
+stale), a tombstone whose nuid is not the node's current one is for an older version, and a
+node with a local spool (being written here) is never overwritten from outside: local writes
+win until they are uploaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from objfs.fs.chunk_cache import ChunkCache
+from objfs.fs.inodes import ROOT_INO, InodeTable, Node
+from objfs.fs.invalidation import InvalidateEntry, InvalidateInode, InvalidationQueue
+from objfs.fs.tree import Tree
+from objfs.store.api import ObjectInfo, WatchEvent
+from objfs.store.errors import NotFound, StoreError
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAY = 1.0
+"""Seconds between attempts to re-establish a failed watch."""
+
+
+class Watcher:
+    """Applies watch events of any bucket to the tree."""
+
+    def __init__(
+        self, table: InodeTable, tree: Tree, queue: InvalidationQueue, cache: ChunkCache
+    ) -> None:
+        self.table = table
+        self.tree = tree
+        self.queue = queue
+        self.cache = cache
+        self.applied = 0
+
+    def apply_snapshot(self, root: Node, infos: list[ObjectInfo], *, reconcile: bool) -> None:
+        """Show every object of ``infos``; with ``reconcile`` also drop what is gone."""
+        for info in infos:
+            self.apply(root, WatchEvent("put", info))
+        if not reconcile:
+            return
+        live = {info.name for info in infos}
+        for node in list(self.table.walk(root)):
+            if node.info is not None and node.info.name not in live and node.spool is None:
+                self.apply(root, WatchEvent("delete", node.info))
+
+    def apply(self, root: Node, event: WatchEvent) -> None:
+        self.applied += 1
+        if event.info is None:
+            return
+        if event.kind == "put":
+            self._put(root, event.info)
+        elif event.kind == "delete":
+            self._delete(root, event.info)
+
+    def _put(self, root: Node, info: ObjectInfo) -> None:
+        node = self.tree.find(root, info.name)
+        if node is not None:
+            if node.info is not None and node.info.revision >= info.revision:
+                return  # our own write, already applied, or an older version
+            if node.spool is not None:
+                return  # being written here: local content wins until uploaded
+        old_nuid = node.info.nuid if node is not None and node.info is not None else None
+        first_new = self.table.next_ino
+        new = self.tree.add(root, info)
+        if new is None:
+            return
+        if node is not new:
+            self._entries_added(new, first_new)
+        elif old_nuid != info.nuid and not new.is_dir:
+            if old_nuid is not None:
+                self.cache.forget(info.bucket, old_nuid)
+            self._inode(new, attr_only=False)
+        else:
+            self._inode(new, attr_only=True)
+
+    def _delete(self, root: Node, info: ObjectInfo) -> None:
+        node = self.tree.find(root, info.name)
+        if node is None or node.info is None or node.info.nuid != info.nuid:
+            return  # gone already (our own delete or rename), or a newer version is there
+        if info.name.endswith("/"):
+            if not node.is_dir:
+                return
+            node.info = None
+            self._prune(node)
+            return
+        if node.is_dir or node.spool is not None:
+            return
+        parent = self.table.find(node.parent)
+        self.table.detach(node)
+        self.cache.forget(info.bucket, info.nuid)
+        if parent is not None:
+            self._entry(parent, node.name, node.ino)
+            self._prune(parent)
+
+    def _prune(self, directory: Node) -> None:
+        for gone in self.tree.prune(directory):
+            parent = self.table.find(gone.parent)
+            if parent is not None:
+                self._entry(parent, gone.name, gone.ino)
+
+    def _entries_added(self, node: Node, first_new: int) -> None:
+        """Invalidate the dentry of the topmost node created by this event (and its dir)."""
+        top = node
+        while True:
+            parent = self.table.find(top.parent)
+            if parent is None or parent.ino < first_new:
+                break
+            top = parent
+        parent = self.table.find(top.parent)
+        if parent is not None:
+            self._entry(parent, top.name, 0)
+
+    def _entry(self, parent: Node, name: str, deleted: int) -> None:
+        if parent.lookups > 0 or parent.ino == ROOT_INO:
+            self.queue.push(InvalidateEntry(parent.ino, name, deleted))
+            self.queue.push(InvalidateInode(parent.ino, attr_only=False))
+
+    def _inode(self, node: Node, *, attr_only: bool) -> None:
+        if node.lookups > 0:
+            self.queue.push(InvalidateInode(node.ino, attr_only=attr_only))
+
+
+class BucketWatch:
+    """The watch of one bucket: ``load`` (snapshot) once, then ``follow`` until cancelled."""
+
+    def __init__(self, store: Any, bucket: str, root: Node, watcher: Watcher) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.root = root
+        self.watcher = watcher
+        self.scope = trio.CancelScope()
+        self._iter: Any = None
+        self.closed = False
+
+    async def load(self, *, reconcile: bool = False) -> None:
+        """Start the watch and apply its snapshot (returns at ``snapshot_end``)."""
+        self._iter = self.store.watch(self.bucket).__aiter__()
+        infos: list[ObjectInfo] = []
+        async for event in self._iter:
+            if event.kind == "snapshot_end":
+                break
+            if event.kind == "put" and event.info is not None:
+                infos.append(event.info)
+        self.watcher.apply_snapshot(self.root, infos, reconcile=reconcile)
+
+    async def follow(self) -> None:
+        """Apply live changes until cancelled; a failed watch is re-established."""
+        with self.scope:
+            while not self.closed:
+                try:
+                    if self._iter is None:
+                        await self.load(reconcile=True)
+                    async for event in self._iter:
+                        self.watcher.apply(self.root, event)
+                    log.warning("watch of bucket %s ended; restarting", self.bucket)
+                except NotFound:
+                    log.warning("bucket %s is gone; its watch stops", self.bucket)
+                    return
+                except StoreError as e:
+                    log.warning("watch of bucket %s failed (%s); retrying", self.bucket, e)
+                await self._close_iter()
+                await trio.sleep(RETRY_DELAY)
+
+    async def _close_iter(self) -> None:
+        it, self._iter = self._iter, None
+        if it is not None and hasattr(it, "aclose"):
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await it.aclose()
+
+    async def close(self) -> None:
+        self.closed = True
+        self.scope.cancel()
+        await self._close_iter()
