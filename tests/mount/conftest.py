@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mounting import Mount
+from mounting import Mount, MountFactory
 
 from objfs.server import EmbeddedServer
 
@@ -29,9 +29,6 @@ need: Callable[[bool, str], None] = _root.need
 fuse_available: Callable[[], bool] = _root.fuse_available
 
 _ACTIVE_KEY = pytest.StashKey[list[Mount]]()
-
-
-MountFactory = Callable[..., Mount]
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,3 +163,7 @@ class Mount:
     def kill(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
+
+
+MountFactory = Callable[..., Mount]
+"""The ``mounts`` fixture: ``mounts(*objfs_args, bucket=..., name=..., create=...)``."""

@@ -1,0 +1,134 @@
+"""``objfs`` command-line behaviour: help, version, and one-line errors with exit code 1.
+
+Errors must be one line naming the cause, never a traceback: users see them in a terminal,
+in ``mount -a`` output and in systemd's journal. Most checks need no mount; the
+already-mounted and missing-bucket ones use a real mount and server.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from mounting import Mount, mounted, objfs_command
+
+from objfs.server import EmbeddedServer
+
+MOUNT_OPTIONS = [
+    "--server",
+    "--user",
+    "--password",
+    "--token",
+    "--creds",
+    "--tls-ca",
+    "--tls-cert",
+    "--tls-key",
+    "--timeout",
+    "--data-dir",
+    "--bucket",
+    "--create",
+    "--read-only",
+    "--allow-other",
+    "--uid",
+    "--gid",
+    "--umask",
+    "--cache-size",
+    "--spool-dir",
+    "--chunk-size",
+    "-o",
+    "--daemon",
+    "--debug",
+    "--verbose",
+]
+
+
+def objfs(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(objfs_command(*args), capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("objfs")]
+    assert len(errors) == 1, r.stderr
+    for word in words:
+        assert word in errors[0], (word, r.stderr)
+
+
+def test_help_mentions_every_option() -> None:
+    r = objfs("mount", "--help")
+    assert r.returncode == 0, r.stderr
+    for option in MOUNT_OPTIONS:
+        assert re.search(rf"(^|[\s,\[]){re.escape(option)}\b", r.stdout), option
+    # Each option has its own explanation, not just a usage line.
+    options_part = r.stdout.split("connection:", 1)[1]
+    for option in MOUNT_OPTIONS:
+        assert option in options_part, option
+
+
+def test_version() -> None:
+    r = objfs("--version")
+    assert r.returncode == 0
+    assert re.fullmatch(r"objfs \d+\.\d+\.\d+\S*\n", r.stdout), r.stdout
+
+
+def test_missing_mountpoint(tmp_path: Path) -> None:
+    r = objfs("mount", "--server", "nats://127.0.0.1:1", str(tmp_path / "nope"))
+    assert_one_line_error(r, "does not exist", str(tmp_path / "nope"))
+
+
+def test_mountpoint_not_a_directory(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert_one_line_error(objfs("mount", str(f)), "not a directory")
+
+
+def test_mountpoint_not_empty_needs_nonempty(tmp_path: Path) -> None:
+    (tmp_path / "something").write_text("x")
+    assert_one_line_error(objfs("mount", str(tmp_path)), "not empty", "nonempty")
+
+
+def test_bad_option_values(tmp_path: Path) -> None:
+    for args, word in [
+        (["--cache-size", "12X"], "--cache-size"),
+        (["--chunk-size", "0"], "--chunk-size"),
+        (["--umask", "9"], "--umask"),
+        (["--timeout", "soon"], "--timeout"),
+        (["--uid", "no-such-user-xyz"], "--uid"),
+    ]:
+        r = objfs("mount", *args, str(tmp_path))
+        assert_one_line_error(r, word)
+
+
+def test_invalid_bucket_name(tmp_path: Path) -> None:
+    assert_one_line_error(objfs("mount", "--bucket", "a b", str(tmp_path)), "bucket")
+
+
+def test_unreachable_server(tmp_path: Path) -> None:
+    start = time.monotonic()
+    r = objfs("mount", "--server", "nats://127.0.0.1:1", "--timeout", "1", str(tmp_path))
+    assert_one_line_error(r, "nats://127.0.0.1:1")
+    assert time.monotonic() - start < 15
+
+
+def test_missing_bucket_without_create(
+    tmp_path: Path, nats_server: EmbeddedServer, bucket_name: str
+) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    r = objfs("mount", "--server", nats_server.url, "--bucket", bucket_name, str(mp))
+    assert_one_line_error(r, bucket_name, "--create")
+    assert not mounted(mp)
+
+
+def test_already_mounted(mount: Mount) -> None:
+    r = objfs(
+        "mount", "--server", mount.server_url, "--bucket", str(mount.bucket), str(mount.mountpoint)
+    )
+    assert_one_line_error(r, "already mounted")
+    # The first mount is unharmed.
+    (mount.mountpoint / "still-works").write_bytes(b"ok")
+    assert (mount.mountpoint / "still-works").read_bytes() == b"ok"
