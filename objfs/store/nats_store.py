@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator
 from typing import Any, BinaryIO
 
 import nats
+import nats.aio.client as nats_client
 import nats.errors
 from cachetools import LRUCache
 from nats.nuid import NUID
@@ -71,6 +72,9 @@ PUT_WINDOW = 24
 
 LAYOUT_CACHE = 512
 """Layouts of objects this process wrote (nuid -> layout), kept for a free ``layout()``."""
+
+READ_BUFFER = 1 << 20
+"""Socket read size and reader buffer limit of the connection (see connect)."""
 
 META_CHUNK_SIZE = "objfs.chunk_size"
 ROLLUP = {"Nats-Rollup": "sub"}
@@ -129,6 +133,10 @@ async def connect(
         if tls_cert:
             ctx.load_cert_chain(tls_cert, tls_key)
         opts["tls"] = ctx
+    # nats-py reads the socket 32 KiB at a time into a 32 KiB-limit StreamReader, so a
+    # 256 MiB read pauses/resumes the transport ~8,000 times; 1 MiB reads measured 15-25%
+    # faster. The value is a module global read at connect and on each read.
+    nats_client.DEFAULT_BUFFER_SIZE = max(nats_client.DEFAULT_BUFFER_SIZE, READ_BUFFER)
     try:
         # The initial connect does not retry for ever (only reconnects do), but bound it anyway.
         nc = await asyncio.wait_for(nats.connect(**opts), timeout * 2 + 1)
@@ -632,6 +640,8 @@ class NatsObjectStore(ObjectStore):
                     chunks += await self.read_chunks(
                         layout, first + len(chunks), count - len(chunks)
                     )
+                # Inline: hashing on a worker thread measured no faster here (GIL hand-offs
+                # with the event loop on 2 cores shared with the server).
                 for c in chunks:
                     sha.update(c)
                 done += count
