@@ -101,19 +101,29 @@ class ChunkCache:
 
     async def _fetch(self, layout: ChunkLayout, indexes: list[int]) -> dict[int, bytes]:
         """Fetch ``indexes`` (sorted), one ``read_chunks`` call per contiguous run."""
-        events = {}
+        return await self._fetch_claimed(layout, self._claim(layout, indexes))
+
+    def _claim(self, layout: ChunkLayout, indexes: list[int]) -> dict[int, trio.Event]:
+        """Mark chunks in flight, synchronously, so no other task fetches them as well."""
+        claimed = {}
         for i in indexes:
             key = (layout.bucket, layout.nuid, i)
-            events[key] = self._inflight[key] = trio.Event()
+            claimed[i] = self._inflight[key] = trio.Event()
+        return claimed
+
+    async def _fetch_claimed(
+        self, layout: ChunkLayout, claimed: dict[int, trio.Event]
+    ) -> dict[int, bytes]:
         out: dict[int, bytes] = {}
         try:
-            for start, n in _runs(indexes):
+            for start, n in _runs(sorted(claimed)):
                 batch = await self.store.read_chunks(layout, start, n)
                 for j, data in enumerate(batch):
                     out[start + j] = data
                     self._put(layout, start + j, data)
         finally:
-            for key, event in events.items():
+            for i, event in claimed.items():
+                key = (layout.bucket, layout.nuid, i)
                 if self._inflight.get(key) is event:
                     del self._inflight[key]
                 event.set()
@@ -139,16 +149,23 @@ class ChunkCache:
             if (layout.bucket, layout.nuid, i) not in self._chunks
             and (layout.bucket, layout.nuid, i) not in self._inflight
         ]
-        if not wanted:
+        # Top the window up in big steps, not one chunk per read (one call per half window).
+        if not wanted or (len(wanted) < window // 2 and start + window < layout.chunks):
             return
+        claimed = self._claim(layout, wanted)
 
         async def prefetch() -> None:
             try:
-                await self._fetch(layout, wanted)
+                await self._fetch_claimed(layout, claimed)
             except Exception as e:  # readahead is a hint: a failure only costs a later fetch
                 log.debug("readahead of %s failed: %r", layout.nuid, e)
 
-        self.spawn(prefetch)
+        try:
+            self.spawn(prefetch)
+        except RuntimeError:  # the background nursery is closing: give the claims back
+            for i, event in claimed.items():
+                self._inflight.pop((layout.bucket, layout.nuid, i), None)
+                event.set()
 
     def forget(self, bucket: str, nuid: str) -> None:
         """Drop the layout of an object version that no longer exists (chunks age out)."""
