@@ -32,11 +32,20 @@ _ACTIVE_KEY = pytest.StashKey[list[Mount]]()
 
 
 @pytest.fixture
+def fuse() -> None:
+    """Skip (laptop) or fail (CI) unless real FUSE mounts can be made here."""
+    need(fuse_available(), "FUSE is not available (/dev/fuse and fusermount3)")
+
+
+@pytest.fixture
 def mounts(
-    request: pytest.FixtureRequest, nats_server: EmbeddedServer, tmp_path: Path, bucket_name: str
+    request: pytest.FixtureRequest,
+    fuse: None,
+    nats_server: EmbeddedServer,
+    tmp_path: Path,
+    bucket_name: str,
 ) -> Iterator[MountFactory]:
     """Mount a bucket (default: this test's) at a new mount point; unmounted at teardown."""
-    need(fuse_available(), "FUSE is not available (/dev/fuse and fusermount3)")
     made: list[Mount] = []
     request.node.stash[_ACTIVE_KEY] = made
 

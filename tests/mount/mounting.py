@@ -143,6 +143,8 @@ class Mount:
     def stop(self, *, check: bool = True) -> None:
         """Unmount and wait for a clean exit (0). Always leaves no mount and no process."""
         if self.proc is None:
+            if mounted(self.mountpoint):  # the process is gone but left its mount behind
+                subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], check=False)
             return
         try:
             if self.proc.poll() is None:
@@ -160,9 +162,14 @@ class Mount:
         self.stop()
         return self.start()
 
-    def kill(self, sig: int) -> None:
+    def signal(self, sig: int) -> int:
+        """Send ``sig`` to the mount process and return its exit code once it has ended."""
         assert self.proc is not None
         self.proc.send_signal(sig)
+        try:
+            return self.wait()
+        finally:
+            self.proc = None
 
 
 MountFactory = Callable[..., Mount]

@@ -1,0 +1,156 @@
+"""How a mount starts and ends: signals, --daemon, the embedded server, ``objfs server``.
+
+Every way out must leave nothing behind: no mount, no objfs process, no nats-server child.
+Processes are found by reading /proc (their command line names this test's private paths) and
+are only ever killed by PID, as a last resort after a failed check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import nats
+import pytest
+from mounting import Mount, MountFactory, mounted, objfs_command
+
+from objfs.server import EmbeddedServer
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (a path private to this test)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def wait_gone(text: str, timeout: float = 30.0) -> None:
+    """Wait until no process mentions ``text``; kill stragglers by PID and fail."""
+    deadline = time.monotonic() + timeout
+    while pids := pids_mentioning(text):
+        if time.monotonic() > deadline:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"processes still running after {timeout}s: {pids}")
+        time.sleep(0.05)
+
+
+def test_sigint_unmounts_cleanly(mount: Mount) -> None:
+    (mount.mountpoint / "f").write_bytes(b"data")
+    assert mount.signal(signal.SIGINT) == 0, mount.stderr()
+    assert not mounted(mount.mountpoint)
+    assert "Traceback" not in mount.stderr()
+
+
+def test_remount_after_sigterm_shows_the_data(mounts: MountFactory) -> None:
+    m = mounts()
+    (m.mountpoint / "kept").write_bytes(b"kept across restarts")
+    assert m.signal(signal.SIGTERM) == 0, m.stderr()
+    again = mounts(name="again")
+    assert (again.mountpoint / "kept").read_bytes() == b"kept across restarts"
+
+
+@pytest.mark.usefixtures("fuse")
+def test_embedded_server_is_started_and_stopped(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    m = Mount(tmp_path / "mnt", "", "emb", log_dir=tmp_path, args=("--data-dir", str(data_dir)))
+    m.command = lambda: objfs_command(  # type: ignore[method-assign]
+        "mount", "--bucket", "emb", "--create", "--data-dir", str(data_dir), "-v", str(m.mountpoint)
+    )
+    try:
+        m.start()
+        assert pids_mentioning(str(data_dir / "nats-server.conf")), "no embedded nats-server"
+        (m.mountpoint / "f").write_bytes(b"embedded")
+        m.remount()
+        assert (m.mountpoint / "f").read_bytes() == b"embedded"
+    finally:
+        m.stop()
+    wait_gone(str(data_dir))
+    assert "embedded nats-server" in m.stderr()
+
+
+@pytest.mark.usefixtures("fuse")
+def test_daemon_returns_once_mounted_and_exits_on_unmount(
+    tmp_path: Path, nats_server: EmbeddedServer, bucket_name: str
+) -> None:
+    mp = tmp_path / "dmnt"
+    mp.mkdir()
+    args = ["--server", nats_server.url, "--bucket", bucket_name, "--create"]
+    args += ["--data-dir", str(tmp_path / "data"), "--daemon", str(mp)]
+    try:
+        r = subprocess.run(
+            objfs_command("mount", *args), capture_output=True, text=True, timeout=60
+        )
+        assert r.returncode == 0, r.stderr
+        # Mounted and answering by the time the command returned: no waiting here.
+        assert mounted(mp)
+        (mp / "f").write_bytes(b"from a daemon mount")
+        assert (mp / "f").read_bytes() == b"from a daemon mount"
+        assert pids_mentioning(str(mp)), "the daemon is not running"
+    finally:
+        if mounted(mp):
+            subprocess.run(["fusermount3", "-u", str(mp)], check=False)
+        wait_gone(str(mp))
+        if mounted(mp):
+            subprocess.run(["fusermount3", "-uz", str(mp)], check=False)
+    assert not mounted(mp)
+    assert (tmp_path / "data/objfs.log").exists()
+
+
+def test_daemon_reports_errors_to_the_caller(
+    tmp_path: Path, nats_server: EmbeddedServer, bucket_name: str
+) -> None:
+    mp = tmp_path / "dmnt"
+    mp.mkdir()
+    args = ["--server", nats_server.url, "--bucket", bucket_name]
+    args += ["--data-dir", str(tmp_path / "data"), "--daemon", str(mp)]
+    r = subprocess.run(objfs_command("mount", *args), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"objfs: bucket {bucket_name!r} does not exist (add --create to create it)"
+    ]
+    wait_gone(str(mp))
+    assert not mounted(mp)
+
+
+def test_objfs_server_command(tmp_path: Path) -> None:
+    data_dir = tmp_path / "srv"
+    proc = subprocess.Popen(
+        objfs_command("server", "--data-dir", str(data_dir)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("nats://127.0.0.1:"), url
+
+        async def check() -> bool:
+            nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+            try:
+                return bool((await nc.jetstream().account_info()).limits is not None)
+            finally:
+                await nc.close()
+
+        assert asyncio.run(check())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    wait_gone(str(data_dir))
