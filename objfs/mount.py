@@ -273,12 +273,13 @@ async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> in
 
 async def _start_embedded_server(options: MountOptions, stack: contextlib.AsyncExitStack) -> str:
     srv = EmbeddedServer(options.connect.data_dir)
-    # nats-server start-up is a blocking wait for its port; a signal may abandon it.
-    await trio.to_thread.run_sync(srv.start, abandon_on_cancel=False)
+    # Registered before starting: a signal during start-up must not leave the server running
+    # (stop() of a server that never started does nothing).
     stack.callback(srv.stop)
+    # nats-server start-up is a blocking wait for its port, done in a thread; it is not
+    # abandoned on cancel, so the server is either fully started or not at all.
+    await trio.to_thread.run_sync(srv.start)
     log.info("embedded nats-server at %s (log: %s)", srv.url, srv.log_path)
-    if options.debug:
-        print(f"objfs: embedded nats-server log: {srv.log_path}", file=sys.stderr)
     return srv.url
 
 
