@@ -404,15 +404,16 @@ class Filesystem(FileOps, NamespaceOps):
         """Store ``node``'s attributes as headers: update_meta, no data copied."""
         if node.bucket is None or node.is_bucket_root:
             return  # the root and bucket directories have no object to carry them
-        if node.info is None:
-            if not node.is_dir:
-                return  # a file not uploaded yet: its upload carries them
-            headers = attrs_to_headers(node.attrs)
-            info = await self.store.put(
-                node.bucket, node.object_name, b"", meta=ObjectMeta(headers=headers)
-            )
-        else:
-            meta = node.info.meta
-            meta.headers = attrs_to_headers(node.attrs, node.info.headers, symlink=node.symlink)
-            info = await self.store.update_meta(node.bucket, node.info.name, meta)
-        node.info = info
+        if node.info is None and not node.is_dir:
+            return  # a file not uploaded yet: its upload carries them
+        with self.watcher.hold(node.bucket):
+            if node.info is None:
+                headers = attrs_to_headers(node.attrs)
+                info = await self.store.put(
+                    node.bucket, node.object_name, b"", meta=ObjectMeta(headers=headers)
+                )
+            else:
+                meta = node.info.meta
+                meta.headers = attrs_to_headers(node.attrs, node.info.headers, symlink=node.symlink)
+                info = await self.store.update_meta(node.bucket, node.info.name, meta)
+            node.info = info

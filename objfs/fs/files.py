@@ -28,6 +28,7 @@ from objfs.store.errors import NoSpace, ReadOnly, StoreError
 
 if TYPE_CHECKING:
     from objfs.fs.chunk_cache import ChunkCache
+    from objfs.fs.watcher import Watcher
     from objfs.options import MountOptions
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class FileOps:
     handles: HandleTable
     cache: ChunkCache
     spool_dir: Path
+    watcher: Watcher
 
     if TYPE_CHECKING:
 
@@ -113,14 +115,15 @@ class FileOps:
         if self.table.child(parent, name) is not None:
             raise FsError(errno.EEXIST)
         attrs = self.new_attrs(stat.S_IFREG, mode, caller)
-        info = await self.store.put(
-            bucket,
-            full,
-            b"",
-            meta=ObjectMeta(headers=attrs_to_headers(attrs)),
-            chunk_size=self.options.chunk_size,
-        )
-        node = self.table.new(Kind.FILE, parent, name, attrs, info=info)
+        with self.watcher.hold(bucket):
+            info = await self.store.put(
+                bucket,
+                full,
+                b"",
+                meta=ObjectMeta(headers=attrs_to_headers(attrs)),
+                chunk_size=self.options.chunk_size,
+            )
+            node = self.table.new(Kind.FILE, parent, name, attrs, info=info)
         self.table.ref(node)
         self.touch(parent)
         return node

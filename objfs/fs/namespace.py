@@ -33,7 +33,7 @@ from objfs.store.errors import InvalidName, NotFound, StoreError
 from objfs.store.names import check_bucket
 
 if TYPE_CHECKING:
-    from objfs.fs.watcher import BucketWatch
+    from objfs.fs.watcher import BucketWatch, Watcher
     from objfs.options import MountOptions
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class NamespaceOps:
     tree: Tree
     root: Node
     watches: dict[str, BucketWatch]
+    watcher: Watcher
 
     if TYPE_CHECKING:
 
@@ -81,10 +82,11 @@ class NamespaceOps:
             return await self._make_bucket(name)
         full = self.object_name(parent, name, directory=True)
         attrs = self.new_attrs(stat.S_IFDIR, mode, caller)
-        info = await self.store.put(
-            parent.bucket, full, b"", meta=ObjectMeta(headers=attrs_to_headers(attrs))
-        )
-        node = self.table.new(Kind.DIR, parent, name, attrs, info=info)
+        with self.watcher.hold(parent.bucket):
+            info = await self.store.put(
+                parent.bucket, full, b"", meta=ObjectMeta(headers=attrs_to_headers(attrs))
+            )
+            node = self.table.new(Kind.DIR, parent, name, attrs, info=info)
         self.table.ref(node)
         self.touch(parent)
         return node
@@ -120,12 +122,13 @@ class NamespaceOps:
             return
         if node.children:
             raise FsError(errno.ENOTEMPTY)
-        if node.info is not None:
-            assert node.bucket is not None
-            # NotFound: someone else removed the marker; the goal is reached.
-            with contextlib.suppress(NotFound):
-                await self.store.delete(node.bucket, node.info.name)
-        self.table.detach(node)
+        assert node.bucket is not None
+        with self.watcher.hold(node.bucket):
+            if node.info is not None:
+                # NotFound: someone else removed the marker; the goal is reached.
+                with contextlib.suppress(NotFound):
+                    await self.store.delete(node.bucket, node.info.name)
+            self.table.detach(node)
         self.touch(parent)
 
     # -- files ---------------------------------------------------------------------------------
@@ -135,11 +138,12 @@ class NamespaceOps:
         node = self._existing(parent, name)
         if node.is_dir:
             raise FsError(errno.EISDIR)
-        if node.info is not None:
-            assert node.bucket is not None
-            with contextlib.suppress(NotFound):
-                await self.store.delete(node.bucket, node.info.name)
-        self.table.detach(node)  # open handles keep the node; its spool is never uploaded
+        assert node.bucket is not None
+        with self.watcher.hold(node.bucket):
+            if node.info is not None:
+                with contextlib.suppress(NotFound):
+                    await self.store.delete(node.bucket, node.info.name)
+            self.table.detach(node)  # open handles keep the node; its spool is never uploaded
         if node.spool is not None and node.handles == 0:
             node.spool.close()
             node.spool = None
@@ -159,8 +163,9 @@ class NamespaceOps:
             raise FsError(errno.EEXIST)
         attrs = self.new_attrs(stat.S_IFLNK, 0o777, Caller(caller.uid, caller.gid, 0))
         headers = attrs_to_headers(attrs, symlink=target)
-        info = await self.store.put(bucket, full, b"", meta=ObjectMeta(headers=headers))
-        node = self.table.new(Kind.SYMLINK, parent, name, attrs, info=info)
+        with self.watcher.hold(bucket):
+            info = await self.store.put(bucket, full, b"", meta=ObjectMeta(headers=headers))
+            node = self.table.new(Kind.SYMLINK, parent, name, attrs, info=info)
         node.symlink = target
         self.table.ref(node)
         self.touch(parent)
@@ -228,10 +233,11 @@ class NamespaceOps:
                 raise FsError(errno.ENOTDIR)
             if target.is_dir and target.children:
                 raise FsError(errno.ENOTEMPTY)
-        if node.is_dir:
-            await self._rename_dir(node, new_parent, new_name, target)
-        else:
-            await self._rename_file(node, new_parent, new_name, new_full, target)
+        with self.watcher.hold(node.bucket):
+            if node.is_dir:
+                await self._rename_dir(node, new_parent, new_name, target)
+            else:
+                await self._rename_file(node, new_parent, new_name, new_full, target)
         self.touch(old_parent)
         self.touch(new_parent)
 

@@ -14,7 +14,9 @@ win until they are uploaded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -43,6 +45,29 @@ class Watcher:
         self.queue = queue
         self.cache = cache
         self.applied = 0
+        self._held: dict[str, int] = {}
+        self._deferred: list[tuple[Node, WatchEvent]] = []
+
+    @contextlib.contextmanager
+    def hold(self, bucket: str) -> Iterator[None]:
+        """Defer events of ``bucket`` while this mount changes it, then apply them.
+
+        The watch may deliver the events of our own store calls before those calls return
+        (and before the tree shows their outcome): applied then, a rename's tombstone would
+        remove the moved node and its put would add a duplicate. Applied afterwards they
+        are recognised as ours and skipped.
+        """
+        self._held[bucket] = self._held.get(bucket, 0) + 1
+        try:
+            yield
+        finally:
+            self._held[bucket] -= 1
+            if not self._held[bucket]:
+                del self._held[bucket]
+                mine = [d for d in self._deferred if d[1].info and d[1].info.bucket == bucket]
+                self._deferred = [d for d in self._deferred if d not in mine]
+                for root, event in mine:
+                    self.apply(root, event)
 
     def apply_snapshot(self, root: Node, infos: list[ObjectInfo], *, reconcile: bool) -> None:
         """Show every object of ``infos``; with ``reconcile`` also drop what is gone."""
@@ -56,9 +81,12 @@ class Watcher:
                 self.apply(root, WatchEvent("delete", node.info))
 
     def apply(self, root: Node, event: WatchEvent) -> None:
-        self.applied += 1
         if event.info is None:
             return
+        if event.info.bucket in self._held:
+            self._deferred.append((root, event))
+            return
+        self.applied += 1
         if event.kind == "put":
             self._put(root, event.info)
         elif event.kind == "delete":
@@ -89,6 +117,8 @@ class Watcher:
         node = self.tree.find(root, info.name)
         if node is None or node.info is None or node.info.nuid != info.nuid:
             return  # gone already (our own delete or rename), or a newer version is there
+        if node.info.name != info.name:
+            return  # the tombstone a rename leaves: the node has its new name already
         if info.name.endswith("/"):
             if not node.is_dir:
                 return

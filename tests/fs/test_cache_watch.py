@@ -149,3 +149,23 @@ async def test_adapter_maps_errors(mem, bucket_name, make_fs):
     assert e.value.errno == errno.ENOSPC
     opts = fs.fuse_options()
     assert {"subtype=objfs", "default_permissions", f"fsname=objfs:{bucket_name}"} <= opts
+
+
+async def test_own_renames_survive_the_watch(store, bucket_name, make_fs):
+    """The watch reports our own renames (put new, tombstone old) while they are under way;
+    they must neither drop the moved entries nor add duplicates."""
+    fs = await make_fs(store, bucket_name)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.run_background)
+        d = await fs.mkdir(ROOT_INO, "d", 0o755, CALLER)
+        for i in range(5):
+            await write_file(fs, f"x{i}", b"x", parent=d.ino)
+        await write_file(fs, "f", b"f")
+        await fs.rename(ROOT_INO, "d", ROOT_INO, "e")
+        await fs.rename(ROOT_INO, "f", ROOT_INO, "g")
+        await trio.sleep(0.3)  # let the watch deliver everything
+        nursery.cancel_scope.cancel()
+    e = fs.table.child(fs.root, "e")
+    assert sorted(n.name for _, n in await fs.readdir(e.ino, 0)) == [f"x{i}" for i in range(5)]
+    assert sorted(n.name for _, n in await fs.readdir(ROOT_INO, 0)) == ["e", "g"]
+    assert fs.table.child(fs.root, "g").info.name == "g"
