@@ -134,7 +134,7 @@ class Filesystem(FileOps, NamespaceOps):
         Each failure is ``(path, spool_file, error_message)``; its spool file is kept.
         """
         failures: list[tuple[str, str, str]] = []
-        for node in [n for n in self.table._nodes.values() if n.spool is not None]:
+        for node in [n for n in self.table.nodes() if n.spool is not None]:
             spool = node.spool
             assert spool is not None
             if spool.dirty and node.attached:

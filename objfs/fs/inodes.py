@@ -110,6 +110,10 @@ class InodeTable:
         """The number the next new node will get (nodes at or above it are newer)."""
         return self._next
 
+    def nodes(self) -> list[Node]:
+        """Every node (a snapshot list, safe to iterate while the table changes)."""
+        return list(self._nodes.values())
+
     def __contains__(self, ino: int) -> bool:
         return ino in self._nodes
 
