@@ -693,7 +693,8 @@ class NatsObjectStore(ObjectStore):
         if self._getter is not None:
             await self._getter.close()
         if not self.nc.is_closed:
-            with contextlib.suppress(TimeoutError, nats.errors.Error):
+            # A dead connection may fail its final flush: closing must not raise anyway.
+            with contextlib.suppress(TimeoutError, OSError, nats.errors.Error):
                 await asyncio.wait_for(self.nc.close(), self.timeout)
 
 
