@@ -1,19 +1,39 @@
 """Logging setup for the objfs command: one concise format, chosen once at start-up.
 
 Foreground runs log to stderr with a timestamp, so a terminal or a test harness reading the
-child's stderr sees what happened. A daemonized mount has no terminal: it logs to a file under
+child's stderr sees what happened. Under systemd (``JOURNAL_STREAM`` set: stderr is the
+journal, which stamps time and pid itself) the line carries a syslog priority prefix instead,
+so ``journalctl -p warning`` works. A daemonized mount has no terminal: it logs to a file under
 the data directory, with full dates and the process id, since that file outlives many mounts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 FOREGROUND_FORMAT = "%(asctime)s.%(msecs)03d %(levelname).1s %(name)s: %(message)s"
 DATE_FORMAT = "%H:%M:%S"
 FILE_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+JOURNAL_FORMAT = "%(priority)s%(levelname)s %(name)s: %(message)s"
+
+# sd-daemon(3) prefixes: journald reads "<N>" at the start of a line as its priority.
+_PRIORITY = {
+    logging.DEBUG: "<7>",
+    logging.INFO: "<6>",
+    logging.WARNING: "<4>",
+    logging.ERROR: "<3>",
+    logging.CRITICAL: "<2>",
+}
+
+
+class _JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record.priority = _PRIORITY.get(record.levelno, "<6>")
+        return super().format(record)
+
 
 # Libraries whose INFO lines are noise for a user (pyfuse3 logs each init step at DEBUG only,
 # but nats-py's reconnect chatter and trio's internals would drown objfs's own messages).
@@ -37,7 +57,10 @@ def setup(level: int, log_file: Path | None = None) -> None:
     handler: logging.Handler
     if log_file is None:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(FOREGROUND_FORMAT, DATE_FORMAT))
+        if os.environ.get("JOURNAL_STREAM"):
+            handler.setFormatter(_JournalFormatter(JOURNAL_FORMAT))
+        else:
+            handler.setFormatter(logging.Formatter(FOREGROUND_FORMAT, DATE_FORMAT))
     else:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file)

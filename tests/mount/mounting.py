@@ -71,7 +71,8 @@ class Mount:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def command(self) -> list[str]:
-        cmd = objfs_command("mount", "--server", self.server_url, "--timeout", "10")
+        # -v: the mount's INFO log lands in the failure report of a test.
+        cmd = objfs_command("mount", "-v", "--server", self.server_url, "--timeout", "10")
         if self.bucket is not None:
             cmd += ["--bucket", self.bucket]
             if self.create:
