@@ -268,6 +268,10 @@ class NatsObjectStore(ObjectStore):
     async def update_bucket(self, config: BucketConfig) -> BucketStatus:
         check_bucket(config.name)
         cur = await self._stream_info(config.name)
+        if cur["config"].get("sealed"):
+            # The server's own answer is misleading (sealing also sets deny_purge, which
+            # conflicts with allow_rollup_hdrs: "roll-ups require the purge permission").
+            raise errors.ReadOnly(f"bucket {config.name!r} is sealed")
         sc = dict(cur["config"])
         sc.update(_stream_config(config))
         sc["storage"] = cur["config"].get("storage", sc["storage"])  # immutable
