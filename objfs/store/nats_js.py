@@ -533,6 +533,8 @@ class Publisher:
         self._next += 1
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._futures[token] = fut
+        # An ack that never comes (timeout, cancel) must not leave its entry behind.
+        fut.add_done_callback(lambda _: self._futures.pop(token, None))
         try:
             with mapped(f"publish {subject}"):
                 await self.js.nc.publish(

@@ -674,6 +674,10 @@ class NatsObjectStore(ObjectStore):
                     # the server is. Recreate it after the last event; retry until it works.
                     try:
                         await oc.reset()
+                        if in_snapshot and oc.pending_at_start == 0:
+                            # What the snapshot still owed us was purged meanwhile.
+                            in_snapshot = False
+                            yield WatchEvent("snapshot_end")
                     except errors.StoreError as e:
                         log.info("watch %s: cannot recreate consumer yet: %s", bucket, e)
                         await asyncio.sleep(min(1.0, oc.heartbeat))
