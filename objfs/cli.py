@@ -212,7 +212,11 @@ def _add_mount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="run in the background; return once the mount answers (log: DATA_DIR/objfs.log)",
     )
-    run.add_argument("--debug", action="store_true", help="log everything, including FUSE calls")
+    run.add_argument(
+        "--debug",
+        action="store_true",
+        help="log at debug level (objfs, pyfuse3, nats), for troubleshooting",
+    )
     run.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (repeat for more)"
     )

@@ -11,40 +11,14 @@ import errno
 import hashlib
 import os
 import stat
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from helpers import CHUNK, data, sh
 from mounting import Mount, MountFactory
 
-CHUNK = 128 * 1024
 SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 10 * 1024 * 1024 + 3]
-
-
-def sh(*cmd: str | Path, cwd: Path | None = None) -> str:
-    """Run a command; fail with its stderr if it fails."""
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=cwd, timeout=120)
-    assert r.returncode == 0, f"{cmd} exited {r.returncode}: {r.stderr}"
-    return r.stdout
-
-
-def data(size: int, seed: int = 0) -> bytes:
-    """Deterministic bytes that differ block to block (a misplaced block changes them)."""
-    out = bytearray()
-    i = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{i}".encode()).digest() * 32
-        i += 1
-    return bytes(out[:size])
-
-
-def sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def test_cp_then_cmp_sizes(mount: Mount, tmp_path: Path) -> None:

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import nats
+from helpers import CHUNK, data
 from mounting import Mount, mounted
-from test_files import CHUNK, data
 
 T = TypeVar("T")
 WATCH_WAIT = 10.0

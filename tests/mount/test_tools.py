@@ -15,8 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import data, sh
 from mounting import Mount
-from test_files import data, sh
 
 MTIME = 1_234_567_890  # 2009-02-13, whole seconds: every tool keeps at least that precision
 
