@@ -54,6 +54,10 @@ from objfs.server import EmbeddedServer, find_binary
 MiB = 1024 * 1024
 CHUNK = 128 * 1024
 """The chunk size every writer here uses (ADR-20's default), so all read the same layout."""
+SETTLE = 1.0
+"""Seconds to pause between writing and reading: the server writes a put to disk (and purges
+the chunks it replaced) after acknowledging it, and reads measured during that ran up to 2x
+slower on the 2-core machine; reads are measured on a settled server."""
 
 
 @dataclass
@@ -326,6 +330,7 @@ async def bench_natspy_put(ctx: Bench) -> None:
 async def bench_raw(ctx: Bench) -> None:
     """The raw read ceiling on the object nats-py wrote (both methods, best of repeats)."""
     bucket, nuid, chunks = ctx.objects["natspy"]
+    await asyncio.sleep(SETTLE)
     nc = await connect_nats(ctx)
     try:
 
@@ -452,6 +457,7 @@ async def bench_objfs_asyncio(ctx: Bench) -> None:
 
         moved, best, times = await best_of(ctx, put)
         ctx.add(Result("objfs_put_asyncio", "objfs store put (file), asyncio", moved, best, times))
+        await asyncio.sleep(SETTLE)
         moved, best, times = await best_of(ctx, get)
         if moved != ctx.size:
             raise RuntimeError(f"objfs read_stream returned {moved} bytes of {ctx.size}")
@@ -487,6 +493,7 @@ def bench_objfs_trio(ctx: Bench) -> None:
                     info = await store.put("bench_objfs", "big_trio", f)
                 put_times.append(time.perf_counter() - t0)
                 assert info.digest == ctx.digest, "objfs put stored a different digest"
+            await trio.sleep(SETTLE)
             for _ in range(ctx.repeat):
                 t0 = time.perf_counter()
                 info = await store.info("bench_objfs", "big_trio")
