@@ -412,6 +412,7 @@ async def bench_natspy_get(ctx: Bench) -> None:
                 await obs.put("small", f.read(small))
         finally:
             await nc.close()
+        await asyncio.sleep(SETTLE)
         for key, w in (("natspy_get_small", True), ("natspy_get_mem_small", False)):
             r = await _natspy_get(ctx, "small", small, max(ctx.natspy_get_cap, 120), writeinto=w)
             ctx.add(dataclasses.replace(r, key=key))
