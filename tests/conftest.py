@@ -95,7 +95,9 @@ def bucket_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(params=["memory", "nats"])
-async def store(request: pytest.FixtureRequest, asyncio_thread: AsyncioThread) -> AsyncIterator[TrioStore]:
+async def store(
+    request: pytest.FixtureRequest, asyncio_thread: AsyncioThread
+) -> AsyncIterator[TrioStore]:
     """The store API seen from trio, over each implementation (NATS on a real server)."""
     if request.param == "memory":
         from objfs.store.memory import MemoryObjectStore
