@@ -220,10 +220,10 @@ async def _as_coro(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -
 class TrioStore:
     """An ``ObjectStore`` seen from trio: same methods, each one bridge hop.
 
-    ``read_stream`` and ``watch`` return trio async iterators.
+    ``read_stream``, ``watch`` and ``watch_buckets`` return trio async iterators.
     """
 
-    _ITERATORS = frozenset({"read_stream", "watch"})
+    _ITERATORS = frozenset({"read_stream", "watch", "watch_buckets"})
 
     def __init__(self, store: Any, bridge: Bridge) -> None:
         self.store = store

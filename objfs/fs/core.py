@@ -27,6 +27,7 @@ from typing import Any
 
 import trio
 
+from objfs.fs.bucket_watch import BucketListWatch
 from objfs.fs.chunk_cache import ChunkCache
 from objfs.fs.errors import FsError
 from objfs.fs.files import FileOps
@@ -72,6 +73,10 @@ class Filesystem(FileOps, NamespaceOps):
         self.invalidator: Invalidator | None = None
         """Set by the adapter: carries out invalidation requests (pyfuse3 calls)."""
         self.watches: dict[str, BucketWatch] = {}
+        self.bucket_list: BucketListWatch | None = None
+        """The bucket-list watch of an all-buckets mount (None with --bucket)."""
+        self.sealed_buckets: set[str] = set()
+        """Buckets the bucket-list watch has seen sealed."""
         self._load_locks: dict[str, trio.Lock] = {}
         self._pending_follow: list[BucketWatch] = []
         self._nursery: trio.Nursery | None = None
@@ -100,7 +105,13 @@ class Filesystem(FileOps, NamespaceOps):
         """Check (or create) the bucket and load the tree; raises StoreError (NotFound...)."""
         bucket = self.options.bucket
         if bucket is None:
-            await self._reload_buckets()
+            self.bucket_list = BucketListWatch(self)
+            try:
+                await self.bucket_list.load()
+            except StoreError as e:  # e.g. no permission for advisories: list on demand
+                log.warning("no bucket-list watch (%s); the root re-lists buckets", e)
+                self.bucket_list = None
+                await self._reload_buckets()
             return
         try:
             await self.store.bucket_status(bucket)
@@ -123,6 +134,8 @@ class Filesystem(FileOps, NamespaceOps):
                 pending, self._pending_follow = self._pending_follow, []
                 for watch in pending:
                     nursery.start_soon(watch.follow)
+                if self.bucket_list is not None:
+                    nursery.start_soon(self.bucket_list.follow)
                 await trio.sleep_forever()
         finally:
             self._nursery = None
@@ -152,6 +165,8 @@ class Filesystem(FileOps, NamespaceOps):
         for watch in list(self.watches.values()):
             await watch.close()
         self.watches.clear()
+        if self.bucket_list is not None:
+            await self.bucket_list.close()
         if self._spool_tmp is not None and not failures:
             self._spool_tmp.cleanup()
         return failures
@@ -170,6 +185,11 @@ class Filesystem(FileOps, NamespaceOps):
     @property
     def multi_bucket(self) -> bool:
         return self.options.bucket is None
+
+    @property
+    def _root_polled(self) -> bool:
+        """An all-buckets root without a live bucket-list watch: list buckets on demand."""
+        return self.multi_bucket and (self.bucket_list is None or not self.bucket_list.live)
 
     async def ensure_loaded(self, node: Node) -> None:
         """Load a bucket directory's tree from its watch snapshot, once."""
@@ -309,7 +329,7 @@ class Filesystem(FileOps, NamespaceOps):
         else:
             self.check_component(name)
             node = self.table.child(parent, name)
-            if node is None and parent is self.root and self.multi_bucket:
+            if node is None and parent is self.root and self._root_polled:
                 await self._reload_buckets()  # made by another client since we last looked
                 node = self.table.child(parent, name)
         if node is None:
@@ -335,7 +355,7 @@ class Filesystem(FileOps, NamespaceOps):
     async def readdir(self, ino: int, start_id: int) -> list[tuple[int, Node]]:
         """Entries after readdir offset ``start_id``; the caller refs those it returns."""
         directory = await self.directory(ino)
-        if directory is self.root and self.multi_bucket and start_id == 0:
+        if directory is self.root and self._root_polled and start_id == 0:
             await self._reload_buckets()
         return list(self.table.entries(directory, start_id))
 

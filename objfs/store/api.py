@@ -22,6 +22,7 @@ Semantics every implementation honours (the contract tests in tests/store/ check
 from __future__ import annotations
 
 import abc
+import asyncio
 import bisect
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -160,8 +161,28 @@ class WatchEvent:
     info: ObjectInfo | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BucketEvent:
+    """One item of the bucket-list watch (``ObjectStore.watch_buckets``).
+
+    ``put``: bucket ``name`` exists (first seen, or its sealed state changed). ``delete``: it is
+    gone. ``snapshot_end``: every bucket that existed when the watch started has been
+    delivered (``name`` empty).
+    """
+
+    kind: Literal["put", "delete", "snapshot_end"]
+    name: str = ""
+    sealed: bool = False
+
+
+BUCKET_POLL_INTERVAL = 2.0
+"""Seconds between bucket listings of the default (polling) ``watch_buckets``."""
+
+
 class ObjectStore(abc.ABC):
     """An object store: buckets of named, chunked, immutable-once-written objects."""
+
+    bucket_poll_interval: float = BUCKET_POLL_INTERVAL
 
     # -- buckets ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -278,6 +299,35 @@ class ObjectStore(abc.ABC):
     def watch(self, bucket: str) -> AsyncIterator[WatchEvent]:
         """Current state (one ``put`` per live object), ``snapshot_end``, then live changes."""
 
+    async def watch_buckets(self) -> AsyncIterator[BucketEvent]:
+        """Every bucket (``put``), ``snapshot_end``, then buckets created, sealed or deleted.
+
+        This default polls ``list_buckets`` every ``bucket_poll_interval`` seconds and reports
+        the differences; a backend with change notices (NATS: stream advisories) overrides it.
+        """
+        known: dict[str, bool] = {}
+        first = True
+        while True:
+            now = {s.name: s.sealed for s in await self.list_buckets()}
+            for event in bucket_changes(known, now):
+                yield event
+            known = now
+            if first:
+                first = False
+                yield BucketEvent("snapshot_end")
+            await asyncio.sleep(self.bucket_poll_interval)
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
+
+
+def bucket_changes(known: dict[str, bool], now: dict[str, bool]) -> list[BucketEvent]:
+    """Events that turn the bucket list ``known`` (name -> sealed) into ``now``."""
+    events = [BucketEvent("delete", name) for name in sorted(known.keys() - now.keys())]
+    events += [
+        BucketEvent("put", name, sealed)
+        for name, sealed in sorted(now.items())
+        if known.get(name) != sealed
+    ]
+    return events

@@ -150,6 +150,9 @@ def _event_copy(event: WatchEvent) -> WatchEvent:
 class MemoryObjectStore(ObjectStore):
     """Buckets held in this process (see the module docstring for fault injection)."""
 
+    bucket_poll_interval = 0.05
+    """``watch_buckets`` polls (the default implementation): listing is cheap in memory."""
+
     def __init__(self, *, delay: float = 0.0) -> None:
         self.delay = delay
         self.calls: Counter[str] = Counter()

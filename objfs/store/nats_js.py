@@ -379,13 +379,18 @@ class OrderedConsumer:
     async def _on_msg(self, msg: Msg) -> None:
         self._queue.put_nowait(msg)
 
-    async def reset(self) -> None:
-        """Recreate the consumer after the last message delivered (gap, silence, restart)."""
+    async def reset(self, *, fresh: bool = False) -> None:
+        """Recreate the consumer after the last message delivered (gap, silence, restart).
+
+        ``fresh``: start over with the original deliver policy instead (a new snapshot).
+        """
         self.resets += 1
         self._drop_consumer()
         # Messages of the old consumer still queued would look like a gap: discard them.
         while not self._queue.empty():
             self._queue.get_nowait()
+        if fresh:
+            self._last_sseq = 0
         if self._last_sseq:
             await self._create("by_start_sequence", self._last_sseq + 1)
         else:

@@ -45,6 +45,7 @@ from objfs.store import errors
 from objfs.store.api import (
     DEFAULT_CHUNK_SIZE,
     BucketConfig,
+    BucketEvent,
     BucketStatus,
     ChunkLayout,
     Link,
@@ -52,6 +53,7 @@ from objfs.store.api import (
     ObjectMeta,
     ObjectStore,
     WatchEvent,
+    bucket_changes,
 )
 from objfs.store.names import check_bucket, check_object, encode_name
 from objfs.store.nats_js import (
@@ -62,6 +64,7 @@ from objfs.store.nats_js import (
     StoredMsg,
     WrongLastSequence,
     consume_snapshot,
+    mapped,
 )
 from objfs.store.wire import decode_info, encode_info, format_digest, parse_digest
 
@@ -75,6 +78,12 @@ LAYOUT_CACHE = 512
 
 READ_BUFFER = 1 << 20
 """Socket read size and reader buffer limit of the connection (see connect)."""
+
+BUCKET_ADVISORIES = "$JS.EVENT.ADVISORY.STREAM.*.*"
+"""Stream CREATED/UPDATED/DELETED advisories: how the bucket-list watch hears of changes."""
+BUCKET_RESYNC = 30.0
+"""Seconds between full bucket listings of the bucket-list watch (advisories are core NATS
+messages: one lost to a slow consumer is caught up here; a reconnect re-lists at once)."""
 
 META_CHUNK_SIZE = "objfs.chunk_size"
 ROLLUP = {"Nats-Rollup": "sub"}
@@ -659,10 +668,22 @@ class NatsObjectStore(ObjectStore):
 
     # -- change notices --------------------------------------------------------------------
     async def watch(self, bucket: str) -> AsyncIterator[WatchEvent]:
+        """See ``ObjectStore.watch``; survives server restarts and lost connections.
+
+        After three heartbeats of silence (the server restarted and dropped the ephemeral
+        consumer, or the connection is down) the consumer is recreated from a fresh snapshot
+        (last message per meta subject), not from the last sequence seen: that also catches
+        what leaves no message (a purged subject, an expired object, a stream re-created
+        meanwhile). The fresh snapshot is compared with what this watch reported: only
+        names whose revision changed come out as ``put``, names no longer there as
+        ``delete``; unchanged objects produce nothing, so a reconnect does not flood.
+        """
         check_bucket(bucket)
         oc = OrderedConsumer(self.js, _stream(bucket), f"$O.{bucket}.M.>")
         live: dict[str, ObjectInfo] = {}
         by_nuid: dict[str, str] = {}
+        resync: set[str] | None = None
+        """Names seen in the fresh snapshot of a resync under way (None: no resync)."""
         try:
             in_snapshot = await oc.start() > 0
             if not in_snapshot:
@@ -671,16 +692,21 @@ class NatsObjectStore(ObjectStore):
                 m = await oc.next(3 * oc.heartbeat)
                 if m is None:
                     # Three heartbeats of silence: the consumer is gone (server restart) or
-                    # the server is. Recreate it after the last event; retry until it works.
+                    # the server is. Start again from a fresh snapshot; retry until it works.
                     try:
-                        await oc.reset()
-                        if in_snapshot and oc.pending_at_start == 0:
-                            # What the snapshot still owed us was purged meanwhile.
-                            in_snapshot = False
-                            yield WatchEvent("snapshot_end")
+                        await oc.reset(fresh=True)
                     except errors.StoreError as e:
                         log.info("watch %s: cannot recreate consumer yet: %s", bucket, e)
                         await asyncio.sleep(min(1.0, oc.heartbeat))
+                        continue
+                    resync = set()
+                    if oc.pending_at_start == 0:  # the bucket is empty now
+                        for event in _resync_end(resync, live, by_nuid):
+                            yield event
+                        resync = None
+                        if in_snapshot:
+                            in_snapshot = False
+                            yield WatchEvent("snapshot_end")
                     continue
                 try:
                     info = self._decode(bucket, m)
@@ -688,13 +714,113 @@ class NatsObjectStore(ObjectStore):
                     log.warning("watch %s: %s", bucket, e)
                     info = None
                 if info is not None:
-                    for event in _apply(info, live, by_nuid, in_snapshot):
-                        yield event
-                if in_snapshot and m.pending == 0:
-                    in_snapshot = False
-                    yield WatchEvent("snapshot_end")
+                    if resync is not None:
+                        if not info.deleted:
+                            resync.add(info.name)
+                        known = live.get(info.name)
+                        if known is not None and known.revision == info.revision:
+                            info = None  # unchanged since we last reported it
+                    if info is not None:
+                        for event in _apply(info, live, by_nuid, in_snapshot):
+                            yield event
+                if m.pending == 0:
+                    if resync is not None:
+                        for event in _resync_end(resync, live, by_nuid):
+                            yield event
+                        resync = None
+                    if in_snapshot:
+                        in_snapshot = False
+                        yield WatchEvent("snapshot_end")
         finally:
             await oc.stop()
+
+    async def _bucket_states(self) -> dict[str, bool]:
+        """Every object store bucket and whether it is sealed (configs only: one request
+        per 256 streams, no object counting)."""
+        out: dict[str, bool] = {}
+        offset = 0
+        while True:
+            resp = await self.js.api("STREAM.LIST", {"offset": offset})
+            streams = resp.get("streams") or []
+            for si in streams:
+                name = si["config"]["name"]
+                if name.startswith("OBJ_"):
+                    out[name[4:]] = bool(si["config"].get("sealed", False))
+            offset += len(streams)
+            if not streams or offset >= int(resp.get("total", 0)):
+                return out
+
+    async def watch_buckets(self) -> AsyncIterator[BucketEvent]:
+        """See ``ObjectStore.watch_buckets``: stream advisories, plus a re-list on reconnect.
+
+        The server publishes ``$JS.EVENT.ADVISORY.STREAM.{CREATED,UPDATED,DELETED}.<stream>``
+        for every stream change, whoever makes it; an advisory for ``OBJ_<bucket>`` makes this
+        watch look at that one stream (sealed or not, still there or not). Advisories are
+        not stored: those sent while the connection was down are lost, so a reconnect (and
+        every ``BUCKET_RESYNC`` seconds, for one lost otherwise) re-lists the buckets and
+        reports the differences.
+        """
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def on_msg(msg: Any) -> None:
+            queue.put_nowait(msg)
+
+        with mapped("subscribe"):
+            sub = await self.nc.subscribe(BUCKET_ADVISORIES, cb=on_msg, pending_bytes_limit=0)
+        try:
+            known: dict[str, bool] = {}
+            reconnects = self.nc.stats["reconnects"]
+            relist_at = 0.0
+            first = True
+            loop = asyncio.get_running_loop()
+            while True:
+                if self.nc.stats["reconnects"] != reconnects or loop.time() >= relist_at:
+                    try:
+                        now = await self._bucket_states()
+                    except errors.StoreError as e:
+                        if first:
+                            raise
+                        log.info("bucket watch: cannot list buckets yet: %s", e)
+                        await asyncio.sleep(1.0)
+                        continue
+                    reconnects = self.nc.stats["reconnects"]
+                    relist_at = loop.time() + BUCKET_RESYNC
+                    for event in bucket_changes(known, now):
+                        yield event
+                    known = now
+                    if first:
+                        first = False
+                        yield BucketEvent("snapshot_end")
+                try:
+                    msg = await asyncio.wait_for(queue.get(), 1.0)
+                except TimeoutError:
+                    continue
+                kind, _, stream = msg.subject.rpartition(".")
+                kind = kind.rpartition(".")[2]
+                if not stream.startswith("OBJ_") or kind not in ("CREATED", "UPDATED", "DELETED"):
+                    continue
+                name = stream[4:]
+                try:
+                    sealed: bool | None = bool(
+                        (await self._stream_info(name))["config"].get("sealed", False)
+                    )
+                except errors.NotFound:
+                    sealed = None
+                except errors.StoreError as e:
+                    log.info("bucket watch: %s: %s (re-listing)", name, e)
+                    relist_at = 0.0
+                    continue
+                now = dict(known)
+                if sealed is None:
+                    now.pop(name, None)
+                else:
+                    now[name] = sealed
+                for event in bucket_changes(known, now):
+                    yield event
+                known = now
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def close(self) -> None:
         await self._publisher.close()
@@ -714,6 +840,23 @@ def _meta_fields(meta: ObjectMeta | None) -> dict[str, Any]:
         "headers": {k: list(v) for k, v in meta.headers.items()},
         "metadata": dict(meta.metadata),
     }
+
+
+def _resync_end(
+    seen: set[str], live: dict[str, ObjectInfo], by_nuid: dict[str, str]
+) -> list[WatchEvent]:
+    """Deletes for the names a fresh snapshot no longer has (the end of a resync)."""
+    events = []
+    for name in [n for n in live if n not in seen]:
+        gone = live.pop(name)
+        if by_nuid.get(gone.nuid) == name:
+            del by_nuid[gone.nuid]
+        events.append(
+            WatchEvent(
+                "delete", dataclasses.replace(gone, deleted=True, size=0, chunks=0, digest="")
+            )
+        )
+    return events
 
 
 def _apply(

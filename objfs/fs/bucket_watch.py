@@ -1,0 +1,118 @@
+"""Keeps the all-buckets root in step with the server's bucket list.
+
+Without ``--bucket`` the mount root shows one directory per bucket. ``BucketListWatch`` runs
+the store's ``watch_buckets`` (NATS: stream advisories, a few milliseconds after the change;
+see ``NatsObjectStore.watch_buckets``): a bucket created anywhere appears at the root, a
+deleted one disappears (its object watch is closed), and a sealed one is recorded in
+``Filesystem.sealed_buckets`` and its directory shows no write permission. Each change
+queues the root's dentry invalidation for that name (and the bucket directory's attributes
+when it is sealed), so ``ls`` of the root needs no store round trip once the snapshot is in.
+
+If the watch fails it is re-established and its new snapshot is reconciled with the root:
+buckets no longer listed are forgotten, new ones added, nothing else invalidated.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from typing import TYPE_CHECKING
+
+import trio
+
+from objfs.fs.inodes import ROOT_INO, Kind, Node
+from objfs.fs.invalidation import InvalidateEntry, InvalidateInode
+from objfs.store.api import BucketEvent
+from objfs.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from objfs.fs.core import Filesystem
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAY = 1.0
+"""Seconds between attempts to re-establish a failed bucket-list watch."""
+WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+
+
+class BucketListWatch:
+    """The bucket-list watch of an all-buckets mount: ``load`` once, then ``follow``."""
+
+    def __init__(self, fs: Filesystem) -> None:
+        self.fs = fs
+        self.live = False
+        """True while ``follow`` runs an established watch (the root is then answered from
+        memory; before that, and while re-establishing it, the root re-lists on demand)."""
+        self._iter: object = None
+        self.applied = 0
+
+    async def load(self, *, reconcile: bool = False) -> None:
+        """Start the watch and apply its snapshot (returns at ``snapshot_end``)."""
+        self._iter = self.fs.store.watch_buckets().__aiter__()
+        seen: set[str] = set()
+        async for event in self._iter:  # type: ignore[attr-defined]
+            if event.kind == "snapshot_end":
+                break
+            seen.add(event.name)
+            await self.apply(event)
+        if reconcile:
+            for name in list(self.fs.root.children or {}):
+                if name not in seen:
+                    await self.apply(BucketEvent("delete", name))
+
+    async def follow(self) -> None:
+        """Apply changes until cancelled; a failed watch is re-established and reconciled."""
+        while True:
+            try:
+                if self._iter is None:
+                    await self.load(reconcile=True)
+                self.live = True
+                async for event in self._iter:  # type: ignore[attr-defined]
+                    await self.apply(event)
+                log.warning("bucket-list watch ended; restarting")
+            except StoreError as e:
+                log.warning("bucket-list watch failed (%s); retrying", e)
+            self.live = False
+            await self._close_iter()
+            await trio.sleep(RETRY_DELAY)
+
+    async def apply(self, event: BucketEvent) -> None:
+        fs = self.fs
+        self.applied += 1
+        node = fs.table.child(fs.root, event.name)
+        if event.kind == "delete":
+            fs.sealed_buckets.discard(event.name)
+            if node is not None:
+                await fs.forget_bucket(event.name)
+            return
+        if event.kind != "put":
+            return
+        if node is None:
+            node = self.add(event.name)
+        was = event.name in fs.sealed_buckets
+        if event.sealed and not was:
+            fs.sealed_buckets.add(event.name)
+            node.attrs.mode &= ~WRITE_BITS
+            if node.lookups > 0:
+                fs.queue.push(InvalidateInode(node.ino, attr_only=True))
+
+    def add(self, name: str) -> Node:
+        """A directory for bucket ``name`` at the root (its objects load on first use)."""
+        fs = self.fs
+        node = fs.table.new(
+            Kind.DIR, fs.root, name, fs.tree.attrs_for(None, Kind.DIR), bucket=name, path=""
+        )
+        node.loaded = False
+        fs.queue.push(InvalidateEntry(ROOT_INO, name))
+        fs.queue.push(InvalidateInode(ROOT_INO, attr_only=False))
+        return node
+
+    async def _close_iter(self) -> None:
+        it, self._iter = self._iter, None
+        if it is not None and hasattr(it, "aclose"):
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await it.aclose()
+
+    async def close(self) -> None:
+        self.live = False
+        await self._close_iter()
