@@ -69,6 +69,7 @@ class FileOps:
         if writable:
             self._spool(node)
         handle = self.handles.open(node, writable)
+        handle.info = node.info
         try:
             if writable and flags & os.O_TRUNC and node.size:
                 await self.truncate(node, 0)
@@ -130,14 +131,25 @@ class FileOps:
 
     # -- data ----------------------------------------------------------------------------------
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        node = self.handles.get(fh).node
+        handle = self.handles.get(fh)
+        node = handle.node
         spool = node.spool
         if spool is not None and spool.filled:
             return await spool.read(offset, size)
-        info = spool.base if spool is not None else node.info
+        if spool is not None:
+            info = spool.base
+        else:
+            info = handle.info if handle.info is not None else node.info  # see handles.py
         if info is None:
             return b""
-        return await self.cache.read(info, offset, size)
+        try:
+            return await self.cache.read(info, offset, size)
+        except StoreError as e:
+            if node.info is None or node.info.nuid != info.nuid or not node.attached:
+                # Replaced or deleted elsewhere since this handle opened, and its chunks
+                # are gone: never mix in the new version's bytes.
+                raise FsError(errno.ESTALE, f"{node.path}: the version opened is gone") from e
+            raise
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.handles.get(fh)
@@ -178,6 +190,7 @@ class FileOps:
                 if done:
                     spool.close()
                     node.spool = None
+                    self.watcher.local_done(node)  # a remote change held while writing
             self.table.maybe_drop(node)
 
     async def upload(self, node: Node) -> None:
@@ -216,5 +229,7 @@ class FileOps:
             node.info = info
             # The kernel's pages were written through and match the object just stored.
             node.cached_nuid = info.nuid
+            for h in self.handles.of(node):
+                h.info = info  # readers here saw these bytes through the spool already
             if old is not None and old.nuid != info.nuid:
                 self.cache.forget(old.bucket, old.nuid)

@@ -1,8 +1,14 @@
 """Open file handles: which inode, and whether the handle may write.
 
 A handle is small on purpose: the data being written lives in the inode's shared spool (all
-handles of an inode see the same bytes), so a handle only records its mode. Reading handles
-read through the chunk cache, or the spool while the inode has one.
+handles of an inode see the same bytes), so a handle only records its mode and the object
+version it reads. Reading handles read through the chunk cache, or the spool while the inode
+has one.
+
+``info`` pins the version a handle was opened on: a remote overwrite or delete does not move
+an open reader to other bytes mid-file (it keeps reading its version while the chunks exist,
+then gets ESTALE), whereas this mount's own uploads move the pins of the inode's handles to
+the version just stored (those readers saw the new bytes through the spool already).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from dataclasses import dataclass
 
 from objfs.fs.errors import FsError
 from objfs.fs.inodes import Node
+from objfs.store.api import ObjectInfo
 
 EBADF = 9
 
@@ -26,6 +33,8 @@ class Handle:
     fh: int
     node: Node
     mode: Mode
+    info: ObjectInfo | None = None
+    """The object version this handle reads when the inode has no spool (see above)."""
 
     @property
     def writable(self) -> bool:
@@ -60,6 +69,10 @@ class HandleTable:
         if handle.writable:
             handle.node.writers -= 1
         return handle
+
+    def of(self, node: Node) -> list[Handle]:
+        """The open handles of ``node``."""
+        return [h for h in self._handles.values() if h.node is node] if node.handles else []
 
     def __len__(self) -> int:
         return len(self._handles)

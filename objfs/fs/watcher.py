@@ -7,9 +7,26 @@ and stay fresh across clients.
 
 This mount's own writes come back through the watch too. They are recognised and not
 invalidated: a put whose revision is not newer than what the node already holds is ours (or
-stale), a tombstone whose nuid is not the node's current one is for an older version, and a
-node with a local spool (being written here) is never overwritten from outside: local writes
-win until they are uploaded.
+stale), and a tombstone whose nuid is not the node's current one is for an older version.
+
+What each remote change invalidates in the kernel, and nothing more:
+
+- a new name: the parent's dentry for it (a negative dentry may be cached) and the parent's
+  attributes and listing;
+- a deleted or renamed-away name: the parent's dentry (with the inode it named) and listing;
+- a new version of an object (new nuid: overwrite): the inode's attributes and page cache;
+- a meta-only change (same nuid: rename target, chmod, metadata, description): the inode's
+  attributes only;
+- a change of kind (a file replaced by a link, or the other way): the old inode goes (dentry
+  invalidated), a new inode takes the name.
+
+Only inodes and directories the kernel holds (lookup count > 0, or the root) are invalidated.
+
+A node being written here (it has a spool) is not overwritten from outside while the local
+writer works: the remote version is remembered (``REMOTE``) and, when the writer is done
+(``local_done``), applied if it is newer than what this mount uploaded, or logged as
+overwritten (last close wins, as on any object store; both uploads happened and other
+clients saw the first one).
 """
 
 from __future__ import annotations
@@ -24,7 +41,7 @@ import trio
 from objfs.fs.chunk_cache import ChunkCache
 from objfs.fs.inodes import ROOT_INO, InodeTable, Node
 from objfs.fs.invalidation import InvalidateEntry, InvalidateInode, InvalidationQueue
-from objfs.fs.tree import Tree
+from objfs.fs.tree import Tree, kind_of
 from objfs.store.api import ObjectInfo, WatchEvent
 from objfs.store.errors import NotFound, StoreError
 
@@ -32,6 +49,8 @@ log = logging.getLogger(__name__)
 
 RETRY_DELAY = 1.0
 """Seconds between attempts to re-establish a failed watch."""
+REMOTE = "remote"
+"""``Node.extra`` key: a remote version that arrived while this mount was writing the node."""
 
 
 class Watcher:
@@ -98,7 +117,12 @@ class Watcher:
             if node.info is not None and node.info.revision >= info.revision:
                 return  # our own write, already applied, or an older version
             if node.spool is not None:
-                return  # being written here: local content wins until uploaded
+                node.extra[REMOTE] = info  # being written here: see local_done
+                return
+            if not node.is_dir and kind_of(info) is not node.kind:
+                # A file became a link (or back): a new inode, never a type change in place.
+                self._remove(node, info.bucket)
+                node = None
         old_nuid = node.info.nuid if node is not None and node.info is not None else None
         first_new = self.table.next_ino
         new = self.tree.add(root, info)
@@ -107,7 +131,8 @@ class Watcher:
         if node is not new:
             self._entries_added(new, first_new)
         elif old_nuid != info.nuid and not new.is_dir:
-            if old_nuid is not None:
+            if old_nuid is not None and new.handles == 0:
+                # Open handles may still read that version (while its chunks exist).
                 self.cache.forget(info.bucket, old_nuid)
             self._inode(new, attr_only=False)
         else:
@@ -125,14 +150,47 @@ class Watcher:
             node.info = None
             self._prune(node)
             return
-        if node.is_dir or node.spool is not None:
+        if node.is_dir:
             return
+        if node.spool is not None:
+            # Written here while deleted elsewhere: it stays until the local writer is done;
+            # then a close that uploaded re-created it (last close wins), else it goes.
+            node.extra[REMOTE] = info
+            return
+        self._remove(node, info.bucket)
+
+    def _remove(self, node: Node, bucket: str) -> None:
+        """Take a file or symlink node out of the tree; invalidate its parent's entry."""
         parent = self.table.find(node.parent)
         self.table.detach(node)
-        self.cache.forget(info.bucket, info.nuid)
+        if node.info is not None and node.handles == 0:
+            self.cache.forget(bucket, node.info.nuid)
         if parent is not None:
             self._entry(parent, node.name, node.ino)
             self._prune(parent)
+
+    def local_done(self, node: Node) -> None:
+        """The local writer of ``node`` is done (its spool is gone): settle a remote version
+        that arrived meanwhile (see the module docstring)."""
+        info = node.extra.pop(REMOTE, None)
+        if not isinstance(info, ObjectInfo) or node.spool is not None or not node.attached:
+            return
+        if info.deleted and (node.info is None or node.info.nuid == info.nuid):
+            self._remove(node, info.bucket)  # nothing uploaded here since: the delete stands
+            return
+        if node.info is not None and node.info.revision >= info.revision:
+            log.warning(
+                "%s/%s was changed elsewhere while open for writing here; this mount's close "
+                "replaced that version (last close wins)",
+                info.bucket,
+                info.name,
+            )
+            return
+        old_nuid = node.info.nuid if node.info is not None else None
+        self.tree.set_info(node, info)
+        if old_nuid is not None and old_nuid != info.nuid and node.handles == 0:
+            self.cache.forget(info.bucket, old_nuid)
+        self._inode(node, attr_only=old_nuid == info.nuid)
 
     def _prune(self, directory: Node) -> None:
         for gone in self.tree.prune(directory):
