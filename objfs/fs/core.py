@@ -3,7 +3,9 @@
 ``Filesystem`` is what the pyfuse3 adapter (``fuse_ops``) calls; it has no pyfuse3 and no nats
 imports, raises ``FsError``/``StoreError`` (both carry an errno) and is driven directly by the
 tests. Operations are split by subject into mixins: files (``files.FileOps``: open, read,
-write, upload) and names (``namespace.NamespaceOps``: mkdir, rename, unlink, symlinks).
+write, upload), names (``namespace.NamespaceOps``: mkdir, rename, unlink; ``links.LinkOps``:
+symlinks and NATS links), extended attributes (``xattr_ops.XattrOps``), and the EROFS guard
+of read-only mounts and sealed buckets (``write_guard.WriteGuard``).
 
 Lookups and readdir are answered from the in-memory tree, which the bucket watches keep in
 step with the store; no store round trip happens on those paths (except to load a bucket's
@@ -38,11 +40,13 @@ from objfs.fs.invalidation import (
     InvalidationQueue,
     Invalidator,
 )
-from objfs.fs.namespace import NamespaceOps
+from objfs.fs.links import LinkOps
 from objfs.fs.posix_attrs import Attrs, Defaults, attrs_to_headers
 from objfs.fs.tree import NAME_MAX, Tree
 from objfs.fs.values import Caller, SetAttr, Stat, StatFs
 from objfs.fs.watcher import BucketWatch, Watcher
+from objfs.fs.write_guard import WriteGuard
+from objfs.fs.xattr_ops import XattrOps
 from objfs.options import MountOptions
 from objfs.store.api import BucketConfig, ObjectMeta
 from objfs.store.errors import NotFound, StoreError
@@ -57,7 +61,7 @@ UNLIMITED_BYTES = 1 << 50
 UNLIMITED_FILES = 1 << 32
 
 
-class Filesystem(FileOps, NamespaceOps):
+class Filesystem(WriteGuard, FileOps, LinkOps, XattrOps):
     """objfs as a set of async operations on inode numbers (see the package docstring)."""
 
     def __init__(self, store: Any, options: MountOptions) -> None:
@@ -114,13 +118,14 @@ class Filesystem(FileOps, NamespaceOps):
                 await self._reload_buckets()
             return
         try:
-            await self.store.bucket_status(bucket)
+            status = await self.store.bucket_status(bucket)
         except NotFound:
             if not self.options.create:
                 raise
-            await self.store.create_bucket(
+            status = await self.store.create_bucket(
                 BucketConfig(name=bucket, chunk_size=self.options.chunk_size)
             )
+        self.note_status(status)
         self.root.loaded = False
         await self.ensure_loaded(self.root)
 
@@ -213,6 +218,7 @@ class Filesystem(FileOps, NamespaceOps):
         statuses = await self.store.list_buckets()
         names = {s.name for s in statuses}
         for status in statuses:
+            self.note_status(status)
             if self.table.child(self.root, status.name) is None:
                 node = self.table.new(
                     Kind.DIR,
@@ -301,7 +307,7 @@ class Filesystem(FileOps, NamespaceOps):
 
     # -- attributes and listing ---------------------------------------------------------------
     def stat(self, node: Node) -> Stat:
-        size = node.size
+        size = self.symlink_size(node) if node.kind is Kind.SYMLINK else node.size
         return Stat(
             ino=node.ino,
             mode=node.attrs.mode,
@@ -364,6 +370,8 @@ class Filesystem(FileOps, NamespaceOps):
             statuses = [await self.store.bucket_status(self.options.bucket)]
         else:
             statuses = await self.store.list_buckets()
+        for status in statuses:
+            self.note_status(status)
         used = sum(s.size for s in statuses)
         limits = [s.config.max_bytes for s in statuses]
         total = sum(limits) if limits and all(m > 0 for m in limits) else used + UNLIMITED_BYTES

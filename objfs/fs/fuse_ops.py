@@ -268,21 +268,19 @@ class FuseOperations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         await self.fs.release(fh)
 
-    # -- extended attributes: the next issue; until then nothing is stored ---------------------
+    # -- extended attributes (pyfuse3 answers size probes and ERANGE itself) -------------------
     @errnos
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        self.fs.getattr(inode)
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return await self.fs.getxattr(inode, _name(name))
 
     @errnos
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        self.fs.getattr(inode)
-        return []
+        return [n.encode("utf-8", "surrogateescape") for n in await self.fs.listxattr(inode)]
 
     @errnos
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        await self.fs.setxattr(inode, _name(name), value)
 
     @errnos
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        await self.fs.removexattr(inode, _name(name))

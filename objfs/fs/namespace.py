@@ -1,4 +1,4 @@
-"""Name operations of the core: mkdir, rmdir, unlink, rename, symlink, readlink, link.
+"""Name operations of the core: mkdir, rmdir, unlink, rename, plain symlinks, link.
 
 - Directories: an empty directory made here persists as a zero-size marker object ``dir/``;
   directories implied by deeper names need none. rmdir removes the marker, so nothing is
@@ -8,8 +8,8 @@
   time. A file not uploaded yet (still only in its spool) is renamed in the tree only: its
   upload goes to the new name.
 - Symlinks: a plain symlink is an empty object whose ``Objfs-Symlink`` header holds the
-  target. Object links (``ObjectInfo.link``) show as symlinks to the relative path of their
-  target. Hard links, fifos, sockets and device nodes are refused with EPERM.
+  target (``links.LinkOps`` decides when ``ln -s`` makes a NATS link instead, and reads
+  links). Hard links, fifos, sockets and device nodes are refused with EPERM.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import posixpath
 import stat
 from typing import TYPE_CHECKING, Any
 
@@ -170,27 +169,6 @@ class NamespaceOps:
         self.table.ref(node)
         self.touch(parent)
         return node
-
-    def readlink(self, ino: int) -> str:
-        node = self.table.get(ino)
-        if node.kind is not Kind.SYMLINK:
-            raise FsError(errno.EINVAL)
-        if node.symlink is not None:
-            return node.symlink
-        if node.info is not None and node.info.link is not None:
-            return self._link_target(node)
-        raise FsError(errno.EINVAL)
-
-    def _link_target(self, node: Node) -> str:
-        """Relative path from an object link to what it points at (object or bucket)."""
-        assert node.info is not None and node.info.link is not None
-        link = node.info.link
-        here = posixpath.dirname(node.path)
-        if link.bucket == node.bucket and link.name is not None:
-            return posixpath.relpath(link.name, here or ".")
-        # Another bucket: reachable from the all-buckets root, one level above this bucket.
-        up = "../" * (len(here.split("/")) + 1 if here else 1)
-        return up + link.bucket + ("" if link.name is None else "/" + link.name)
 
     # -- rename --------------------------------------------------------------------------------
     async def rename(

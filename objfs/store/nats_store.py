@@ -283,6 +283,8 @@ class NatsObjectStore(ObjectStore):
             raise errors.ReadOnly(f"bucket {config.name!r} is sealed")
         sc = dict(cur["config"])
         sc.update(_stream_config(config))
+        if not config.description:
+            sc.pop("description", None)  # removed, not kept from the current config
         sc["storage"] = cur["config"].get("storage", sc["storage"])  # immutable
         self._chunk_sizes.pop(config.name, None)
         si = await self.js.api(f"STREAM.UPDATE.{_stream(config.name)}", sc)
