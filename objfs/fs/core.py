@@ -400,7 +400,7 @@ class Filesystem(WriteGuard, FileOps, LinkOps, XattrOps):
             if changes.atime_ns is not None:
                 node.attrs.atime_ns = changes.atime_ns  # atime is not persisted
             return node
-        self.check_writable()
+        self.refuse_changes(node)  # read-only mount, sealed bucket: EROFS
         now = time.time_ns()
         if changes.size is not None:
             if node.is_dir:

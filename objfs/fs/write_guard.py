@@ -1,8 +1,9 @@
 """Read-only mounts and sealed buckets: every modifying call answers EROFS before it starts.
 
 ``WriteGuard`` is the first base of ``Filesystem``: it wraps each modifying operation (create,
-mknod, open for writing, write, setattr, mkdir, rmdir, unlink, rename, symlink, link,
-setxattr, removexattr) and refuses it with EROFS when
+mknod, open for writing, write, mkdir, rmdir, unlink, rename, symlink, link, setxattr,
+removexattr; ``Filesystem.setattr`` calls ``refuse_changes`` itself) and refuses it with
+EROFS when
 
 - the mount is ``--read-only`` (nothing is asked of the server: the answer is local), or
 - the bucket it would change is sealed. Which buckets are sealed is learnt from every bucket
@@ -27,7 +28,6 @@ from objfs.store.api import BucketStatus
 
 if TYPE_CHECKING:
     from objfs.fs.handles import HandleTable
-    from objfs.fs.values import SetAttr
     from objfs.options import MountOptions
 
 
@@ -107,12 +107,6 @@ class WriteGuard:
     async def write(self, fh: int, *args: Any, **kw: Any) -> Any:
         self.refuse_changes(self.handles.get(fh).node)
         return await super().write(fh, *args, **kw)  # type: ignore[misc]
-
-    async def setattr(self, ino: int, changes: SetAttr, *args: Any, **kw: Any) -> Any:
-        fields = (changes.mode, changes.uid, changes.gid, changes.size, changes.mtime_ns)
-        if any(v is not None for v in fields):  # atime alone is never stored
-            self.refuse_changes(self.table.find(ino))
-        return await super().setattr(ino, changes, *args, **kw)  # type: ignore[misc]
 
     async def setxattr(self, ino: int, *args: Any, **kw: Any) -> Any:
         self.refuse_changes(self.table.find(ino))
