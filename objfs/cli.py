@@ -2,8 +2,9 @@
 
 ``objfs mount`` builds an ``objfs.options.MountOptions`` and hands it to ``objfs.mount.main``
 (which owns the mount's lifetime and its one-line errors); ``objfs server`` runs the embedded
-nats-server in the foreground, small enough to live here. Bad option values are checked here,
-before anything starts, and reported like every other objfs error: one line, exit code 1.
+nats-server in the foreground, small enough to live here; ``objfs seal`` is ``objfs.seal``.
+Bad option values are checked here, before anything starts, and reported like every other
+objfs error: one line, exit code 1.
 """
 
 from __future__ import annotations
@@ -245,6 +246,30 @@ def _add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
 
 
+def _add_seal_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "seal",
+        help="make a bucket read-only for ever (irreversible)",
+        description="Seal BUCKET: every later change is refused (EROFS through a mount). "
+        "Sealing cannot be undone, so --yes is required.",
+    )
+    p.add_argument("bucket", metavar="BUCKET")
+    p.add_argument("--yes", action="store_true", help="yes, seal it (irreversible)")
+    p.add_argument(
+        "--server",
+        metavar="URL[,URL...]",
+        default=os.environ.get("NATS_URL", ""),
+        help="NATS server URL(s) (default: $NATS_URL)",
+    )
+    p.add_argument("--user", help="user name for NATS user/password authentication")
+    p.add_argument("--password", help="password for NATS user/password authentication")
+    p.add_argument("--token", help="NATS authentication token")
+    p.add_argument("--creds", metavar="FILE", help="NATS credentials file (JWT and NKey seed)")
+    p.add_argument(
+        "--timeout", type=parse_timeout, default=ConnectOptions().timeout, metavar="SECONDS"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="objfs", description="Mount NATS JetStream Object Store buckets as a filesystem."
@@ -255,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_mount_parser(sub)
     _add_server_parser(sub)
+    _add_seal_parser(sub)
     return parser
 
 
@@ -330,6 +356,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "server":
         return run_server(args.data_dir.expanduser(), port=args.port, max_payload=args.max_payload)
+    if args.command == "seal":
+        from objfs import seal
+
+        connect = ConnectOptions(
+            servers=_split_servers(args.server),
+            user=args.user,
+            password=args.password,
+            token=args.token,
+            creds=_absolute(args.creds),
+            timeout=args.timeout,
+        )
+        return seal.main(args.bucket, connect, yes=args.yes)
     from objfs import mount
 
     return mount.main(mount_options(args), verbose=args.verbose)
