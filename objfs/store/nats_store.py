@@ -11,7 +11,11 @@ Choices worth knowing:
   (``PUT_WINDOW``); the acks give each chunk's stream sequence, so the layout of an object this
   process wrote is cached and ``layout()`` costs nothing for it.
 - Reads use ADR-31 batch direct gets, pipelined; each message's sequence and size is checked
-  against the layout, so a missing chunk is Corrupt at once instead of a hang.
+  against the layout, so a missing chunk is Corrupt at once instead of a hang. They go through
+  ``nats_bulk``'s lean reader on a second connection when the connection options allow
+  (plain TCP, no auth, user/password or token): nats-py's receive path cost more CPU than the
+  server sending the data. With TLS or creds (or if the lean connection cannot be opened)
+  reads use nats-py's connection, the same requests.
 - rename publishes the meta under the new name, then a *tombstone* (not a purge, as nats.go
   does) on the old name: watchers of every client then see the old name go as an ordinary
   delete. The tombstone keeps the nuid but has no chunks, so nothing ever purges the chunks
@@ -56,6 +60,7 @@ from objfs.store.api import (
     bucket_changes,
 )
 from objfs.store.names import check_bucket, check_object, encode_name
+from objfs.store.nats_bulk import Batch, BulkAuth, BulkConnection, Unsupported
 from objfs.store.nats_js import (
     BatchGetter,
     JetStream,
@@ -78,6 +83,16 @@ LAYOUT_CACHE = 512
 
 READ_BUFFER = 1 << 20
 """Socket read size and reader buffer limit of the connection (see connect)."""
+
+BATCH_BYTES = 4 << 20
+"""Bytes asked for in one batch direct get (32 chunks of 128 KiB)."""
+
+AHEAD_BYTES = 16 << 20
+"""At most this much requested and not yet received, per read: the server's per-client
+``max_pending`` (64 MiB) cuts a connection that has more waiting for it (measured)."""
+
+BULK_RETRY = 1.0
+"""Seconds to read through nats-py after the lean connection could not be opened."""
 
 BUCKET_ADVISORIES = "$JS.EVENT.ADVISORY.STREAM.*.*"
 """Stream CREATED/UPDATED/DELETED advisories: how the bucket-list watch hears of changes."""
@@ -135,9 +150,13 @@ async def connect(
         opts["password"] = password
     if token is not None:
         opts["token"] = token
+    # The lean bulk reader speaks plain TCP with these credentials only (see nats_bulk).
+    bulk: BulkAuth | None = BulkAuth(user, password, token)
     if creds is not None:
         opts["user_credentials"] = creds
+        bulk = None
     if tls_ca or tls_cert:
+        bulk = None
         ctx = ssl.create_default_context(cafile=tls_ca)
         if tls_cert:
             ctx.load_cert_chain(tls_cert, tls_key)
@@ -151,7 +170,7 @@ async def connect(
         nc = await asyncio.wait_for(nats.connect(**opts), timeout * 2 + 1)
     except (TimeoutError, OSError, nats.errors.Error) as e:
         raise errors.Unavailable(f"cannot connect to {servers}: {type(e).__name__}: {e}") from None
-    return NatsObjectStore(nc, timeout)
+    return NatsObjectStore(nc, timeout, bulk=bulk)
 
 
 async def _log_error(e: Exception) -> None:
@@ -234,12 +253,18 @@ def _pieces(source: BinaryIO | bytes | bytearray | memoryview, size: int) -> Any
 class NatsObjectStore(ObjectStore):
     """ADR-20 object stores on one NATS connection (see the module docstring)."""
 
-    def __init__(self, nc: Any, timeout: float = 5.0) -> None:
+    def __init__(self, nc: Any, timeout: float = 5.0, *, bulk: BulkAuth | None = None) -> None:
+        """``bulk``: credentials for the lean bulk reader (user/password from the server URL
+        are used when it has none); None reads through ``nc`` only."""
         self.nc = nc
         self.timeout = timeout
         self.js = JetStream(nc, timeout)
         self._publisher = Publisher(self.js)
         self._getter: BatchGetter | None = None
+        self._bulk_auth = bulk
+        self._bulk: BulkConnection | None = None
+        self._bulk_lock = asyncio.Lock()
+        self._bulk_retry_at = 0.0
         self._nuid = NUID()
         self._layouts: LRUCache[tuple[str, str], ChunkLayout] = LRUCache(LAYOUT_CACHE)
         self._chunk_sizes: dict[str, int] = {}
@@ -591,79 +616,140 @@ class NatsObjectStore(ObjectStore):
             self._getter = await BatchGetter(self.js).start()
         return self._getter
 
-    def _verify(self, layout: ChunkLayout, first: int, msgs: list[Any]) -> list[bytes]:
-        """The payloads of ``msgs`` if they are chunks ``first``.. of ``layout``; else Corrupt."""
-        seqs, offsets = layout.seqs, layout.offsets
-        out: list[bytes] = []
-        for i, msg in enumerate(msgs):
+    async def _bulk_conn(self) -> BulkConnection | None:
+        """The lean reader's connection, opened on first use; None: read through nats-py."""
+        bulk = self._bulk
+        if bulk is not None and bulk.is_open:
+            return bulk
+        if self._bulk_auth is None or time.monotonic() < self._bulk_retry_at:
+            return None
+        async with self._bulk_lock:
+            if self._bulk is not None and self._bulk.is_open:
+                return self._bulk
+            self._bulk = None
+            url = self.nc.connected_url
+            if url is None or self.nc.is_closed or not self.nc.is_connected:
+                return None  # nats-py is reconnecting: its own path reports the outage
+            if url.scheme not in ("nats", "") or self.nc.options.get("tls"):
+                return self._no_bulk(f"{url.scheme}:// needs TLS")
+            auth = self._bulk_auth
+            if not (auth.user or auth.token) and url.username:
+                # Credentials in the server URL, as nats-py reads them.
+                auth = (
+                    BulkAuth(url.username, url.password or "")
+                    if url.password is not None
+                    else BulkAuth(token=url.username)
+                )
+            try:
+                self._bulk = await BulkConnection.open(
+                    url.hostname or "127.0.0.1",
+                    url.port or 4222,
+                    auth=auth,
+                    timeout=self.timeout,
+                    name=f"{self.nc.options.get('name') or 'objfs'}-bulk",
+                )
+            except Unsupported as e:
+                return self._no_bulk(str(e))
+            except errors.StoreError as e:
+                log.info("lean bulk reader unavailable for now, reading through nats-py: %s", e)
+                self._bulk_retry_at = time.monotonic() + BULK_RETRY
+                return None
+            return self._bulk
+
+    def _no_bulk(self, why: str) -> None:
+        log.info("reads go through nats-py (the lean bulk reader cannot: %s)", why)
+        self._bulk_auth = None
+        return None
+
+    async def _request(self, layout: ChunkLayout, first: int, count: int) -> _Pending:
+        """Ask for chunks ``first`` .. ``first + count - 1`` now; await the result later."""
+        stream, subject = _stream(layout.bucket), _chunk_subject(layout.bucket, layout.nuid)
+        bulk = await self._bulk_conn()
+        if bulk is not None:
+            return _Pending(bulk, bulk.request(stream, layout.seqs[first], count, subject))
+        getter = await self._batch_getter()
+        return _Pending(None, await getter.request(stream, layout.seqs[first], count, subject))
+
+    def _verify(
+        self, layout: ChunkLayout, first: int, seqs: list[int], datas: list[bytes]
+    ) -> list[bytes]:
+        """``datas`` if they are chunks ``first``.. of ``layout`` (by sequence and size)."""
+        lseqs, offsets = layout.seqs, layout.offsets
+        for i, seq in enumerate(seqs):
             k = first + i
-            seq = int(msg.headers.get("Nats-Sequence", 0)) if msg.headers else 0
-            if k >= len(seqs) or seq != seqs[k]:
-                expected = seqs[k] if k < len(seqs) else "none"
+            if k >= len(lseqs) or seq != lseqs[k]:
+                expected = lseqs[k] if k < len(lseqs) else "none"
                 raise errors.Corrupt(
                     f"{layout.bucket} object {layout.nuid}: chunk {k} missing "
                     f"(expected seq {expected}, got {seq})"
                 )
-            if len(msg.data) != offsets[k + 1] - offsets[k]:
+            if len(datas[i]) != offsets[k + 1] - offsets[k]:
                 raise errors.Corrupt(
-                    f"{layout.bucket} object {layout.nuid}: chunk {k} is {len(msg.data)} "
+                    f"{layout.bucket} object {layout.nuid}: chunk {k} is {len(datas[i])} "
                     f"bytes, expected {offsets[k + 1] - offsets[k]}"
                 )
-            out.append(msg.data)
-        return out
+        return datas
+
+    async def _chunk_batches(
+        self, layout: ChunkLayout, first: int, count: int, window: int
+    ) -> AsyncIterator[list[bytes]]:
+        """Chunks ``first`` .. ``first + count - 1`` in order, in verified batches, with up to
+        ``window`` chunks (and ``AHEAD_BYTES``) requested ahead."""
+        width = max(1, -(-layout.size // max(1, layout.chunks)))  # mean chunk size, rounded up
+        per = max(1, min(BATCH_BYTES // width, window // 2 or 1))
+        ahead = max(per, min(window, AHEAD_BYTES // width))
+        inflight: collections.deque[tuple[int, int, _Pending]] = collections.deque()
+        issued = done = 0
+        try:
+            while done < count:
+                while issued < count and issued - done < ahead:
+                    n = min(per, count - issued)
+                    inflight.append(
+                        (first + issued, n, await self._request(layout, first + issued, n))
+                    )
+                    issued += n
+                k, n, pending = inflight.popleft()
+                got = self._verify(layout, k, *await pending.result())
+                while len(got) < n:
+                    # A batch the server cut short (64 MiB cap) is continued, not an error.
+                    more_at = k + len(got)
+                    more = await self._request(layout, more_at, n - len(got))
+                    rest = self._verify(layout, more_at, *await more.result())
+                    if not rest:
+                        raise errors.Corrupt(
+                            f"{layout.bucket} object {layout.nuid}: chunk {more_at} missing"
+                        )
+                    got += rest
+                done += n
+                yield got
+        finally:
+            for _, _, pending in inflight:
+                pending.cancel()
 
     async def read_chunks(self, layout: ChunkLayout, first: int, count: int) -> list[bytes]:
         count = min(count, layout.chunks - first)
         if count <= 0:
             return []
-        getter = await self._batch_getter()
-        stream, subject = _stream(layout.bucket), _chunk_subject(layout.bucket, layout.nuid)
         out: list[bytes] = []
-        while len(out) < count:
-            k = first + len(out)
-            fut = await getter.request(stream, layout.seqs[k], count - len(out), subject)
-            got = self._verify(layout, k, await fut)
-            if not got:
-                raise errors.Corrupt(f"{layout.bucket} object {layout.nuid}: chunk {k} missing")
-            out.extend(got)  # a batch the server cut short is continued, not an error
+        async for got in self._chunk_batches(layout, first, count, count):
+            out += got
         return out
 
     async def read_stream(
         self, info: ObjectInfo, *, window: int = 64
     ) -> AsyncIterator[list[bytes]]:
         layout = await self.layout(info)
-        n = layout.chunks
-        getter = await self._batch_getter()
-        stream, subject = _stream(layout.bucket), _chunk_subject(layout.bucket, layout.nuid)
-        batch = max(1, min(window // 2, 32))
         sha = hashlib.sha256()
-        inflight: collections.deque[tuple[int, int, asyncio.Future[list[Any]]]] = (
-            collections.deque()
-        )
-        issued = 0
-        done = 0
+        batches = self._chunk_batches(layout, 0, layout.chunks, window)
         try:
-            while done < n:
-                while issued < n and issued - done < max(window, batch):
-                    count = min(batch, n - issued)
-                    fut = await getter.request(stream, layout.seqs[issued], count, subject)
-                    inflight.append((issued, count, fut))
-                    issued += count
-                first, count, fut = inflight.popleft()
-                chunks = self._verify(layout, first, await fut)
-                if len(chunks) < count:
-                    chunks += await self.read_chunks(
-                        layout, first + len(chunks), count - len(chunks)
-                    )
-                # Inline: hashing on a worker thread measured no faster here (GIL hand-offs
-                # with the event loop on 2 cores shared with the server).
+            async for chunks in batches:
+                # Inline: hashing on a worker thread measured slower, with nats-py's reader
+                # and with the lean one (GIL hand-offs on 2 cores shared with the server).
                 for c in chunks:
                     sha.update(c)
-                done += count
                 yield chunks
         finally:
-            for _, _, fut in inflight:
-                fut.cancel()
+            await batches.aclose()
         want = parse_digest(info.digest)
         if want is not None and want != sha.digest():
             raise errors.Corrupt(f"{info.bucket}/{info.name}: digest mismatch")
@@ -825,6 +911,9 @@ class NatsObjectStore(ObjectStore):
                 await sub.unsubscribe()
 
     async def close(self) -> None:
+        self._bulk_auth = None  # no new lean connection after this
+        if self._bulk is not None:
+            self._bulk.close()
         await self._publisher.close()
         if self._getter is not None:
             await self._getter.close()
@@ -832,6 +921,33 @@ class NatsObjectStore(ObjectStore):
             # A dead connection may fail its final flush: closing must not raise anyway.
             with contextlib.suppress(TimeoutError, OSError, nats.errors.Error):
                 await asyncio.wait_for(self.nc.close(), self.timeout)
+
+
+class _Pending:
+    """One batch direct get in flight, on the lean reader or on nats-py's connection."""
+
+    __slots__ = ("_batch", "_bulk", "_fut")
+
+    def __init__(self, bulk: BulkConnection | None, req: Any) -> None:
+        self._bulk = bulk
+        self._batch: Batch | None = req if bulk is not None else None
+        self._fut: asyncio.Future[list[Any]] | None = None if bulk is not None else req
+
+    async def result(self) -> tuple[list[int], list[bytes]]:
+        """(stream sequences, payloads) of the batch's chunks; objfs errors."""
+        if self._bulk is not None and self._batch is not None:
+            batch = await self._bulk.wait(self._batch)
+            return batch.seqs, batch.datas
+        assert self._fut is not None
+        msgs = await self._fut
+        seqs = [int(m.headers.get("Nats-Sequence", 0)) if m.headers else 0 for m in msgs]
+        return seqs, [m.data for m in msgs]
+
+    def cancel(self) -> None:
+        if self._bulk is not None and self._batch is not None:
+            self._bulk.forget(self._batch)
+        elif self._fut is not None:
+            self._fut.cancel()
 
 
 def _meta_fields(meta: ObjectMeta | None) -> dict[str, Any]:

@@ -1,0 +1,372 @@
+"""A lean NATS protocol reader for bulk chunk transfers (ADR-31 batch direct gets).
+
+Why: reading an object through nats-py costs more Python CPU than the server spends sending it.
+nats-py reads the socket into an asyncio ``StreamReader`` (copy), its parser appends to a
+bytearray (copy) and deletes consumed bytes from its front (a memmove per message), builds a
+``Msg`` with a header dict for every chunk, and hands each to a subscription task through a
+queue. On a two-core machine shared with nats-server that receive path, not the server, set
+the read rate (see BENCHMARKS.md). This module is part of the NATS backend and speaks the
+client protocol itself, for one job only:
+
+- its own TCP connection, read with ``asyncio.BufferedProtocol``: the kernel copies straight
+  into one preallocated buffer, frames are parsed in place in the protocol callback (no task,
+  no queue), and each payload is copied out once, as the ``bytes`` the store hands on;
+- ``HMSG``/``MSG`` frames: ``find(b"\\r\\n")`` on the control line, only ``Nats-Sequence`` or
+  the status code read from the header block (no header dict), ``PING`` answered with ``PONG``;
+- batch direct get requests (``{"seq", "batch", "next_by_subj"}`` to
+  ``$JS.API.DIRECT.GET.<stream>``, each answered by its messages and a ``204 EOB`` status) on
+  one wildcard reply subscription, so a reader can keep several batches in flight.
+
+It authenticates with user/password or a token, like the main connection. Anything else (TLS,
+creds/nkeys/JWT, a server that demands TLS or a nonce signature) raises ``Unsupported`` and the
+store keeps using nats-py for reads. Errors are objfs errors: a lost connection is Unavailable,
+a batch that does not end within the timeout is Timeout, an unexpected status is Corrupt (503,
+nobody answers for the stream, is NotFound). Nothing here verifies chunks against a layout:
+the caller does (sequence and size of every chunk), so a missing chunk is Corrupt, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from nats.nuid import NUID
+
+from objfs.store import errors
+
+log = logging.getLogger(__name__)
+
+BUFFER = 4 << 20
+"""Initial receive buffer: several chunks per socket read; it grows for bigger frames."""
+
+MIN_READ = 512 << 10
+"""Compact (or grow) the buffer when less than this is free after the unparsed bytes."""
+
+SEQ = b"Nats-Sequence: "
+CRLF = b"\r\n"
+
+
+class Unsupported(Exception):
+    """The connection options need something this reader does not speak (TLS, nkeys...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BulkAuth:
+    """Credentials the main connection uses, for the bulk connection's CONNECT."""
+
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+
+class Batch:
+    """One outstanding batch direct get: the chunks it delivered, in order, until its EOB."""
+
+    __slots__ = ("datas", "done", "error", "seqs", "what")
+
+    def __init__(self, done: asyncio.Future[None], what: str) -> None:
+        self.seqs: list[int] = []
+        self.datas: list[bytes] = []
+        self.done = done
+        self.error: errors.StoreError | None = None
+        self.what = what
+
+
+class _Protocol(asyncio.BufferedProtocol):
+    """Feeds the connection's parser from one reusable buffer."""
+
+    def __init__(self, conn: BulkConnection) -> None:
+        self.conn = conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn._transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.conn._get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn._end += nbytes
+        self.conn._parse()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: the server hung up
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn._lost(exc)
+
+
+class BulkConnection:
+    """One lean client connection, reading batch direct gets. Use ``open``; asyncio only."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray(BUFFER)
+        self._view = memoryview(self._buf)
+        self._pos = 0  # first unparsed byte
+        self._end = 0  # end of received bytes
+        self._need = 0  # bytes the frame at _pos needs in all (0: unknown / fits)
+        self._prefix = b""
+        self._reqs: dict[bytes, Batch] = {}
+        self._next = 0
+        self._closed = False
+        self._why = ""
+        self._info: asyncio.Future[dict[str, Any]] | None = None
+        self._pongs: list[asyncio.Future[None]] = []
+        self.server_info: dict[str, Any] = {}
+
+    # -- connecting --------------------------------------------------------------------------
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        auth: BulkAuth | None = None,
+        timeout: float = 5.0,
+        name: str = "objfs-bulk",
+    ) -> BulkConnection:
+        """Connect, authenticate and subscribe to the reply inbox.
+
+        Unavailable if the server cannot be reached or refuses us in time; Unsupported if it
+        wants TLS or a signed nonce (nkeys/JWT), which only nats-py speaks here.
+        """
+        self = cls(timeout)
+        loop = asyncio.get_running_loop()
+        self._info = loop.create_future()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: _Protocol(self), host, port), timeout
+            )
+            info = await asyncio.wait_for(asyncio.shield(self._info), timeout)
+            self.server_info = info
+            if info.get("tls_required"):
+                raise Unsupported("the server requires TLS")
+            auth = auth or BulkAuth()
+            if info.get("nonce") and info.get("auth_required") and not (auth.user or auth.token):
+                raise Unsupported("the server wants a signed nonce (nkeys/JWT)")
+            connect: dict[str, Any] = {
+                "verbose": False,
+                "pedantic": False,
+                "tls_required": False,
+                "name": name,
+                "lang": "python3",
+                "version": "objfs-bulk",
+                "protocol": 1,
+                "headers": True,
+                "no_responders": True,
+                "echo": False,
+            }
+            if auth.user is not None:
+                connect["user"] = auth.user
+                connect["pass"] = auth.password or ""
+            if auth.token is not None:
+                connect["auth_token"] = auth.token
+            self._prefix = f"_INBOX.{NUID().next().decode()}.".encode()
+            pong = loop.create_future()
+            self._pongs.append(pong)
+            self._write(
+                b"CONNECT "
+                + json.dumps(connect, separators=(",", ":")).encode()
+                + b"\r\nPING\r\nSUB "
+                + self._prefix
+                + b"* 1\r\n"
+            )
+            await asyncio.wait_for(asyncio.shield(pong), timeout)
+        except Unsupported:
+            self.close()
+            raise
+        except errors.StoreError:
+            self.close()
+            raise
+        except (TimeoutError, OSError) as e:
+            self.close()
+            raise errors.Unavailable(f"bulk connection to {host}:{port}: {e!r}") from None
+        return self
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self._lost(None, "closed")
+
+    # -- requests ----------------------------------------------------------------------------
+    def request(self, stream: str, seq: int, count: int, subject: str) -> Batch:
+        """Send one batch direct get now; ``wait`` for its messages."""
+        what = f"batch get {subject} from {seq}"
+        if self._closed:
+            raise errors.Unavailable(f"{what}: bulk connection closed ({self._why})")
+        token = str(self._next).encode()
+        self._next += 1
+        reply = self._prefix + token
+        batch = Batch(asyncio.get_running_loop().create_future(), what)
+        self._reqs[reply] = batch
+        body = json.dumps({"seq": seq, "batch": count, "next_by_subj": subject}).encode()
+        self._write(
+            b"PUB $JS.API.DIRECT.GET."
+            + stream.encode()
+            + b" "
+            + reply
+            + b" "
+            + str(len(body)).encode()
+            + CRLF
+            + body
+            + CRLF
+        )
+        return batch
+
+    async def wait(self, batch: Batch, timeout: float | None = None) -> Batch:
+        """The batch once its end-of-batch status came; objfs errors otherwise."""
+        try:
+            await asyncio.wait_for(asyncio.shield(batch.done), timeout or self.timeout)
+        except TimeoutError:
+            raise errors.Timeout(f"{batch.what}: timed out") from None
+        finally:
+            self.forget(batch)
+        if batch.error is not None:
+            raise batch.error
+        return batch
+
+    def forget(self, batch: Batch) -> None:
+        """Stop collecting for ``batch`` (cancelled reader): later messages are dropped."""
+        for reply, b in list(self._reqs.items()):
+            if b is batch:
+                del self._reqs[reply]
+                break
+
+    # -- transport plumbing ------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            raise errors.Unavailable(f"bulk connection closed ({self._why or 'not open'})")
+        self._transport.write(data)
+
+    def _get_buffer(self) -> memoryview:
+        free = len(self._buf) - self._end
+        if free < MIN_READ or free < self._need - (self._end - self._pos):
+            self._compact()
+        return self._view[self._end :]
+
+    def _compact(self) -> None:
+        """Move the unparsed bytes to the front; grow if the frame being read needs it."""
+        pos, end = self._pos, self._end
+        left = end - pos
+        size = len(self._buf)
+        want = max(self._need, left) + MIN_READ
+        if want > size:
+            # A new buffer: the old one may still be exported (the transport's view of it).
+            new = bytearray(max(size * 2, want))
+            new[:left] = self._view[pos:end]
+            self._buf, self._view = new, memoryview(new)
+        elif pos:
+            # Same-length slice assignment: allowed while the buffer is exported.
+            self._buf[:left] = self._view[pos:end]
+        self._pos, self._end = 0, left
+
+    def _parse(self) -> None:
+        """Handle every complete frame in the buffer; stop at the first incomplete one."""
+        buf, view = self._buf, self._view
+        pos, end = self._pos, self._end
+        while pos < end:
+            i = buf.find(CRLF, pos, end)
+            if i < 0:
+                break
+            op = buf[pos]
+            if op == 72 or op == 77:  # HMSG / MSG
+                line = bytes(view[pos:i]).split()
+                body = i + 2
+                if op == 72:
+                    hlen, tlen = int(line[-2]), int(line[-1])
+                else:
+                    hlen, tlen = 0, int(line[-1])
+                stop = body + tlen
+                if stop + 2 > end:
+                    self._need = stop + 2 - pos
+                    break
+                self._need = 0
+                batch = self._reqs.get(line[1])
+                if batch is not None:
+                    self._message(batch, buf, view, body, body + hlen, stop)
+                pos = stop + 2
+                continue
+            if op == 80:  # PING / PONG
+                if buf[pos + 1] == 73:
+                    if self._transport is not None and not self._transport.is_closing():
+                        self._transport.write(b"PONG\r\n")
+                elif self._pongs:
+                    fut = self._pongs.pop(0)
+                    if not fut.done():
+                        fut.set_result(None)
+            elif op == 73:  # INFO
+                self._on_info(bytes(view[pos + 5 : i]))
+            elif op == 45:  # -ERR
+                self._on_error(bytes(view[pos:i]).decode(errors="replace"))
+            # +OK and anything unknown: nothing to do.
+            pos = i + 2
+        self._pos, self._end = (0, 0) if pos == end else (pos, end)
+
+    def _message(
+        self, batch: Batch, buf: bytearray, view: memoryview, body: int, hend: int, stop: int
+    ) -> None:
+        """One message for ``batch``: a chunk, or the status that ends the batch."""
+        if body != hend and buf[body + 8] == 32:  # "NATS/1.0 <code>": a status message
+            code = bytes(view[body + 9 : body + 12])
+            if code != b"204" and code != b"404":
+                text = bytes(view[body + 9 : buf.find(CRLF, body, hend)]).decode(errors="replace")
+                cls = errors.NotFound if code == b"503" else errors.Corrupt
+                batch.error = cls(f"{batch.what}: status {text}")
+            if not batch.done.done():
+                batch.done.set_result(None)
+            return
+        k = buf.find(SEQ, body, hend)
+        seq = int(buf[k + 15 : buf.find(CRLF, k, hend)]) if k >= 0 else 0
+        batch.seqs.append(seq)
+        batch.datas.append(bytes(view[hend:stop]))
+
+    def _on_info(self, data: bytes) -> None:
+        try:
+            info = json.loads(data)
+        except ValueError:
+            info = {}
+        if self._info is not None and not self._info.done():
+            self._info.set_result(info)
+
+    def _on_error(self, text: str) -> None:
+        log.debug("bulk connection: %s", text)
+        self._why = text
+        if "authorization" in text.lower() or "authentication" in text.lower():
+            exc: Exception = Unsupported(f"server refused the credentials: {text}")
+        else:
+            exc = errors.Unavailable(f"server error: {text}")
+        for fut in [*self._pongs, self._info]:
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+
+    def _lost(self, exc: Exception | None, why: str = "") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._why = self._why or why or (repr(exc) if exc else "connection closed by the server")
+        err = errors.Unavailable(f"bulk connection lost: {self._why}")
+        for batch in self._reqs.values():
+            if not batch.done.done():
+                batch.error = errors.Unavailable(f"{batch.what}: {err}")
+                batch.done.set_result(None)
+        self._reqs.clear()
+        for fut in [*self._pongs, self._info]:
+            if fut is not None and not fut.done():
+                fut.set_exception(err)
+                # Nobody may be waiting on it (a lost connection after the handshake).
+                fut.add_done_callback(_consume)
+        self._pongs.clear()
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    with contextlib.suppress(BaseException):
+        fut.exception()
