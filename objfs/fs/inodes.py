@@ -12,6 +12,7 @@ while entries come and go (pyfuse3 requires a stable ``start_id``).
 
 from __future__ import annotations
 
+import bisect
 import enum
 import logging
 import stat
@@ -219,15 +220,26 @@ class InodeTable:
         self.maybe_drop(node)
 
     def entries(self, directory: Node, start_id: int) -> Iterator[tuple[int, Node]]:
-        """Children of ``directory`` whose readdir id is greater than ``start_id``, in order."""
+        """Children of ``directory`` whose readdir id is greater than ``start_id``, in order.
+
+        A listing comes in many readdir calls (a few dozen entries each): each call bisects a
+        sorted snapshot of the ids instead of scanning from the start (which made ``ls`` of
+        100,000 entries quadratic). The snapshot is valid while ``next_child_id`` and the
+        number of children are unchanged (an attach moves the first, a detach the second).
+        """
         if directory.children is None or directory.child_ids is None:
             return
-        for name, cid in list(directory.child_ids.items()):
-            if cid <= start_id:
-                continue
-            node = self.child(directory, name)
+        key = (directory.next_child_id, len(directory.child_ids))
+        cached = directory.extra.get("listing")
+        if not (isinstance(cached, tuple) and cached[0] == key):
+            items = sorted(directory.child_ids.items(), key=lambda kv: kv[1])
+            cached = (key, [cid for _, cid in items], [name for name, _ in items])
+            directory.extra["listing"] = cached
+        _, cids, names = cached
+        for i in range(bisect.bisect_right(cids, start_id), len(cids)):
+            node = self.child(directory, names[i])
             if node is not None:
-                yield cid, node
+                yield cids[i], node
 
     def walk(self, node: Node) -> Iterator[Node]:
         """``node`` and every node below it."""
