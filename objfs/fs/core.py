@@ -20,6 +20,7 @@ kernel round trip. The watcher's invalidations are what make the view fresh in p
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import stat
 import tempfile
@@ -358,12 +359,16 @@ class Filesystem(WriteGuard, FileOps, LinkOps, XattrOps):
             except Exception:
                 log.exception("forget(%d, %d) failed", ino, count)
 
-    async def readdir(self, ino: int, start_id: int) -> list[tuple[int, Node]]:
-        """Entries after readdir offset ``start_id``; the caller refs those it returns."""
+    async def readdir(
+        self, ino: int, start_id: int, limit: int | None = None
+    ) -> list[tuple[int, Node]]:
+        """Entries after readdir offset ``start_id`` (at most ``limit``: the kernel takes a
+        few dozen per call, so building the whole rest each time made big listings
+        quadratic); the caller refs those it returns."""
         directory = await self.directory(ino)
         if directory is self.root and self._root_polled and start_id == 0:
             await self._reload_buckets()
-        return list(self.table.entries(directory, start_id))
+        return list(itertools.islice(self.table.entries(directory, start_id), limit))
 
     async def statfs(self) -> StatFs:
         if self.options.bucket is not None:

@@ -32,6 +32,8 @@ from objfs.store.errors import StoreError
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+READDIR_BATCH = 512
+"""Entries offered per readdir call (one call fills at most a few dozen into the buffer)."""
 
 
 def _name(raw: bytes) -> str:
@@ -154,7 +156,8 @@ class FuseOperations(pyfuse3.Operations):
 
     @errnos
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        for cid, node in await self.fs.readdir(fh, start_id):
+        # A batch: the kernel asks again from the last offset until a reply is empty.
+        for cid, node in await self.fs.readdir(fh, start_id, limit=READDIR_BATCH):
             name = node.name.encode("utf-8", "surrogateescape")
             if not pyfuse3.readdir_reply(token, name, self._attr(node), cid):
                 break
