@@ -1,0 +1,456 @@
+"""The lean bulk reader (objfs.store.nats_bulk) and the store's use of it.
+
+The frame parser is checked without a server, fed the same byte stream cut at arbitrary
+places (frames split inside control lines, headers and payloads; a tiny buffer that must
+compact and grow). Everything else runs against real nats-servers: PING answered (a server
+pinging every 100 ms drops a client that does not answer), a missing chunk (Corrupt), a server
+stopped (Unavailable) or frozen (Timeout) mid-read, batches cut at the server's 64 MiB cap,
+user/password and token authentication, and the fallback to nats-py's connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+import pytest
+
+from objfs.bridge import AsyncioThread, Bridge
+from objfs.server import EmbeddedServer, ServerError, find_binary
+from objfs.store import errors, nats_bulk, nats_store
+from objfs.store.api import BucketConfig, ObjectInfo
+from objfs.store.nats_bulk import BulkAuth, BulkConnection, Unsupported
+from objfs.store.nats_store import NatsObjectStore, connect
+
+T = TypeVar("T")
+Run = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
+
+
+@pytest.fixture
+async def run(asyncio_thread: AsyncioThread) -> Run[Any]:
+    """Run an asyncio coroutine function on the asyncio thread, from the trio test."""
+    bridge = Bridge(asyncio_thread)
+
+    async def run(fn: Callable[[], Awaitable[T]]) -> T:
+        return await bridge.call(fn)
+
+    return run
+
+
+class ConfiguredServer(EmbeddedServer):
+    """The embedded server with extra configuration text (auth, ping interval)."""
+
+    def __init__(self, data_dir: Path, extra: str) -> None:
+        super().__init__(data_dir)
+        self.extra = extra
+
+    def _config(self, port: int) -> str:
+        return super()._config(port) + self.extra + "\n"
+
+
+@pytest.fixture
+def server_with(tmp_path: Path) -> Iterator[Callable[[str], EmbeddedServer]]:
+    """Start private servers with extra config; all stopped at the end."""
+    started: list[EmbeddedServer] = []
+
+    def start(extra: str) -> EmbeddedServer:
+        try:
+            find_binary()
+        except ServerError:
+            if os.environ.get("OBJFS_REQUIRE_REAL") == "1":
+                pytest.fail("nats-server binary not installed (required in CI)")
+            pytest.skip("nats-server binary not installed")
+        srv = ConfiguredServer(tmp_path / f"nats{len(started)}", extra).start()
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+def host_port(srv: EmbeddedServer) -> tuple[str, int]:
+    return srv.host, srv.port
+
+
+async def read_all(store: NatsObjectStore, info: ObjectInfo, window: int = 64) -> bytes:
+    out = bytearray()
+    async for batch in store.read_stream(info, window=window):
+        for chunk in batch:
+            out += chunk
+    return bytes(out)
+
+
+def bulk_in_use(store: NatsObjectStore) -> bool:
+    return store._bulk is not None and store._bulk.is_open
+
+
+# -- the frame parser, no server -----------------------------------------------------------
+
+
+class FakeTransport:
+    """Collects what the connection writes."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def _hmsg(subject: bytes, headers: bytes, payload: bytes, reply: bytes = b"") -> bytes:
+    hdr = b"NATS/1.0" + headers + b"\r\n\r\n"
+    line = b"HMSG " + subject + b" 1 " + (reply + b" " if reply else b"")
+    return line + b"%d %d\r\n" % (len(hdr), len(hdr) + len(payload)) + hdr + payload + b"\r\n"
+
+
+def _chunk(subject: bytes, seq: int, payload: bytes) -> bytes:
+    headers = (
+        b"\r\nNats-Stream: OBJ_b\r\nNats-Subject: $O.b.C.n\r\nNats-Sequence: %d"
+        b"\r\nNats-Time-Stamp: 2024-01-01T00:00:00Z" % seq
+    )
+    return _hmsg(subject, headers, payload)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_parser_across_arbitrary_splits(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(seed)
+    # A tiny buffer: frames straddle every read, and the 5 KiB chunk makes it grow.
+    monkeypatch.setattr(nats_bulk, "BUFFER", 64)
+    monkeypatch.setattr(nats_bulk, "MIN_READ", 16)
+    payloads = [os.urandom(n) for n in (1, 0, 5000, 300, 2, 4096)]
+
+    async def body() -> None:
+        conn = BulkConnection(timeout=1.0)
+        transport = FakeTransport()
+        conn._transport = transport  # type: ignore[assignment]
+        conn._prefix = b"_INBOX.t."
+        batch = conn.request("OBJ_b", 7, len(payloads), "$O.b.C.n")
+        other = conn.request("OBJ_b", 100, 1, "$O.b.C.n")
+        assert transport.written.startswith(b"PUB $JS.API.DIRECT.GET.OBJ_b _INBOX.t.0 ")
+        stream = bytearray(b"+OK\r\nPING\r\n")
+        for i, p in enumerate(payloads):
+            stream += _chunk(b"_INBOX.t.0", 7 + i, p)
+            if i == 2:
+                # Another batch's messages, a message nobody asked for, a ping between.
+                stream += _chunk(b"_INBOX.t.1", 100, b"other")
+                stream += b"MSG _INBOX.unknown 1 3\r\nabc\r\nPING\r\n"
+        stream += _hmsg(b"_INBOX.t.0", b" 204 EOB\r\nNats-Num-Pending: 0", b"")
+        stream += _hmsg(b"_INBOX.t.1", b" 408 Request Timeout", b"")
+        proto = nats_bulk._Protocol(conn)
+        pos = 0
+        while pos < len(stream):
+            buf = proto.get_buffer(-1)
+            n = min(len(buf), rng.randint(1, 700), len(stream) - pos)
+            buf[:n] = stream[pos : pos + n]
+            proto.buffer_updated(n)
+            pos += n
+        got = await conn.wait(batch)
+        assert got.seqs == [7 + i for i in range(len(payloads))]
+        assert got.datas == payloads
+        assert all(type(d) is bytes for d in got.datas)
+        with pytest.raises(errors.Corrupt, match="408"):
+            await conn.wait(other)
+        assert transport.written.count(b"PONG\r\n") == 2
+        assert conn._pos == conn._end == 0  # everything consumed
+
+    asyncio.run(body())
+
+
+def test_parser_lost_connection_fails_waiters() -> None:
+    async def body() -> None:
+        conn = BulkConnection(timeout=5.0)
+        conn._transport = FakeTransport()  # type: ignore[assignment]
+        conn._prefix = b"_INBOX.t."
+        batch = conn.request("OBJ_b", 1, 4, "$O.b.C.n")
+        nats_bulk._Protocol(conn).connection_lost(ConnectionResetError("reset"))
+        started = time.monotonic()
+        with pytest.raises(errors.Unavailable):
+            await conn.wait(batch)
+        assert time.monotonic() - started < 1.0
+        with pytest.raises(errors.Unavailable):
+            conn.request("OBJ_b", 1, 4, "$O.b.C.n")
+
+    asyncio.run(body())
+
+
+# -- against a real server -----------------------------------------------------------------
+
+
+async def test_store_reads_through_the_bulk_reader(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+
+    async def body() -> None:
+        store = await connect([nats_server.url], timeout=5.0)
+        try:
+            await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
+            info = await store.put(bucket_name, "obj", data, chunk_size=64 * 1024)
+            assert await read_all(store, info, window=8) == data
+            assert bulk_in_use(store)
+            layout = await store.layout(info)
+            got = await store.read_chunks(layout, 3, 5)
+            assert b"".join(got) == data[3 * 65536 : 8 * 65536]
+            assert await store.read_chunks(layout, layout.chunks - 1, 10) == [data[-17:]]
+            await store.delete_bucket(bucket_name)
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+async def test_fallback_without_bulk_reads_the_same(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str
+) -> None:
+    data = os.urandom(1024 * 1024 + 5)
+
+    async def body() -> None:
+        nc = await nats.connect(nats_server.url)
+        store = NatsObjectStore(nc, 5.0, bulk=None)
+        try:
+            await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
+            info = await store.put(bucket_name, "obj", data, chunk_size=32 * 1024)
+            assert await read_all(store, info) == data
+            layout = await store.layout(info)
+            assert b"".join(await store.read_chunks(layout, 0, 100)) == data
+            assert store._bulk is None and store._getter is not None
+            await store.delete_bucket(bucket_name)
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+async def test_missing_chunk_is_corrupt(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str
+) -> None:
+    data = os.urandom(40 * 1024)
+
+    async def body() -> None:
+        store = await connect([nats_server.url], timeout=5.0)
+        nc = await nats.connect(nats_server.url)
+        try:
+            await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
+            info = await store.put(bucket_name, "holey", data, chunk_size=1024)
+            layout = await store.layout(info)
+            await nc.jetstream().delete_msg(f"OBJ_{bucket_name}", layout.seqs[17])
+            started = time.monotonic()
+            with pytest.raises(errors.Corrupt, match="chunk 17"):
+                await store.read_chunks(layout, 10, 20)
+            with pytest.raises(errors.Corrupt, match="chunk 17"):
+                await read_all(store, info, window=4)
+            # The last chunk gone: the server answers the batch with nothing but its end.
+            await nc.jetstream().delete_msg(f"OBJ_{bucket_name}", layout.seqs[-1])
+            with pytest.raises(errors.Corrupt, match="chunk 39"):
+                await store.read_chunks(layout, 39, 1)
+            assert time.monotonic() - started < 2.0
+            assert bulk_in_use(store)
+            await store.delete_bucket(bucket_name)
+        finally:
+            await nc.close()
+            await store.close()
+
+    await run(body)
+
+
+async def test_batches_cut_at_the_server_cap_are_continued(
+    run: Run[None],
+    nats_server: EmbeddedServer,
+    bucket_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One 67 MiB batch: the server ends it at 64 MiB; the rest is asked for again."""
+    monkeypatch.setattr(nats_store, "BATCH_BYTES", 1 << 30)
+    monkeypatch.setattr(nats_store, "AHEAD_BYTES", 1 << 30)
+    chunk = 1000 * 1024
+    data = os.urandom(67 * chunk)
+
+    async def body() -> None:
+        store = await connect([nats_server.url], timeout=10.0)
+        try:
+            await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
+            info = await store.put(bucket_name, "big", data, chunk_size=chunk)
+            layout = await store.layout(info)
+            bulk = await store._bulk_conn()
+            assert bulk is not None
+            # The cut itself, as the lean reader sees it.
+            subject = f"$O.{bucket_name}.C.{info.nuid}"
+            batch = await bulk.wait(bulk.request(f"OBJ_{bucket_name}", layout.seqs[0], 67, subject))
+            assert 0 < len(batch.datas) < 67
+            got = await store.read_chunks(layout, 0, 67)
+            assert len(got) == 67 and b"".join(got) == data
+            await store.delete_bucket(bucket_name)
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+async def test_server_stopped_mid_read_is_unavailable(
+    run: Run[None], private_server: EmbeddedServer
+) -> None:
+    data = os.urandom(16 * 1024 * 1024)
+    timeout = 1.0
+
+    async def body() -> None:
+        store = await connect([private_server.url], timeout=timeout)
+        try:
+            await store.create_bucket(BucketConfig("mid", storage="memory"))
+            info = await store.put("mid", "obj", data)
+            stream = store.read_stream(info, window=2)
+            first = await stream.__anext__()
+            assert first[0] == data[: len(first[0])]
+            assert bulk_in_use(store)
+            await asyncio.get_running_loop().run_in_executor(None, private_server.stop)
+            started = time.monotonic()
+            with pytest.raises(errors.Unavailable):
+                async for _ in stream:
+                    pass
+            assert time.monotonic() - started < timeout + 1.5
+            # The next read does not hang on the lean connection either.
+            started = time.monotonic()
+            with pytest.raises(errors.Unavailable):
+                await store.read_chunks(await store.layout(info), 0, 4)
+            assert time.monotonic() - started < timeout + 1.5
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+async def test_server_frozen_mid_read_times_out(
+    run: Run[None], private_server: EmbeddedServer
+) -> None:
+    data = os.urandom(8 * 1024 * 1024)
+    timeout = 1.0
+
+    async def body() -> None:
+        store = await connect([private_server.url], timeout=timeout)
+        assert private_server.proc is not None
+        pid = private_server.proc.pid
+        try:
+            await store.create_bucket(BucketConfig("frozen", storage="memory"))
+            info = await store.put("frozen", "obj", data)
+            layout = await store.layout(info)
+            await store.read_chunks(layout, 0, 1)  # opens the lean connection
+            assert bulk_in_use(store)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(errors.Timeout):
+                    await store.read_chunks(layout, 0, layout.chunks)
+                assert time.monotonic() - started < timeout + 1.0
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert await read_all(store, info) == data
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+async def test_ping_is_answered(
+    run: Run[None], server_with: Callable[[str], EmbeddedServer]
+) -> None:
+    """A server pinging every 100 ms closes a client that misses 2 pongs."""
+    srv = server_with('ping_interval: "100ms"\nping_max: 2')
+
+    async def body() -> None:
+        conn = await BulkConnection.open(*host_port(srv), timeout=2.0)
+        try:
+            await asyncio.sleep(1.0)
+            assert conn.is_open
+            # Still usable: a request answered (no such stream: 503, no responders).
+            with pytest.raises(errors.NotFound):
+                await conn.wait(conn.request("OBJ_none", 1, 1, "$O.none.C.x"))
+            assert conn.is_open
+        finally:
+            conn.close()
+
+    await run(body)
+
+
+async def test_user_password_auth(
+    run: Run[None], server_with: Callable[[str], EmbeddedServer]
+) -> None:
+    srv = server_with('authorization { user: "reader", password: "s3cr3t-pass" }')
+    data = os.urandom(600 * 1024)
+
+    async def body() -> None:
+        with pytest.raises(Unsupported):
+            await BulkConnection.open(*host_port(srv), auth=BulkAuth("reader", "wrong"))
+        with pytest.raises(Unsupported):
+            await BulkConnection.open(*host_port(srv))
+        store = await connect([srv.url], user="reader", password="s3cr3t-pass")
+        try:
+            await store.create_bucket(BucketConfig("auth", storage="memory"))
+            info = await store.put("auth", "obj", data)
+            assert await read_all(store, info) == data
+            assert bulk_in_use(store)
+        finally:
+            await store.close()
+        # Credentials in the server URL, as nats-py accepts them.
+        store = await connect([f"nats://reader:s3cr3t-pass@{srv.host}:{srv.port}"])
+        try:
+            info = await store.info("auth", "obj")
+            assert await read_all(store, info) == data
+            assert bulk_in_use(store)
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+async def test_token_auth(run: Run[None], server_with: Callable[[str], EmbeddedServer]) -> None:
+    srv = server_with('authorization { token: "t0ken" }')
+    data = os.urandom(300 * 1024)
+
+    async def body() -> None:
+        with pytest.raises(Unsupported):
+            await BulkConnection.open(*host_port(srv), auth=BulkAuth(token="nope"))
+        store = await connect([srv.url], token="t0ken")
+        try:
+            await store.create_bucket(BucketConfig("tok", storage="memory"))
+            info = await store.put("tok", "obj", data)
+            assert await read_all(store, info) == data
+            assert bulk_in_use(store)
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+async def test_refused_credentials_fall_back_to_nats_py(
+    run: Run[None], server_with: Callable[[str], EmbeddedServer]
+) -> None:
+    """If the lean connection is refused, reads still work, through nats-py's connection."""
+    srv = server_with('authorization { user: "u", password: "p" }')
+    data = os.urandom(200 * 1024)
+
+    async def body() -> None:
+        nc = await nats.connect(srv.url, user="u", password="p")
+        store = NatsObjectStore(nc, 5.0, bulk=BulkAuth("u", "not the password"))
+        try:
+            await store.create_bucket(BucketConfig("fb", storage="memory"))
+            info = await store.put("fb", "obj", data)
+            assert await read_all(store, info) == data
+            assert store._bulk is None and store._bulk_auth is None  # not tried again
+            assert await read_all(store, info) == data
+        finally:
+            await store.close()
+
+    await run(body)
