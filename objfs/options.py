@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from objfs.server import DEFAULT_DATA_DIR
 from objfs.store.api import DEFAULT_CHUNK_SIZE
 
 
@@ -27,12 +28,7 @@ class ConnectOptions:
     tls_key: str | None = None
     timeout: float = 10.0
     """Seconds a store request may take before the filesystem answers EIO/ETIMEDOUT."""
-    data_dir: Path = field(
-        default_factory=lambda: Path(
-            os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")
-        )
-        / "objfs"
-    )
+    data_dir: Path = DEFAULT_DATA_DIR
     """Where the embedded server keeps its store and log."""
 
 
