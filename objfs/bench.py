@@ -318,6 +318,40 @@ async def raw_push_consumer(
     return state["bytes"]
 
 
+async def raw_lean_drain(host: str, port: int, bucket: str, nuid: str, chunks: int) -> int:
+    """Read every chunk with objfs's lean bulk reader (``objfs.store.nats_bulk``), counting
+    bytes only: pipelined batch direct gets of ``BATCH_BYTES``, up to ``AHEAD_BYTES`` in flight
+    (objfs's read settings), without verification or digest. Not part of the raw ceiling,
+    which is defined with nats-py's primitives; it shows what the lean reader costs."""
+    from objfs.store.nats_bulk import BulkConnection
+    from objfs.store.nats_store import AHEAD_BYTES, BATCH_BYTES
+
+    stream = f"OBJ_{bucket}"
+    subject = f"$O.{bucket}.C.{nuid}"
+    per = max(1, BATCH_BYTES // CHUNK)
+    ahead = max(per, AHEAD_BYTES // CHUNK)
+    conn = await BulkConnection.open(host, port, timeout=30.0)
+    try:
+        first = await conn.wait(conn.request(stream, 0, 1, subject))
+        seq0 = first.seqs[0]
+        moved = issued = done = 0
+        inflight: list[Any] = []
+        while done < chunks:
+            while issued < chunks and issued - done < ahead:
+                n = min(per, chunks - issued)
+                inflight.append((n, conn.request(stream, seq0 + issued, n, subject)))
+                issued += n
+            n, req = inflight.pop(0)
+            batch = await conn.wait(req)
+            if len(batch.datas) != n:
+                raise RuntimeError(f"lean drain: {len(batch.datas)} chunks of {n}")
+            moved += sum(map(len, batch.datas))
+            done += n
+        return moved
+    finally:
+        conn.close()
+
+
 # --------------------------------------------------------------------------------------------
 # benchmarks (each: ctx -> None, adding Result rows)
 
@@ -375,6 +409,14 @@ async def bench_raw(ctx: Bench) -> None:
     ctx.results["raw"] = dataclasses.replace(
         best, key="raw", label="raw read ceiling", note=f"from {best.key}"
     )
+
+    async def lean() -> int:
+        return await raw_lean_drain(ctx.server.host, ctx.server.port, bucket, nuid, chunks)
+
+    moved, best_t, times = await best_of(ctx, lean)
+    if moved != ctx.size:
+        raise RuntimeError(f"raw_lean read {moved} bytes of {ctx.size}")
+    ctx.add(Result("raw_lean", "raw: objfs lean reader drain (info)", moved, best_t, times))
 
 
 async def _natspy_get(ctx: Bench, name: str, size: int, cap: float, *, writeinto: bool) -> Result:
@@ -781,6 +823,7 @@ TARGETS = [
 ]
 INFO_RATIOS = [
     Target("objfs get / raw + SHA-256 (no target)", "objfs_get", "raw_push_sha", 0.0),
+    Target("objfs get / lean reader drain (no target)", "objfs_get", "raw_lean", 0.0),
     Target("objfs get asyncio / raw ceiling (no target)", "objfs_get_asyncio", "raw", 0.0),
 ]
 """Explanatory ratios, printed without a verdict."""

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import logging
 from dataclasses import dataclass
@@ -48,6 +50,40 @@ MIN_READ = 512 << 10
 
 SEQ = b"Nats-Sequence: "
 CRLF = b"\r\n"
+
+MALLOC_MMAP_THRESHOLD = 4 << 20
+MALLOC_TRIM_THRESHOLD = 64 << 20
+"""glibc malloc settings applied once, when the first bulk connection opens (see tune_malloc)."""
+
+_malloc_tuned = False
+
+
+def tune_malloc() -> bool:
+    """Keep chunk-sized allocations on the malloc heap instead of fresh pages (glibc only).
+
+    Every chunk becomes a ``bytes`` of 128 KiB and a little more: at or above glibc's default
+    ``M_MMAP_THRESHOLD`` (128 KiB). glibc then either maps each one fresh or, once its dynamic
+    threshold has risen, trims the heap top back to the OS after every freed batch; either way
+    every chunk lands on new pages, and the page faults (kernel time, in the reading thread,
+    holding the GIL) measured 0.07 s of CPU per 256 MiB: a third of the lean reader's cost.
+    Fixed thresholds (mmap above 4 MiB, trim above 64 MiB) let freed chunks be reused. This is
+    process-wide; objfs owns its process (the mount daemon, the CLI), and the price is up to
+    64 MiB of freed heap kept instead of returned to the OS. Returns whether it was applied.
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    _malloc_tuned = True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False  # not glibc (musl has no mallopt): nothing to tune
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    ok = bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD))
+    ok = bool(mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)) and ok
+    log.debug("malloc thresholds set: %s", ok)
+    return ok
 
 
 class Unsupported(Exception):
@@ -135,6 +171,7 @@ class BulkConnection:
         Unavailable if the server cannot be reached or refuses us in time; Unsupported if it
         wants TLS or a signed nonce (nkeys/JWT), which only nats-py speaks here.
         """
+        tune_malloc()
         self = cls(timeout)
         loop = asyncio.get_running_loop()
         self._info = loop.create_future()
@@ -198,8 +235,13 @@ class BulkConnection:
         self._lost(None, "closed")
 
     # -- requests ----------------------------------------------------------------------------
-    def request(self, stream: str, seq: int, count: int, subject: str) -> Batch:
-        """Send one batch direct get now; ``wait`` for its messages."""
+    def request(
+        self, stream: str, seq: int, count: int, subject: str, *, max_bytes: int = 0
+    ) -> Batch:
+        """Send one batch direct get now; ``wait`` for its messages.
+
+        The server may end a batch early (``max_bytes``, or its own limit on what it queues
+        for one client): the caller asks again for the rest."""
         what = f"batch get {subject} from {seq}"
         if self._closed:
             raise errors.Unavailable(f"{what}: bulk connection closed ({self._why})")
@@ -208,7 +250,10 @@ class BulkConnection:
         reply = self._prefix + token
         batch = Batch(asyncio.get_running_loop().create_future(), what)
         self._reqs[reply] = batch
-        body = json.dumps({"seq": seq, "batch": count, "next_by_subj": subject}).encode()
+        req: dict[str, Any] = {"seq": seq, "batch": count, "next_by_subj": subject}
+        if max_bytes:
+            req["max_bytes"] = max_bytes
+        body = json.dumps(req).encode()
         self._write(
             b"PUB $JS.API.DIRECT.GET."
             + stream.encode()

@@ -736,8 +736,10 @@ class NatsObjectStore(ObjectStore):
         return out
 
     async def read_stream(
-        self, info: ObjectInfo, *, window: int = 64
+        self, info: ObjectInfo, *, window: int = 128
     ) -> AsyncIterator[list[bytes]]:
+        # 128 chunks (16 MiB of 128 KiB chunks, AHEAD_BYTES caps bigger ones): measured about
+        # 5 % faster than 64 with the lean reader; the server keeps sending while we hash.
         layout = await self.layout(info)
         sha = hashlib.sha256()
         batches = self._chunk_batches(layout, 0, layout.chunks, window)
