@@ -99,17 +99,47 @@ class BulkAuth:
     token: str | None = None
 
 
+class HashChain:
+    """A running hash over a read's chunks, fed as they arrive when they arrive in order.
+
+    Hashing a chunk the moment it is copied out of the receive buffer finds it in the CPU
+    cache; hashed later, after the rest of a 16 MiB read-ahead window went through, it
+    measured 0.27 s instead of 0.18 s of CPU per 256 MiB. ``next`` is the index of the next
+    chunk to hash: the receive path hashes chunk ``next`` only, so anything that arrives out
+    of order (a batch cut short and continued later) is left to the reader, which hashes
+    every chunk at or past ``next`` in order before handing it on (``catch_up``).
+    """
+
+    __slots__ = ("next", "sha")
+
+    def __init__(self, sha: Any) -> None:
+        self.sha = sha
+        self.next = 0
+
+    def catch_up(self, first: int, chunks: list[bytes]) -> None:
+        """Hash what the receive path did not, of chunks ``first``.. (in order)."""
+        start = self.next - first
+        if start < len(chunks):
+            for c in chunks[max(0, start) :]:
+                self.sha.update(c)
+            self.next = first + len(chunks)
+
+
 class Batch:
     """One outstanding batch direct get: the chunks it delivered, in order, until its EOB."""
 
-    __slots__ = ("datas", "done", "error", "seqs", "what")
+    __slots__ = ("chain", "datas", "done", "error", "first", "seqs", "what")
 
-    def __init__(self, done: asyncio.Future[None], what: str) -> None:
+    def __init__(
+        self, done: asyncio.Future[None], what: str, chain: HashChain | None, first: int
+    ) -> None:
         self.seqs: list[int] = []
         self.datas: list[bytes] = []
         self.done = done
         self.error: errors.StoreError | None = None
         self.what = what
+        self.chain = chain
+        self.first = first
 
 
 class _Protocol(asyncio.BufferedProtocol):
@@ -236,19 +266,29 @@ class BulkConnection:
 
     # -- requests ----------------------------------------------------------------------------
     def request(
-        self, stream: str, seq: int, count: int, subject: str, *, max_bytes: int = 0
+        self,
+        stream: str,
+        seq: int,
+        count: int,
+        subject: str,
+        *,
+        max_bytes: int = 0,
+        chain: HashChain | None = None,
+        first: int = 0,
     ) -> Batch:
         """Send one batch direct get now; ``wait`` for its messages.
 
         The server may end a batch early (``max_bytes``, or its own limit on what it queues
-        for one client): the caller asks again for the rest."""
+        for one client): the caller asks again for the rest. With ``chain``, chunks are hashed
+        on arrival when they are next in order (``first``: the read's index of the batch's
+        first chunk)."""
         what = f"batch get {subject} from {seq}"
         if self._closed:
             raise errors.Unavailable(f"{what}: bulk connection closed ({self._why})")
         token = str(self._next).encode()
         self._next += 1
         reply = self._prefix + token
-        batch = Batch(asyncio.get_running_loop().create_future(), what)
+        batch = Batch(asyncio.get_running_loop().create_future(), what, chain, first)
         self._reqs[reply] = batch
         req: dict[str, Any] = {"seq": seq, "batch": count, "next_by_subj": subject}
         if max_bytes:
@@ -371,8 +411,13 @@ class BulkConnection:
             return
         k = buf.find(SEQ, body, hend)
         seq = int(buf[k + 15 : buf.find(CRLF, k, hend)]) if k >= 0 else 0
+        data = bytes(view[hend:stop])
+        chain = batch.chain
+        if chain is not None and chain.next == batch.first + len(batch.datas):
+            chain.sha.update(data)  # still in the CPU cache (see HashChain)
+            chain.next += 1
         batch.seqs.append(seq)
-        batch.datas.append(bytes(view[hend:stop]))
+        batch.datas.append(data)
 
     def _on_info(self, data: bytes) -> None:
         try:

@@ -187,6 +187,28 @@ def test_parser_lost_connection_fails_waiters() -> None:
     asyncio.run(body())
 
 
+def test_hash_chain_hashes_in_order_whatever_arrives_first() -> None:
+    """Chunks hashed on arrival only when next in order; the reader's catch_up does the rest."""
+    import hashlib
+
+    chunks = [os.urandom(100 + i) for i in range(10)]
+    chain = nats_bulk.HashChain(hashlib.sha256())
+
+    def arrive(i: int) -> None:  # what the receive path does
+        if chain.next == i:
+            chain.sha.update(chunks[i])
+            chain.next += 1
+
+    # Batch [0..4) cut after 2, batch [4..8) arrives, then the continuation [2..4), then [8..10).
+    for i in (0, 1, 4, 5, 6, 7, 2, 3, 8, 9):
+        arrive(i)
+    assert chain.next == 4  # 4.. arrived before 2 and 3: left for the reader
+    chain.catch_up(0, chunks[0:4])
+    chain.catch_up(4, chunks[4:8])
+    chain.catch_up(8, chunks[8:10])
+    assert chain.sha.digest() == hashlib.sha256(b"".join(chunks)).digest()
+
+
 # -- against a real server -----------------------------------------------------------------
 
 
@@ -285,9 +307,9 @@ async def test_batches_cut_short_are_continued(
             plain = bulk.request
             counts: list[int] = []
 
-            def cut(stream: str, seq: int, count: int, subject: str) -> nats_bulk.Batch:
+            def cut(stream: str, seq: int, count: int, subject: str, **kw: Any) -> nats_bulk.Batch:
                 counts.append(count)
-                return plain(stream, seq, count, subject, max_bytes=3 * chunk)
+                return plain(stream, seq, count, subject, max_bytes=3 * chunk, **kw)
 
             bulk.request = cut  # type: ignore[method-assign]
             got = await store.read_chunks(layout, 2, 40)
