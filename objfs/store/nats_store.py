@@ -949,7 +949,13 @@ class _Pending:
     async def result(self) -> tuple[list[int], list[bytes]]:
         """(stream sequences, payloads) of the batch's chunks; objfs errors."""
         if self._bulk is not None and self._batch is not None:
-            batch = await self._bulk.wait(self._batch)
+            try:
+                batch = await self._bulk.wait(self._batch)
+            except errors.Timeout:
+                # A silent server: start the next read on a fresh connection (nats-py may
+                # have moved to another server meanwhile).
+                self._bulk.close()
+                raise
             return batch.seqs, batch.datas
         assert self._fut is not None
         msgs = await self._fut

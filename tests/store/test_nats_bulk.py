@@ -402,6 +402,7 @@ async def test_server_frozen_mid_read_times_out(
             layout = await store.layout(info)
             await store.read_chunks(layout, 0, 1)  # opens the lean connection
             assert bulk_in_use(store)
+            frozen_conn = store._bulk
             os.kill(pid, signal.SIGSTOP)
             try:
                 started = time.monotonic()
@@ -411,6 +412,8 @@ async def test_server_frozen_mid_read_times_out(
             finally:
                 os.kill(pid, signal.SIGCONT)
             assert await read_all(store, info) == data
+            # The timed-out connection was dropped; the read went on a fresh one.
+            assert bulk_in_use(store) and store._bulk is not frozen_conn
         finally:
             await store.close()
 
