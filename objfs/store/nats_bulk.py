@@ -142,6 +142,96 @@ class Batch:
         self.first = first
 
 
+class PushRead:
+    """Deliveries of an ephemeral push consumer to the bulk connection, for one read.
+
+    The store creates the consumer (on its main connection) with this read's ``subject`` as
+    deliver subject. The receive path appends each chunk with its stream sequence (from the
+    ``$JS.ACK`` reply subject) and answers flow-control requests at once, unless more than
+    ``limit`` bytes wait for the reader: then the answer waits until the reader has taken
+    them (``take``), which stops the server (flow control as credit, so memory stays bounded).
+    """
+
+    __slots__ = (
+        "_conn",
+        "buffered",
+        "chain",
+        "datas",
+        "ended",
+        "error",
+        "first",
+        "held",
+        "limit",
+        "seqs",
+        "sid",
+        "subject",
+        "waiting",
+        "wake_bytes",
+        "what",
+    )
+
+    def __init__(
+        self,
+        conn: BulkConnection,
+        subject: bytes,
+        sid: bytes,
+        chain: HashChain | None,
+        first: int,
+        limit: int,
+    ) -> None:
+        self._conn = conn
+        self.subject = subject
+        self.sid = sid
+        self.chain = chain
+        self.first = first  # the read's index of the next chunk to arrive
+        self.limit = limit
+        self.seqs: list[int] = []
+        self.datas: list[bytes] = []
+        self.buffered = 0
+        self.held: list[bytes] = []
+        self.ended = False  # the server said nothing more is pending
+        self.error: errors.StoreError | None = None
+        self.waiting: asyncio.Future[None] | None = None
+        self.wake_bytes = min(limit // 4, 2 << 20)
+        self.what = f"push read on {subject.decode()}"
+
+    def _wake(self) -> None:
+        # Wake the reader per couple of MiB, not per chunk: one event-loop round per chunk
+        # would cost more than the chunk's parsing.
+        if (
+            self.waiting is not None
+            and not self.waiting.done()
+            and (self.buffered >= self.wake_bytes or self.ended or self.error is not None)
+        ):
+            self.waiting.set_result(None)
+
+    async def take(self, timeout: float) -> tuple[list[int], list[bytes], bool]:
+        """What arrived so far (waiting up to ``timeout`` for at least one chunk): sequences,
+        payloads, and whether the server has nothing more pending. Timeout on silence."""
+        if self.buffered < self.wake_bytes and not self.ended and self.error is None:
+            self.waiting = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self.waiting, timeout)
+            except TimeoutError:
+                if not self.datas:
+                    raise errors.Timeout(f"{self.what}: nothing for {timeout}s") from None
+            finally:
+                self.waiting = None
+        if self.error is not None and not self.datas:
+            raise self.error
+        seqs, datas = self.seqs, self.datas
+        self.seqs, self.datas = [], []
+        self.buffered = 0
+        held, self.held = self.held, []
+        for reply in held:  # the credit the server waited for
+            self._conn._reply(reply)
+        return seqs, datas, self.ended and not self.datas
+
+    def close(self) -> None:
+        if self._conn._pushes.pop(self.sid, None) is not None:
+            self._conn._reply_raw(b"UNSUB " + self.sid + CRLF)
+
+
 class _Protocol(asyncio.BufferedProtocol):
     """Feeds the connection's parser from one reusable buffer."""
 
@@ -178,6 +268,7 @@ class BulkConnection:
         self._need = 0  # bytes the frame at _pos needs in all (0: unknown / fits)
         self._prefix = b""
         self._reqs: dict[bytes, Batch] = {}
+        self._pushes: dict[bytes, PushRead] = {}
         self._next = 0
         self._closed = False
         self._why = ""
@@ -319,6 +410,33 @@ class BulkConnection:
             raise batch.error
         return batch
 
+    def push_read(
+        self, *, chain: HashChain | None = None, first: int = 0, limit: int = 16 << 20
+    ) -> PushRead:
+        """A deliver subject on this connection for a push consumer the caller creates."""
+        if self._closed:
+            raise errors.Unavailable(f"bulk connection closed ({self._why})")
+        # Deliveries keep the chunk's own subject: they are told apart by subscription id.
+        # The deliver subject has one token more than the batch replies' wildcard, so that
+        # subscription does not receive them a second time.
+        token = str(self._next).encode()
+        self._next += 1
+        subject = self._prefix + b"p." + token
+        sid = b"p" + token
+        push = PushRead(self, subject, sid, chain, first, limit)
+        self._pushes[sid] = push
+        self._write(b"SUB " + subject + b" " + sid + CRLF)
+        return push
+
+    def _reply_raw(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _reply(self, subject: bytes) -> None:
+        """An empty message to ``subject`` (a flow-control answer)."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"PUB " + subject + b" 0\r\n\r\n")
+
     def forget(self, batch: Batch) -> None:
         """Stop collecting for ``batch`` (cancelled reader): later messages are dropped."""
         for reply, b in list(self._reqs.items()):
@@ -378,6 +496,11 @@ class BulkConnection:
                 batch = self._reqs.get(line[1])
                 if batch is not None:
                     self._message(batch, buf, view, body, body + hlen, stop)
+                else:
+                    push = self._pushes.get(line[2])
+                    if push is not None:
+                        reply = line[3] if len(line) == (6 if op == 72 else 5) else b""
+                        self._delivery(push, reply, buf, view, body, body + hlen, stop)
                 pos = stop + 2
                 continue
             if op == 80:  # PING / PONG
@@ -419,6 +542,54 @@ class BulkConnection:
         batch.seqs.append(seq)
         batch.datas.append(data)
 
+    def _delivery(
+        self,
+        push: PushRead,
+        reply: bytes,
+        buf: bytearray,
+        view: memoryview,
+        body: int,
+        hend: int,
+        stop: int,
+    ) -> None:
+        """One push-consumer message: a chunk, a flow-control request or a heartbeat."""
+        if body != hend and buf[body + 8] == 32:  # a status: 100 (flow control, heartbeat)
+            code = bytes(view[body + 9 : body + 12])
+            if code == b"100":
+                if reply:  # flow-control request: answer now, or when the reader caught up
+                    if push.buffered > push.limit:
+                        push.held.append(reply)
+                    else:
+                        self._reply(reply)
+                k = buf.find(b"Nats-Consumer-Stalled: ", body, hend)
+                if k >= 0:
+                    self._reply(bytes(view[k + 23 : buf.find(CRLF, k, hend)]))
+            else:
+                text = bytes(view[body + 9 : buf.find(CRLF, body, hend)]).decode(errors="replace")
+                push.error = errors.Unavailable(f"{push.what}: status {text}")
+                push._wake()
+            return
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (v1), or v2
+        # with <domain>.<account hash> after ACK and a random token at the end.
+        t = reply.split(b".")
+        off = 2 if len(t) == 9 else 4
+        try:
+            seq, pending = int(t[off + 3]), int(t[off + 6])
+        except (IndexError, ValueError):
+            seq, pending = 0, 0  # not a JetStream delivery: the reader's check fails it
+        data = bytes(view[hend:stop])
+        chain = push.chain
+        if chain is not None and chain.next == push.first:
+            chain.sha.update(data)  # still in the CPU cache (see HashChain)
+            chain.next += 1
+        push.first += 1
+        push.seqs.append(seq)
+        push.datas.append(data)
+        push.buffered += stop - hend
+        if pending == 0:
+            push.ended = True
+        push._wake()
+
     def _on_info(self, data: bytes) -> None:
         try:
             info = json.loads(data)
@@ -449,6 +620,10 @@ class BulkConnection:
                 batch.error = errors.Unavailable(f"{batch.what}: {err}")
                 batch.done.set_result(None)
         self._reqs.clear()
+        for push in self._pushes.values():
+            push.error = errors.Unavailable(f"{push.what}: {err}")
+            push._wake()
+        self._pushes.clear()
         for fut in [*self._pongs, self._info]:
             if fut is not None and not fut.done():
                 fut.set_exception(err)
