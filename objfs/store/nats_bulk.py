@@ -1,4 +1,4 @@
-"""A lean NATS protocol reader for bulk chunk transfers (ADR-31 batch direct gets).
+"""A lean NATS protocol reader for bulk chunk transfers (batch direct gets, push consumers).
 
 Why: reading an object through nats-py costs more Python CPU than the server spends sending it.
 nats-py reads the socket into an asyncio ``StreamReader`` (copy), its parser appends to a
@@ -15,7 +15,12 @@ client protocol itself, for one job only:
   the status code read from the header block (no header dict), ``PING`` answered with ``PONG``;
 - batch direct get requests (``{"seq", "batch", "next_by_subj"}`` to
   ``$JS.API.DIRECT.GET.<stream>``, each answered by its messages and a ``204 EOB`` status) on
-  one wildcard reply subscription, so a reader can keep several batches in flight.
+  one wildcard reply subscription, so a reader can keep several batches in flight;
+- deliveries of an ephemeral push consumer the store creates (``PushRead``): the stream
+  sequence read from the ``$JS.ACK`` reply subject, flow-control requests answered at once
+  unless the reader is behind (then the answer is the credit that lets the server go on).
+  It cost nats-server less CPU than batch direct gets, so a large ``read_stream`` uses it;
+- chunks hashed as they are copied out, while still in the CPU cache (``HashChain``).
 
 It authenticates with user/password or a token, like the main connection. Anything else (TLS,
 creds/nkeys/JWT, a server that demands TLS or a nonce signature) raises ``Unsupported`` and the

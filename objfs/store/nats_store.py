@@ -11,7 +11,9 @@ Choices worth knowing:
   (``PUT_WINDOW``); the acks give each chunk's stream sequence, so the layout of an object this
   process wrote is cached and ``layout()`` costs nothing for it.
 - Reads use ADR-31 batch direct gets, pipelined; each message's sequence and size is checked
-  against the layout, so a missing chunk is Corrupt at once instead of a hang. They go through
+  against the layout, so a missing chunk is Corrupt at once instead of a hang. ``read_stream``
+  of a large object uses an ephemeral push consumer instead (its pending count at creation
+  tells a missing chunk up front). Both go through
   ``nats_bulk``'s lean reader on a second connection when the connection options allow
   (plain TCP, no auth, user/password or token): nats-py's receive path cost more CPU than the
   server sending the data. With TLS or creds (or if the lean connection cannot be opened)
