@@ -229,6 +229,12 @@ async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> in
         bridge = Bridge(thread)
         backend = await _connect(bridge, servers, options)
         stack.push_async_callback(_close_store, bridge, backend)
+        limit = backend.max_chunk_size
+        if limit is not None and options.chunk_size > limit:
+            raise MountError(
+                f"--chunk-size {options.chunk_size} is larger than the server's max_payload "
+                f"({limit} bytes): use a smaller chunk size or raise max_payload on the server"
+            )
         store = TrioStore(backend, bridge)
 
         fs = Filesystem(store, options)

@@ -182,6 +182,9 @@ BUCKET_POLL_INTERVAL = 2.0
 class ObjectStore(abc.ABC):
     """An object store: buckets of named, chunked, immutable-once-written objects."""
 
+    max_chunk_size: int | None = None
+    """Largest chunk a put may use (NATS: the server's max_payload); None: no limit."""
+
     bucket_poll_interval: float = BUCKET_POLL_INTERVAL
 
     # -- buckets ---------------------------------------------------------------------------

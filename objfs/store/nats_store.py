@@ -276,6 +276,11 @@ class NatsObjectStore(ObjectStore):
         self._layouts: LRUCache[tuple[str, str], ChunkLayout] = LRUCache(LAYOUT_CACHE)
         self._chunk_sizes: dict[str, int] = {}
 
+    @property
+    def max_chunk_size(self) -> int | None:  # type: ignore[override]
+        """The server's max_payload: a larger chunk is refused by the server."""
+        return int(self.nc.max_payload) or None
+
     # -- buckets ---------------------------------------------------------------------------
     async def _stream_info(self, bucket: str) -> dict[str, Any]:
         check_bucket(bucket)

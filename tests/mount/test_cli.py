@@ -124,6 +124,19 @@ def test_missing_bucket_without_create(
     assert not mounted(mp)
 
 
+def test_chunk_size_over_max_payload(
+    tmp_path: Path, nats_server: EmbeddedServer, bucket_name: str
+) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    r = objfs(
+        "mount", "--server", nats_server.url, "--bucket", bucket_name, "--create",
+        "--chunk-size", "2M", str(mp),
+    )  # fmt: skip
+    assert_one_line_error(r, "--chunk-size", "max_payload")
+    assert not mounted(mp)
+
+
 def test_already_mounted(mount: Mount) -> None:
     r = objfs(
         "mount", "--server", mount.server_url, "--bucket", str(mount.bucket), str(mount.mountpoint)
