@@ -309,8 +309,8 @@ async def _connect(bridge: Bridge, servers: list[str], options: MountOptions) ->
                 tls_cert=c.tls_cert,
                 tls_key=c.tls_key,
             )
-        except StoreError as e:
-            raise MountError(f"cannot connect to NATS at {where}: {_one_line(e)}") from None
+        except StoreError as e:  # its message names the servers and the cause
+            raise MountError(_one_line(e)) from None
         except (OSError, ValueError) as e:
             raise MountError(f"cannot connect to NATS at {where}: {_one_line(e)}") from None
     assert scope.cancelled_caught

@@ -141,6 +141,7 @@ async def connect(
 
     Unavailable if no server answers within ``timeout``.
     """
+    events = _ConnectionEvents()
     opts: dict[str, Any] = {
         "servers": servers,
         "name": name,
@@ -148,9 +149,9 @@ async def connect(
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,  # a mount outlives server restarts
         "reconnect_time_wait": 0.5,
-        "error_cb": _log_error,
-        "disconnected_cb": _log_disconnected,
-        "reconnected_cb": _log_reconnected,
+        "error_cb": events.error,
+        "disconnected_cb": events.disconnected,
+        "reconnected_cb": events.reconnected,
     }
     if user is not None:
         opts["user"] = user
@@ -176,20 +177,41 @@ async def connect(
         # The initial connect does not retry for ever (only reconnects do), but bound it anyway.
         nc = await asyncio.wait_for(nats.connect(**opts), timeout * 2 + 1)
     except (TimeoutError, OSError, nats.errors.Error) as e:
-        raise errors.Unavailable(f"cannot connect to {servers}: {type(e).__name__}: {e}") from None
-    return NatsObjectStore(nc, timeout, bulk=bulk)
+        # A timeout says nothing; the last attempt's error (e.g. connection refused) does.
+        cause = events.last_error if isinstance(e, TimeoutError) and events.last_error else e
+        text = str(cause).strip() or f"no answer within {timeout * 2 + 1:g}s"
+        where = ",".join(servers)
+        raise errors.Unavailable(f"cannot connect to {where}: {text}") from None
+    events.connected = True
+    return NatsObjectStore(nc, timeout, bulk=bulk, events=events)
 
 
-async def _log_error(e: Exception) -> None:
-    log.warning("nats: %s: %s", type(e).__name__, e)
+class _ConnectionEvents:
+    """nats-py's connection callbacks, logged at a level that matches what they mean.
 
+    Failed attempts of the initial connect are debug (``connect`` raises one Unavailable with
+    the cause); a disconnect caused by ``close()`` is debug; a disconnect of a live store is a
+    warning (the store reconnects by itself, and the user should know why requests stall).
+    """
 
-async def _log_disconnected() -> None:
-    log.warning("nats: disconnected")
+    def __init__(self) -> None:
+        self.connected = False
+        self.closing = False
+        self.last_error: Exception | None = None
 
+    def _quiet(self) -> bool:
+        return self.closing or not self.connected
 
-async def _log_reconnected() -> None:
-    log.info("nats: reconnected")
+    async def error(self, e: Exception) -> None:
+        self.last_error = e
+        log.log(logging.DEBUG if self._quiet() else logging.WARNING, "nats: %s: %s",
+                type(e).__name__, e)  # fmt: skip
+
+    async def disconnected(self) -> None:
+        log.log(logging.DEBUG if self._quiet() else logging.WARNING, "nats: disconnected")
+
+    async def reconnected(self) -> None:
+        log.info("nats: reconnected")
 
 
 def _stream_config(cfg: BucketConfig) -> dict[str, Any]:
@@ -260,7 +282,14 @@ def _pieces(source: BinaryIO | bytes | bytearray | memoryview, size: int) -> Any
 class NatsObjectStore(ObjectStore):
     """ADR-20 object stores on one NATS connection (see the module docstring)."""
 
-    def __init__(self, nc: Any, timeout: float = 5.0, *, bulk: BulkAuth | None = None) -> None:
+    def __init__(
+        self,
+        nc: Any,
+        timeout: float = 5.0,
+        *,
+        bulk: BulkAuth | None = None,
+        events: _ConnectionEvents | None = None,
+    ) -> None:
         """``bulk``: credentials for the lean bulk reader (user/password from the server URL
         are used when it has none); None reads through ``nc`` only."""
         self.nc = nc
@@ -275,6 +304,7 @@ class NatsObjectStore(ObjectStore):
         self._nuid = NUID()
         self._layouts: LRUCache[tuple[str, str], ChunkLayout] = LRUCache(LAYOUT_CACHE)
         self._chunk_sizes: dict[str, int] = {}
+        self._events = events
 
     @property
     def max_chunk_size(self) -> int | None:  # type: ignore[override]
@@ -993,6 +1023,8 @@ class NatsObjectStore(ObjectStore):
                 await sub.unsubscribe()
 
     async def close(self) -> None:
+        if self._events is not None:
+            self._events.closing = True
         self._bulk_auth = None  # no new lean connection after this
         if self._bulk is not None:
             self._bulk.close()
