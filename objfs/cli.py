@@ -86,6 +86,16 @@ def parse_timeout(text: str) -> float:
     return value
 
 
+def parse_attr_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be seconds: {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds: {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 1 like every objfs error."""
 
@@ -182,6 +192,15 @@ def _add_mount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=MountOptions.__dataclass_fields__["cache_size"].default,
         metavar="SIZE",
         help="memory for the read chunk cache, e.g. 256M or 1G (default: 256M)",
+    )
+    fs.add_argument(
+        "--attr-timeout",
+        type=parse_attr_timeout,
+        default=MountOptions.__dataclass_fields__["attr_timeout"].default,
+        metavar="SECONDS",
+        help="how long the kernel may cache names and attributes without asking objfs "
+        "(default: 1); changes made elsewhere are pushed to the kernel by the store watch at "
+        "once, this only bounds staleness if such a notice is lost",
     )
     fs.add_argument(
         "--spool-dir",
@@ -315,6 +334,7 @@ def mount_options(args: argparse.Namespace) -> MountOptions:
         gid=args.gid,
         umask=args.umask,
         cache_size=args.cache_size,
+        attr_timeout=args.attr_timeout,
         spool_dir=args.spool_dir.expanduser().absolute() if args.spool_dir else None,
         chunk_size=args.chunk_size,
         fuse_options=fuse_options,

@@ -47,6 +47,8 @@ class MountOptions:
     """Defaults for objects that carry no stored attributes (written by other clients)."""
     cache_size: int = 256 * 1024 * 1024
     """Chunk cache, bytes."""
+    attr_timeout: float = 1.0
+    """Seconds the kernel may trust names and attributes (the watcher invalidates changes)."""
     spool_dir: Path | None = None
     """Where write spool files live; None: a private directory under the system temp dir."""
     chunk_size: int = DEFAULT_CHUNK_SIZE

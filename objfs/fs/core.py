@@ -11,10 +11,11 @@ Lookups and readdir are answered from the in-memory tree, which the bucket watch
 step with the store; no store round trip happens on those paths (except to load a bucket's
 tree the first time it is entered, or to refresh the bucket list at the all-buckets root).
 
-Entry and attribute timeouts are ``ATTR_TIMEOUT`` (1 s): short, because another client's
-change must become visible soon even if an invalidation is lost (the queue is bounded), and
-not zero, because every ``stat`` of a tool like ``ls -l`` or ``rsync`` would otherwise be a
-kernel round trip. The watcher's invalidations are what make the view fresh in practice.
+Entry and attribute timeouts are ``options.attr_timeout`` (``--attr-timeout``, default 1 s):
+short, because another client's change must become visible soon even if an invalidation is
+lost (the queue is bounded), and not zero, because every ``stat`` of a tool like ``ls -l`` or
+``rsync`` would otherwise be a kernel round trip. The watcher's invalidations are what make
+the view fresh in practice.
 """
 
 from __future__ import annotations
@@ -55,8 +56,6 @@ from objfs.store.names import MAX_NAME_BYTES
 
 log = logging.getLogger(__name__)
 
-ATTR_TIMEOUT = 1.0
-"""Seconds the kernel may trust an entry or attributes (see the module docstring)."""
 UNLIMITED_BYTES = 1 << 50
 """Free space statfs reports for a bucket without max_bytes (1 PiB: "plenty")."""
 UNLIMITED_FILES = 1 << 32
@@ -322,8 +321,8 @@ class Filesystem(WriteGuard, FileOps, LinkOps, XattrOps):
             atime_ns=node.attrs.atime_ns,
             mtime_ns=node.attrs.mtime_ns,
             ctime_ns=node.attrs.ctime_ns,
-            entry_timeout=ATTR_TIMEOUT,
-            attr_timeout=ATTR_TIMEOUT,
+            entry_timeout=self.options.attr_timeout,
+            attr_timeout=self.options.attr_timeout,
         )
 
     async def lookup(self, parent_ino: int, name: str, caller: Caller | None = None) -> Node:

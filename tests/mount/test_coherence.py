@@ -1,17 +1,16 @@
 """Live coherence between real mounts: what one mount (or nats-py) changes, another sees at once.
 
 Two mounts of one bucket, or a mount and nats-py's own ObjectStore, on the real server. Each
-change must be visible in the other mount within ``BOUND`` seconds: less than the 1 s entry
-and attribute timeouts, so it is the watcher's invalidations that make it visible, not a TTL
-running out (each test looks first, so the kernel holds the old answer, negative dentries
-included). The restart test stops the server under a mount while another client changes the
-bucket, and checks that everything shows once the mount's watch is back.
+change must be visible in the other mount within ``BOUND`` seconds, far less than the entry
+and attribute timeouts these mounts use, so it is the watcher's invalidations that make it
+visible, not a TTL running out (each test looks first, so the kernel holds the old answer,
+negative dentries included). The restart test stops the server under a mount while another
+client changes the bucket, and checks that everything shows once the mount's watch is back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import io
 import os
 import time
@@ -24,8 +23,13 @@ from mounting import Mount, MountFactory
 
 from objfs.server import EmbeddedServer
 
-BOUND = 0.9
-"""Seconds a change may take to show in the other mount (under the 1 s attr/entry timeout)."""
+ATTR_TIMEOUT = "30"
+"""The mounts here let the kernel cache names and attributes for 30 s (--attr-timeout) ..."""
+BOUND = 5.0
+"""... so a change that shows within 5 s was pushed by the watcher, not found by a TTL expiry
+(the bound leaves room for a loaded CI machine; the latency benchmark measures the real
+figure, p99 in tens of milliseconds)."""
+WATCHED = ("--attr-timeout", ATTR_TIMEOUT)
 
 
 def within(check: Callable[[], bool], what: str, bound: float = BOUND) -> float:
@@ -46,7 +50,7 @@ def listing(p: Path) -> list[str]:
 
 
 def test_two_mounts_see_each_others_changes(mounts: MountFactory) -> None:
-    a, b = mounts(), mounts()
+    a, b = mounts(*WATCHED), mounts(*WATCHED)
     pa, pb = a.mountpoint, b.mountpoint
     # b looks first: it caches the negative dentry and the listing.
     assert not exists(pb / "new.txt") and listing(pb) == []
@@ -62,20 +66,15 @@ def test_two_mounts_see_each_others_changes(mounts: MountFactory) -> None:
     assert not exists(pb / "new.txt")
     assert (pb / "moved.txt").read_bytes() == content
     # metadata (an xattr) changed in a, read in b
-    try:
-        os.setxattr(pa / "moved.txt", "user.description", b"seen elsewhere")
-    except OSError as e:
-        if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-    else:
+    os.setxattr(pa / "moved.txt", "user.description", b"seen elsewhere")
 
-        def xattr_seen() -> bool:
-            try:
-                return os.getxattr(pb / "moved.txt", "user.description") == b"seen elsewhere"
-            except OSError:
-                return False
+    def xattr_seen() -> bool:
+        try:
+            return os.getxattr(pb / "moved.txt", "user.description") == b"seen elsewhere"
+        except OSError:
+            return False
 
-        within(xattr_seen, "an xattr change")
+    within(xattr_seen, "an xattr change")
     # delete
     os.unlink(pa / "moved.txt")
     within(lambda: not exists(pb / "moved.txt"), "a delete")
@@ -83,7 +82,7 @@ def test_two_mounts_see_each_others_changes(mounts: MountFactory) -> None:
 
 
 def test_overwrite_of_a_cached_file_reads_new_bytes(mounts: MountFactory) -> None:
-    a, b = mounts(), mounts()
+    a, b = mounts(*WATCHED), mounts(*WATCHED)
     old, new = data(3 * CHUNK, 21), data(3 * CHUNK, 22)  # same size: only content differs
     (a.mountpoint / "f").write_bytes(old)
     within(lambda: exists(b.mountpoint / "f"), "the first version")
@@ -112,7 +111,8 @@ def _nats_py(url: str, bucket: str, fn: Callable[..., object]) -> None:
     asyncio.run(main())
 
 
-def test_nats_py_put_and_delete_show(mount: Mount, nats_server: EmbeddedServer) -> None:
+def test_nats_py_put_and_delete_show(mounts: MountFactory, nats_server: EmbeddedServer) -> None:
+    mount = mounts(*WATCHED)
     p = mount.mountpoint
     assert not exists(p / "from-natspy")
     content = data(CHUNK + 3, 31)
@@ -133,7 +133,7 @@ def test_nats_py_put_and_delete_show(mount: Mount, nats_server: EmbeddedServer) 
 def test_server_restart_under_a_mount(
     private_server: EmbeddedServer, tmp_path: Path, bucket_name: str, fuse: None
 ) -> None:
-    m = Mount(tmp_path / "mnt", private_server.url, bucket_name, log_dir=tmp_path)
+    m = Mount(tmp_path / "mnt", private_server.url, bucket_name, args=WATCHED, log_dir=tmp_path)
     m.start()
     try:
         p = m.mountpoint
@@ -171,7 +171,7 @@ def test_server_restart_under_a_mount(
 def test_all_buckets_root_follows_bucket_changes(
     mounts: MountFactory, nats_server: EmbeddedServer, bucket_name: str
 ) -> None:
-    m = mounts(bucket=None)
+    m = mounts(*WATCHED, bucket=None)
     p = m.mountpoint
     assert not exists(p / bucket_name)
 
