@@ -1,4 +1,4 @@
-"""Throughput benchmarks: objfs's store layer against raw NATS and against nats-py's ObjectStore.
+"""Benchmarks: objfs's store layer against raw NATS and nats-py's ObjectStore; mount coherence.
 
 Run it with ``scripts/bench`` (``--size 64M`` for a quick run, ``--json FILE`` to keep the
 figures for BENCHMARKS.md). One run starts one private nats-server (``EmbeddedServer`` in a

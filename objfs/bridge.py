@@ -16,7 +16,7 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import trio
 
@@ -223,7 +223,11 @@ class TrioStore:
     ``read_stream``, ``watch`` and ``watch_buckets`` return trio async iterators.
     """
 
-    _ITERATORS = frozenset({"read_stream", "watch", "watch_buckets"})
+    _ITERATORS: ClassVar[dict[str, int]] = {"read_stream": 1, "watch": 256, "watch_buckets": 16}
+    """Async-iterator methods and how many items one hop may carry. ``read_stream`` items are
+    already batches of chunks (MiBs each): one a hop, so at most two wait in the pump's queue
+    and memory stays bounded by the reader's own flow control. Watch events are small and a
+    snapshot has one per object: many a hop."""
 
     def __init__(self, store: Any, bridge: Bridge) -> None:
         self.store = store
@@ -233,10 +237,11 @@ class TrioStore:
         target = getattr(self.store, name)
         if not callable(target):
             return target
-        if name in self._ITERATORS:
+        per_hop = self._ITERATORS.get(name)
+        if per_hop is not None:
 
             def iterator(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-                return self.bridge.iterate(lambda: target(*args, **kwargs), batch=64)
+                return self.bridge.iterate(lambda: target(*args, **kwargs), batch=per_hop)
 
             return iterator
 
