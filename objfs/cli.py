@@ -16,7 +16,7 @@ import pwd
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -59,41 +59,45 @@ def parse_umask(text: str) -> int:
 
 
 def parse_uid(text: str) -> int:
-    if text.isdigit():
-        return int(text)
-    try:
-        return pwd.getpwnam(text).pw_uid
-    except KeyError:
-        raise argparse.ArgumentTypeError(f"no such user: {text!r}") from None
+    """A user number or name."""
+    return _parse_id(text, lambda name: pwd.getpwnam(name).pw_uid, "user")
 
 
 def parse_gid(text: str) -> int:
+    """A group number or name."""
+    return _parse_id(text, lambda name: grp.getgrnam(name).gr_gid, "group")
+
+
+def _parse_id(text: str, lookup: Callable[[str], int], what: str) -> int:
     if text.isdigit():
         return int(text)
     try:
-        return grp.getgrnam(text).gr_gid
+        return lookup(text)
     except KeyError:
-        raise argparse.ArgumentTypeError(f"no such group: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"no such {what}: {text!r}") from None
 
 
 def parse_timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"timeout must be seconds: {text!r}") from None
+    """Seconds a request may take: positive."""
+    value = _parse_seconds(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"timeout must be positive: {text!r}")
     return value
 
 
 def parse_attr_timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be seconds: {text!r}") from None
+    """Seconds the kernel may cache: 0 (no caching) to an hour."""
+    value = _parse_seconds(text)
     if not 0 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds: {text!r}")
     return value
+
+
+def _parse_seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be seconds: {text!r}") from None
 
 
 class _Parser(argparse.ArgumentParser):

@@ -295,20 +295,9 @@ async def _connect(bridge: Bridge, servers: list[str], options: MountOptions) ->
     c = options.connect
     where = ",".join(servers)
     # The store's own timeout should fire first; this bound is the backstop.
-    with trio.move_on_after(c.timeout + 2) as scope:
+    with trio.move_on_after(c.timeout * 2 + 3) as scope:  # connect() gives up at 2t+1
         try:
-            return await bridge.call(
-                connect,
-                servers,
-                timeout=c.timeout,
-                user=c.user,
-                password=c.password,
-                token=c.token,
-                creds=c.creds,
-                tls_ca=c.tls_ca,
-                tls_cert=c.tls_cert,
-                tls_key=c.tls_key,
-            )
+            return await bridge.call(connect, servers, **c.client_kwargs())
         except StoreError as e:  # its message names the servers and the cause
             raise MountError(_one_line(e)) from None
         except (OSError, ValueError) as e:

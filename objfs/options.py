@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from objfs.server import DEFAULT_DATA_DIR
 from objfs.store.api import DEFAULT_CHUNK_SIZE
@@ -30,6 +31,19 @@ class ConnectOptions:
     """Seconds a store request may take before the filesystem answers EIO/ETIMEDOUT."""
     data_dir: Path = DEFAULT_DATA_DIR
     """Where the embedded server keeps its store and log."""
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``objfs.store.nats_store.connect`` (all but the servers)."""
+        return {
+            "timeout": self.timeout,
+            "user": self.user,
+            "password": self.password,
+            "token": self.token,
+            "creds": self.creds,
+            "tls_ca": self.tls_ca,
+            "tls_cert": self.tls_cert,
+            "tls_key": self.tls_key,
+        }
 
 
 @dataclass(slots=True)

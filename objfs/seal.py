@@ -23,19 +23,7 @@ async def _seal(bucket: str, connect: ConnectOptions) -> bool:
     """Seal ``bucket``; returns whether it was sealed already."""
     from objfs.store.nats_store import connect as open_store
 
-    c = connect
-    store = await open_store(
-        c.servers,
-        timeout=c.timeout,
-        user=c.user,
-        password=c.password,
-        token=c.token,
-        creds=c.creds,
-        tls_ca=c.tls_ca,
-        tls_cert=c.tls_cert,
-        tls_key=c.tls_key,
-        name="objfs-seal",
-    )
+    store = await open_store(connect.servers, name="objfs-seal", **connect.client_kwargs())
     try:
         was = (await store.bucket_status(bucket)).sealed
         if not was:
