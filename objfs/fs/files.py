@@ -227,6 +227,7 @@ class FileOps:
             spool.last_error = None
             spool.base = info
             node.info = info
+            self.watcher.uploaded(node, info)
             # The kernel's pages were written through and match the object just stored.
             node.cached_nuid = info.nuid
             for h in self.handles.of(node):

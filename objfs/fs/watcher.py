@@ -23,10 +23,12 @@ What each remote change invalidates in the kernel, and nothing more:
 Only inodes and directories the kernel holds (lookup count > 0, or the root) are invalidated.
 
 A node being written here (it has a spool) is not overwritten from outside while the local
-writer works: the remote version is remembered (``REMOTE``) and, when the writer is done
-(``local_done``), applied if it is newer than what this mount uploaded, or logged as
-overwritten (last close wins, as on any object store; both uploads happened and other
-clients saw the first one).
+writer works: the remote versions are remembered (``REMOTE``) and, when the writer is done
+(``local_done``), the newest is applied if it is newer than what this mount uploaded, or
+logged as overwritten (last close wins, as on any object store; both uploads happened and
+other clients saw the first one). The watch may report this mount's own upload before the
+put returns; ``uploaded`` then takes it out of the remembered versions, so only changes
+made elsewhere are applied or reported.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 RETRY_DELAY = 1.0
 """Seconds between attempts to re-establish a failed watch."""
 REMOTE = "remote"
-"""``Node.extra`` key: a remote version that arrived while this mount was writing the node."""
+"""``Node.extra`` key: the versions that arrived while this mount was writing the node."""
 
 
 class Watcher:
@@ -117,7 +119,7 @@ class Watcher:
             if node.info is not None and node.info.revision >= info.revision:
                 return  # our own write, already applied, or an older version
             if node.spool is not None:
-                node.extra[REMOTE] = info  # being written here: see local_done
+                self._remember(node, info)  # being written here: see local_done
                 return
             if not node.is_dir and kind_of(info) is not node.kind:
                 # A file became a link (or back): a new inode, never a type change in place.
@@ -155,7 +157,7 @@ class Watcher:
         if node.spool is not None:
             # Written here while deleted elsewhere: it stays until the local writer is done;
             # then a close that uploaded re-created it (last close wins), else it goes.
-            node.extra[REMOTE] = info
+            self._remember(node, info)
             return
         self._remove(node, info.bucket)
 
@@ -169,12 +171,25 @@ class Watcher:
             self._entry(parent, node.name, node.ino)
             self._prune(parent)
 
+    @staticmethod
+    def _remember(node: Node, info: ObjectInfo) -> None:
+        node.extra.setdefault(REMOTE, []).append(info)  # type: ignore[union-attr]
+
+    @staticmethod
+    def uploaded(node: Node, info: ObjectInfo) -> None:
+        """This mount stored ``info`` as ``node``'s object: if the watch reported it already
+        (before the put returned), that event was this upload, not a change made elsewhere."""
+        pending = node.extra.get(REMOTE)
+        if isinstance(pending, list):
+            pending[:] = [i for i in pending if i.revision != info.revision]
+
     def local_done(self, node: Node) -> None:
-        """The local writer of ``node`` is done (its spool is gone): settle a remote version
-        that arrived meanwhile (see the module docstring)."""
-        info = node.extra.pop(REMOTE, None)
-        if not isinstance(info, ObjectInfo) or node.spool is not None or not node.attached:
+        """The local writer of ``node`` is done (its spool is gone): settle the newest remote
+        version that arrived meanwhile (see the module docstring)."""
+        pending = node.extra.pop(REMOTE, None)
+        if not pending or node.spool is not None or not node.attached:
             return
+        info = max(pending, key=lambda i: i.revision)  # type: ignore[union-attr]
         if info.deleted and (node.info is None or node.info.nuid == info.nuid):
             self._remove(node, info.bucket)  # nothing uploaded here since: the delete stands
             return

@@ -155,6 +155,29 @@ async def test_remote_change_while_writing_last_close_wins(store, bucket_name, m
         nursery.cancel_scope.cancel()
 
 
+async def test_own_overwrite_is_not_reported_as_a_remote_change(
+    store, bucket_name, make_fs, caplog
+):
+    """The watch may report this mount's own upload before the put returns: that event is
+    ours, not a version "changed elsewhere", and closing must not warn about it."""
+    fs = await make_fs(store, bucket_name)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.run_background)
+        h, node = await fs.create(ROOT_INO, "f", 0o644, os.O_WRONLY | os.O_CREAT, CALLER)
+        await fs.write(h.fh, 0, b"first")
+        await fs.release(h.fh)
+        with caplog.at_level(logging.WARNING, "objfs.fs.watcher"):
+            for i in range(3):
+                h, _ = await fs.open(node.ino, os.O_WRONLY)
+                await fs.write(h.fh, 0, b"again %d" % i)
+                await fs.flush(h.fh)
+                await trio.sleep(0.1)  # our own put's event has arrived by now
+                await fs.release(h.fh)
+        assert "last close wins" not in caplog.text
+        assert await stored(store, bucket_name, "f") == b"again 2"
+        nursery.cancel_scope.cancel()
+
+
 async def test_broken_watch_reconciles_without_flooding(mem, bucket_name, make_fs):
     await mem.create_bucket(BucketConfig(name=bucket_name, chunk_size=CHUNK))
     for i in range(50):
