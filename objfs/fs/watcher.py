@@ -85,8 +85,12 @@ class Watcher:
             self._held[bucket] -= 1
             if not self._held[bucket]:
                 del self._held[bucket]
-                mine = [d for d in self._deferred if d[1].info and d[1].info.bucket == bucket]
-                self._deferred = [d for d in self._deferred if d not in mine]
+                mine: list[tuple[Node, WatchEvent]] = []
+                rest: list[tuple[Node, WatchEvent]] = []
+                for root, event in self._deferred:  # only events with an info are deferred
+                    assert event.info is not None
+                    (mine if event.info.bucket == bucket else rest).append((root, event))
+                self._deferred = rest
                 for root, event in mine:
                     self.apply(root, event)
 
