@@ -22,6 +22,7 @@ import trio
 
 from objfs.fs.inodes import ROOT_INO, Kind, Node
 from objfs.fs.invalidation import InvalidateEntry, InvalidateInode
+from objfs.fs.watcher import RETRY_DELAY, close_watch
 from objfs.store.api import BucketEvent
 from objfs.store.errors import StoreError
 
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RETRY_DELAY = 1.0
-"""Seconds between attempts to re-establish a failed bucket-list watch."""
 WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 
 
@@ -109,9 +108,7 @@ class BucketListWatch:
 
     async def _close_iter(self) -> None:
         it, self._iter = self._iter, None
-        if it is not None and hasattr(it, "aclose"):
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await it.aclose()
+        await close_watch(it)
 
     async def close(self) -> None:
         self.live = False

@@ -50,7 +50,7 @@ from objfs.store.errors import NotFound, StoreError
 log = logging.getLogger(__name__)
 
 RETRY_DELAY = 1.0
-"""Seconds between attempts to re-establish a failed watch."""
+"""Seconds between attempts to re-establish a failed watch (of a bucket or the bucket list)."""
 REMOTE = "remote"
 """``Node.extra`` key: the versions that arrived while this mount was writing the node."""
 
@@ -282,11 +282,17 @@ class BucketWatch:
 
     async def _close_iter(self) -> None:
         it, self._iter = self._iter, None
-        if it is not None and hasattr(it, "aclose"):
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await it.aclose()
+        await close_watch(it)
 
     async def close(self) -> None:
         self.closed = True
         self.scope.cancel()
         await self._close_iter()
+
+
+async def close_watch(it: object) -> None:
+    """Close a store watch iterator (shielded, bounded: closing ends its consumer)."""
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await aclose()
