@@ -71,6 +71,8 @@ class BucketListWatch:
                 log.warning("bucket-list watch ended; restarting")
             except StoreError as e:
                 log.warning("bucket-list watch failed (%s); retrying", e)
+            except Exception:  # a bug here must not end run_background, and the mount
+                log.exception("bucket-list watch: unexpected error; restarting")
             self.live = False
             await self._close_iter()
             await trio.sleep(RETRY_DELAY)

@@ -277,6 +277,8 @@ class BucketWatch:
                     return
                 except StoreError as e:
                     log.warning("watch of bucket %s failed (%s); retrying", self.bucket, e)
+                except Exception:  # a bug here must not end run_background, and the mount
+                    log.exception("watch of bucket %s: unexpected error; restarting", self.bucket)
                 await self._close_iter()
                 await trio.sleep(RETRY_DELAY)
 

@@ -211,6 +211,29 @@ async def test_broken_watch_reconciles_without_flooding(mem, bucket_name, make_f
     assert inodes == {ROOT_INO, f01}  # nothing for the 47 unchanged files
 
 
+async def test_unexpected_error_in_a_watch_restarts_it(mem, bucket_name, make_fs, caplog):
+    """A bug met while applying an event must not end run_background (and so the mount):
+    the watch is logged, re-established and reconciled."""
+    fs = await make_fs(mem, bucket_name)
+    apply = fs.watcher.apply
+    failures = [RuntimeError("a bug")]
+
+    def flaky(root, event):
+        if failures and event.kind == "put":
+            raise failures.pop()
+        apply(root, event)
+
+    fs.watcher.apply = flaky
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.run_background)
+        await trio.sleep(0.05)
+        with caplog.at_level(logging.ERROR, "objfs.fs.watcher"):
+            await mem.put(bucket_name, "x", b"x")
+            await wait_for(lambda: fs.table.child(fs.root, "x") is not None)
+        assert not failures and "a bug" in caplog.text
+        nursery.cancel_scope.cancel()
+
+
 async def test_bucket_list_watch(store, bucket_name, make_fs):
     fs = await make_fs(store, None)
     assert fs.bucket_list is not None
