@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from objfs.fs.inodes import ROOT_INO, Kind, Node
+from objfs.fs.inodes import ROOT_INO, Node
 from objfs.fs.invalidation import InvalidateEntry, InvalidateInode
 from objfs.fs.watcher import RETRY_DELAY, close_watch
 from objfs.store.api import BucketEvent
@@ -100,10 +100,7 @@ class BucketListWatch:
     def add(self, name: str) -> Node:
         """A directory for bucket ``name`` at the root (its objects load on first use)."""
         fs = self.fs
-        node = fs.table.new(
-            Kind.DIR, fs.root, name, fs.tree.attrs_for(None, Kind.DIR), bucket=name, path=""
-        )
-        node.loaded = False
+        node = fs.tree.new_bucket_dir(fs.root, name)
         fs.queue.push(InvalidateEntry(ROOT_INO, name))
         fs.queue.push(InvalidateInode(ROOT_INO, attr_only=False))
         return node

@@ -220,15 +220,7 @@ class Filesystem(WriteGuard, FileOps, LinkOps, XattrOps):
         for status in statuses:
             self.note_status(status)
             if self.table.child(self.root, status.name) is None:
-                node = self.table.new(
-                    Kind.DIR,
-                    self.root,
-                    status.name,
-                    self.tree.attrs_for(None, Kind.DIR),
-                    bucket=status.name,
-                    path="",
-                )
-                node.loaded = False
+                self.tree.new_bucket_dir(self.root, status.name)
                 self.queue.push(InvalidateEntry(ROOT_INO, status.name))
         for name in list(self.root.children or {}):
             if name not in names:

@@ -96,10 +96,7 @@ class NamespaceOps:
         except InvalidName as e:
             raise FsError(errno.EINVAL, str(e)) from None
         await self.store.create_bucket(BucketConfig(name=name, chunk_size=self.options.chunk_size))
-        node = self.table.new(
-            Kind.DIR, self.root, name, self.tree.attrs_for(None, Kind.DIR), bucket=name, path=""
-        )
-        node.loaded = False
+        node = self.tree.new_bucket_dir(self.root, name)
         self.table.ref(node)
         self.touch(self.root)
         return node

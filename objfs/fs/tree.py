@@ -78,6 +78,14 @@ class Tree:
     def new_dir(self, parent: Node, name: str, info: ObjectInfo | None = None) -> Node:
         return self.table.new(Kind.DIR, parent, name, self.attrs_for(info, Kind.DIR), info=info)
 
+    def new_bucket_dir(self, root: Node, name: str) -> Node:
+        """The directory of bucket ``name`` at the all-buckets ``root`` (loaded on first use)."""
+        node = self.table.new(
+            Kind.DIR, root, name, self.attrs_for(None, Kind.DIR), bucket=name, path=""
+        )
+        node.loaded = False
+        return node
+
     def find(self, root: Node, name: str) -> Node | None:
         """The node object ``name`` is shown as, if it is shown (markers find their dir)."""
         split = split_name(name)
