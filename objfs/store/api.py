@@ -24,9 +24,10 @@ from __future__ import annotations
 import abc
 import asyncio
 import bisect
-from collections.abc import AsyncIterator, Sequence
+import dataclasses
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 DEFAULT_CHUNK_SIZE = 128 * 1024
 
@@ -82,6 +83,10 @@ class ObjectInfo:
     @property
     def meta(self) -> ObjectMeta:
         return ObjectMeta(self.description, dict(self.headers), dict(self.metadata))
+
+    def tombstone(self, **changes: Any) -> ObjectInfo:
+        """The deleted form of this object (no data, same nuid), with ``changes`` applied."""
+        return dataclasses.replace(self, deleted=True, size=0, chunks=0, digest="", **changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +328,28 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
+
+
+def pieces(source: BinaryIO | bytes | bytearray | memoryview, size: int) -> Iterator[bytes]:
+    """``source`` (read to EOF from its current position) in ``size``-byte pieces, the last
+    one shorter; bytes are sliced, not copied."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = source if isinstance(source, bytes) else bytes(source)
+        for off in range(0, len(data), size):
+            yield data[off : off + size]
+        return
+    while True:
+        piece = source.read(size)
+        if not piece:
+            return
+        # A raw/non-blocking file or a pipe may return short reads: top up to a full chunk
+        # so that every chunk but the last has the bucket's size (readers rely on it).
+        while len(piece) < size:
+            more = source.read(size - len(piece))
+            if not more:
+                break
+            piece += more
+        yield piece
 
 
 def bucket_changes(known: dict[str, bool], now: dict[str, bool]) -> list[BucketEvent]:

@@ -39,10 +39,8 @@ closed.
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import hashlib
-import io
 import secrets
 import time
 from collections import Counter, defaultdict, deque
@@ -59,6 +57,7 @@ from objfs.store.api import (
     ObjectMeta,
     ObjectStore,
     WatchEvent,
+    pieces,
 )
 from objfs.store.errors import (
     Corrupt,
@@ -71,6 +70,7 @@ from objfs.store.errors import (
     Unavailable,
 )
 from objfs.store.names import check_bucket, check_object, encode_name
+from objfs.store.wire import format_digest
 
 _NUID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _MSG_OVERHEAD = 16
@@ -82,10 +82,6 @@ _META_JSON_BASE = 200
 
 def _nuid() -> str:
     return "".join(secrets.choice(_NUID_ALPHABET) for _ in range(22))
-
-
-def _digest(sha: hashlib._Hash) -> str:
-    return "SHA-256=" + base64.urlsafe_b64encode(sha.digest()).decode("ascii")
 
 
 def _copy(info: ObjectInfo) -> ObjectInfo:
@@ -308,8 +304,7 @@ class MemoryObjectStore(ObjectStore):
         moved = _copy(src)
         moved.name = new
         result = self._publish(b, moved, notify=False)
-        tomb = _copy(src)
-        tomb.deleted, tomb.size, tomb.chunks, tomb.digest = True, 0, 0, ""
+        tomb = _copy(src).tombstone()
         self._publish(b, tomb, notify=False)
         # The NATS watch reports a moved object's old name gone before the new one appears
         # (it infers the rename from the nuid); a moved link shows in publish order.
@@ -329,9 +324,7 @@ class MemoryObjectStore(ObjectStore):
         old = b.live(name)
         if old is None:
             raise NotFound(f"object {name!r} not found in {bucket!r}")
-        tomb = _copy(old)
-        tomb.deleted, tomb.size, tomb.chunks, tomb.digest = True, 0, 0, ""
-        tomb.mtime_ns = time.time_ns()
+        tomb = _copy(old).tombstone(mtime_ns=time.time_ns())
         result = self._publish(b, tomb)
         self._purge(b, old.nuid)
         return result
@@ -401,26 +394,12 @@ class MemoryObjectStore(ObjectStore):
             have = current.revision if current is not None else 0
             if have != if_revision:
                 raise Exists(f"object {name!r} is at revision {have}, not {if_revision}")
-        reader: BinaryIO = (
-            io.BytesIO(bytes(source))
-            if isinstance(source, bytes | bytearray | memoryview)
-            else source
-        )
         sha = hashlib.sha256()
-        pieces: list[bytes] = []
+        chunks: list[bytes] = []
         total = 0
-        while True:
-            piece = reader.read(size_limit)
-            if not piece:
-                break
-            # A short read from a pipe must not make a short chunk in the middle.
-            while len(piece) < size_limit:
-                more = reader.read(size_limit - len(piece))
-                if not more:
-                    break
-                piece += more
+        for piece in pieces(source, size_limit):
             sha.update(piece)
-            pieces.append(bytes(piece))
+            chunks.append(bytes(piece))
             total += len(piece)
         nuid = _nuid()
         subject_len = len(f"$O.{bucket}.C.{nuid}")
@@ -430,22 +409,22 @@ class MemoryObjectStore(ObjectStore):
             name=name,
             nuid=nuid,
             size=total,
-            chunks=len(pieces),
-            digest=_digest(sha),
+            chunks=len(chunks),
+            digest=format_digest(sha.digest()),
             description=m.description,
             headers={k: list(v) for k, v in m.headers.items()},
             metadata=dict(m.metadata),
             chunk_size=size_limit,
             mtime_ns=time.time_ns(),
         )
-        new_bytes = sum(len(p) + subject_len + _MSG_OVERHEAD for p in pieces)
+        new_bytes = sum(len(p) + subject_len + _MSG_OVERHEAD for p in chunks)
         if (
             b.config.max_bytes >= 0
             and b.size() + new_bytes + b.meta_bytes(info) > b.config.max_bytes
         ):
             raise NoSpace(f"bucket {bucket!r} would exceed max_bytes {b.config.max_bytes}")
         b.chunks[nuid] = _Chunks(
-            seqs=[self._next_seq() for _ in pieces], data=list(pieces), subject_len=subject_len
+            seqs=[self._next_seq() for _ in chunks], data=list(chunks), subject_len=subject_len
         )
         old = b.live(name)
         result = self._publish(b, info)
@@ -517,7 +496,7 @@ class MemoryObjectStore(ObjectStore):
             for chunk in batch:
                 sha.update(chunk)
             yield batch
-        if info.digest and _digest(sha) != info.digest:
+        if info.digest and format_digest(sha.digest()) != info.digest:
             raise Corrupt(f"digest mismatch for {info.name!r}")
 
     # -- change notices --------------------------------------------------------------------

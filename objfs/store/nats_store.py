@@ -60,6 +60,7 @@ from objfs.store.api import (
     ObjectStore,
     WatchEvent,
     bucket_changes,
+    pieces,
 )
 from objfs.store.names import check_bucket, check_object, encode_name
 from objfs.store.nats_bulk import Batch, BulkAuth, BulkConnection, HashChain, Unsupported
@@ -258,27 +259,6 @@ def _bucket_config(sc: dict[str, Any]) -> BucketConfig:
     )
 
 
-def _pieces(source: BinaryIO | bytes | bytearray | memoryview, size: int) -> Any:
-    """``source`` in ``size``-byte pieces (the last one shorter), without copying bytes."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = source if isinstance(source, bytes) else bytes(source)
-        for off in range(0, len(data), size):
-            yield data[off : off + size]
-        return
-    while True:
-        piece = source.read(size)
-        if not piece:
-            return
-        # A raw/non-blocking file may return short reads: top up to a full chunk so that
-        # every chunk but the last has the bucket's size (readers rely on it).
-        while len(piece) < size:
-            more = source.read(size - len(piece))
-            if not more:
-                break
-            piece += more
-        yield piece
-
-
 class NatsObjectStore(ObjectStore):
     """ADR-20 object stores on one NATS connection (see the module docstring)."""
 
@@ -465,7 +445,7 @@ class NatsObjectStore(ObjectStore):
             )
         except WrongLastSequence:
             raise errors.Exists(f"{bucket}/{new} was created concurrently") from None
-        tomb = dataclasses.replace(src, deleted=True, size=0, chunks=0, digest="")
+        tomb = src.tombstone()
         # If the old name was rewritten meanwhile, that newer object stays.
         with contextlib.suppress(WrongLastSequence):
             await self._publish_meta(tomb, expected=src.revision)
@@ -475,9 +455,7 @@ class NatsObjectStore(ObjectStore):
 
     async def delete(self, bucket: str, name: str) -> ObjectInfo:
         info = await self.info(bucket, name)
-        tomb = dataclasses.replace(
-            info, deleted=True, size=0, chunks=0, digest="", mtime_ns=time.time_ns()
-        )
+        tomb = info.tombstone(mtime_ns=time.time_ns())
         tomb = await self._publish_meta(tomb)
         if info.chunks:
             await self._purge_chunks(bucket, info.nuid)
@@ -556,7 +534,7 @@ class NatsObjectStore(ObjectStore):
         window: collections.deque[asyncio.Future[int]] = collections.deque()
         published = False
         try:
-            for piece in _pieces(source, size_per_chunk):
+            for piece in pieces(source, size_per_chunk):
                 sha.update(piece)
                 sizes.append(len(piece))
                 window.append(await self._publisher.send(subject, piece))
@@ -1089,11 +1067,7 @@ def _resync_end(
         gone = live.pop(name)
         if by_nuid.get(gone.nuid) == name:
             del by_nuid[gone.nuid]
-        events.append(
-            WatchEvent(
-                "delete", dataclasses.replace(gone, deleted=True, size=0, chunks=0, digest="")
-            )
-        )
+        events.append(WatchEvent("delete", gone.tombstone()))
     return events
 
 
@@ -1120,7 +1094,7 @@ def _apply(
             events.append(
                 WatchEvent(
                     "delete",
-                    dataclasses.replace(old, deleted=True, size=0, chunks=0, digest=""),
+                    old.tombstone(),
                 )
             )
         by_nuid[info.nuid] = name
