@@ -345,7 +345,8 @@ class NatsObjectStore(ObjectStore):
     async def bucket_status(self, name: str) -> BucketStatus:
         return await self._status(await self._stream_info(name))
 
-    async def list_buckets(self) -> list[BucketStatus]:
+    async def _object_streams(self) -> list[dict[str, Any]]:
+        """Stream infos of every object store bucket (one request per 256 streams)."""
         infos: list[dict[str, Any]] = []
         offset = 0
         while True:
@@ -354,7 +355,10 @@ class NatsObjectStore(ObjectStore):
             infos.extend(s for s in streams if s["config"]["name"].startswith("OBJ_"))
             offset += len(streams)
             if not streams or offset >= int(resp.get("total", 0)):
-                break
+                return infos
+
+    async def list_buckets(self) -> list[BucketStatus]:
+        infos = await self._object_streams()
         statuses = await asyncio.gather(*(self._status(si) for si in infos))
         return sorted(statuses, key=lambda s: s.name)
 
@@ -913,20 +917,12 @@ class NatsObjectStore(ObjectStore):
             await oc.stop()
 
     async def _bucket_states(self) -> dict[str, bool]:
-        """Every object store bucket and whether it is sealed (configs only: one request
-        per 256 streams, no object counting)."""
-        out: dict[str, bool] = {}
-        offset = 0
-        while True:
-            resp = await self.js.api("STREAM.LIST", {"offset": offset})
-            streams = resp.get("streams") or []
-            for si in streams:
-                name = si["config"]["name"]
-                if name.startswith("OBJ_"):
-                    out[name[4:]] = bool(si["config"].get("sealed", False))
-            offset += len(streams)
-            if not streams or offset >= int(resp.get("total", 0)):
-                return out
+        """Every object store bucket and whether it is sealed (configs only, no object
+        counting)."""
+        return {
+            si["config"]["name"][len("OBJ_") :]: bool(si["config"].get("sealed", False))
+            for si in await self._object_streams()
+        }
 
     async def watch_buckets(self) -> AsyncIterator[BucketEvent]:
         """See ``ObjectStore.watch_buckets``: stream advisories, plus a re-list on reconnect.
