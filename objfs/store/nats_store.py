@@ -469,6 +469,18 @@ class NatsObjectStore(ObjectStore):
         self._layouts.pop((bucket, nuid), None)
         await self.js.purge(_stream(bucket), _chunk_subject(bucket, nuid))
 
+    async def _abandon(self, bucket: str, nuid: str, window: list[asyncio.Future[int]]) -> None:
+        """Purge the chunks of a failed put. Chunks still in flight are waited for first
+        (within the timeout): the server handles a purge apart from the publishes sent
+        before it, and one stored after the purge would be left behind for ever."""
+        if window:
+            await asyncio.wait(window, timeout=self.timeout)
+        for fut in window:
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: an ack error is the put's error already
+            fut.cancel()
+        await self._purge_quietly(bucket, nuid)
+
     async def _purge_quietly(self, bucket: str, nuid: str) -> None:
         try:
             await self._purge_chunks(bucket, nuid)
@@ -564,11 +576,9 @@ class NatsObjectStore(ObjectStore):
             except WrongLastSequence:
                 raise errors.Exists(f"{bucket}/{name} changed during the put") from None
         except BaseException:
-            for fut in window:
-                fut.cancel()
             if published:
                 # Shielded: a cancelled put must still not leave orphan chunks behind.
-                await asyncio.shield(self._purge_quietly(bucket, nuid))
+                await asyncio.shield(self._abandon(bucket, nuid, list(window)))
             raise
         offsets = [0]
         for s in sizes:
