@@ -1,35 +1,19 @@
 """Shared fixtures: the asyncio thread, real nats-servers, and both store implementations.
 
 Tests that need the NATS server or FUSE skip with a reason on a machine that lacks them, unless
-OBJFS_REQUIRE_REAL=1 (set by .ci/run), where they fail instead: in CI they must run.
+OBJFS_REQUIRE_REAL=1 (set by .ci/run), where they fail instead (``realenv.need``).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from realenv import need
 
 from objfs.bridge import AsyncioThread, Bridge, TrioStore
 from objfs.server import EmbeddedServer, ServerError, find_binary
-
-REQUIRE_REAL = os.environ.get("OBJFS_REQUIRE_REAL") == "1"
-
-
-def need(condition: bool, reason: str) -> None:
-    """Skip (laptop) or fail (CI) when a real component is missing."""
-    if condition:
-        return
-    if REQUIRE_REAL:
-        pytest.fail(f"required in CI (OBJFS_REQUIRE_REAL=1): {reason}")
-    pytest.skip(reason)
-
-
-def fuse_available() -> bool:
-    return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
 
 
 def _server_binary_ok() -> bool:

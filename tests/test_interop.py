@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 
 import nats
 import pytest
-from conftest import need
 from nats.js.api import ObjectMeta as NatsObjectMeta
+from realenv import need
 
 from objfs.bridge import AsyncioThread
 from objfs.server import EmbeddedServer

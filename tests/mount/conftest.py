@@ -9,24 +9,14 @@ the mounts' stderr.
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mounting import Mount, MountFactory
+from realenv import fuse_available, need
 
 from objfs.server import EmbeddedServer
-
-# The top-level tests/conftest.py, by path: a bare `import conftest` here would find this file.
-_spec = importlib.util.spec_from_file_location(
-    "objfs_tests_root_conftest", Path(__file__).parents[1] / "conftest.py"
-)
-assert _spec is not None and _spec.loader is not None
-_root = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_root)
-need: Callable[[bool, str], None] = _root.need
-fuse_available: Callable[[], bool] = _root.fuse_available
 
 _ACTIVE_KEY = pytest.StashKey[list[Mount]]()
 
