@@ -23,8 +23,8 @@ from objfs.fs.inodes import InodeTable, Kind, Node
 from objfs.fs.posix_attrs import attrs_to_headers
 from objfs.fs.spool import Spool
 from objfs.fs.values import Caller
-from objfs.store.api import ObjectMeta
-from objfs.store.errors import NoSpace, ReadOnly, StoreError
+from objfs.store.api import ObjectInfo, ObjectMeta
+from objfs.store.errors import NoSpace, NotFound, ReadOnly, StoreError
 
 if TYPE_CHECKING:
     from objfs.fs.chunk_cache import ChunkCache
@@ -193,6 +193,22 @@ class FileOps:
                     self.watcher.local_done(node)  # a remote change held while writing
             self.table.maybe_drop(node)
 
+    async def _retract(self, bucket: str, info: ObjectInfo) -> None:
+        """Delete the object an upload just stored for a file unlinked while it ran.
+
+        The unlink's delete (if there was anything to delete) came before the put's meta, so
+        the put brought the name back; take it back, unless another client replaced it since.
+        """
+        with self.watcher.hold(bucket):
+            try:
+                current = await self.store.info(bucket, info.name)
+                if current.nuid == info.nuid:
+                    await self.store.delete(bucket, info.name)
+            except NotFound:
+                pass
+            except StoreError as e:
+                log.warning("%s was deleted while uploading; removing the upload: %s", info.name, e)
+
     async def upload(self, node: Node) -> None:
         """Store the spool's content as the node's object (if it changed); EIO on failure."""
         spool = node.spool
@@ -223,6 +239,9 @@ class FileOps:
                 spool.last_error = f"spool file: {e}"
                 log.error("upload of %s failed reading %s: %s", node.path, spool.path, e)
                 raise FsError(errno.EIO, spool.last_error) from e
+            if not node.attached:
+                await self._retract(node.bucket, info)
+                return
             spool.dirty = False
             spool.last_error = None
             spool.base = info

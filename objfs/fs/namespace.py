@@ -141,7 +141,9 @@ class NamespaceOps:
                     await self.store.delete(node.bucket, node.info.name)
             self.table.detach(node)  # open handles keep the node; its spool is never uploaded
         if node.spool is not None and node.handles == 0:
-            node.spool.close()
+            spool = node.spool
+            async with spool.lock:  # an upload of the last close may still be reading it
+                spool.close()
             node.spool = None
         self.touch(parent)
 

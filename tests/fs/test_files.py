@@ -149,3 +149,31 @@ async def test_sealed_bucket_is_erofs(mem, bucket_name, make_fs):
     with pytest.raises(Exception) as e:
         await fs.mkdir(ROOT_INO, "d", 0o755, CALLER)
     assert e.value.errno == errno.EROFS
+
+
+async def test_unlink_during_upload_does_not_bring_the_file_back(mem, bucket_name, make_fs):
+    import trio
+
+    from objfs.store.errors import NotFound
+
+    fs = await make_fs(mem, bucket_name)
+    for existing in (False, True):
+        if existing:
+            node = await write_file(fs, "f", b"old version")
+            handle, _ = await fs.open(node.ino, os.O_WRONLY)
+        else:
+            handle, _ = await fs.create(ROOT_INO, "f", 0o600, os.O_RDWR | os.O_CREAT, CALLER)
+        await fs.write(handle.fh, 0, b"new version")
+        mem.store.delay = 0.2  # the put is slow: the unlink lands while it runs
+        try:
+            async with trio.open_nursery() as n:
+                n.start_soon(fs.release, handle.fh)
+                await trio.sleep(0.05)
+                await fs.unlink(ROOT_INO, "f")
+        finally:
+            mem.store.delay = 0
+        with pytest.raises(NotFound):
+            await mem.info(bucket_name, "f")
+        with pytest.raises(FsError) as e:
+            await fs.lookup(ROOT_INO, "f")
+        assert e.value.errno == errno.ENOENT
