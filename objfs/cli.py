@@ -210,8 +210,8 @@ def _add_mount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--spool-dir",
         type=Path,
         metavar="DIR",
-        help="where files being written are spooled before upload (default: a private "
-        "directory under the system temp dir); failed uploads are kept here",
+        help="where files being written are spooled before upload, in a directory per mount "
+        "(default: DATA_DIR/spool); the data of uploads that failed is kept there",
     )
     fs.add_argument(
         "--chunk-size",

@@ -33,6 +33,7 @@ import trio
 
 from objfs.bridge import AsyncioThread, Bridge, TrioStore
 from objfs.daemon import Reporter, daemonize
+from objfs.fs import spool_dir
 from objfs.log import level_for, setup
 from objfs.options import MountOptions
 from objfs.server import EmbeddedServer, ServerError
@@ -55,6 +56,7 @@ def main(options: MountOptions, *, verbose: int = 0) -> int:
     setup(level)
     try:
         check_mountpoint(options)
+        check_spool(options)
         check_fuse()
         if options.bucket is not None:
             check_bucket(options.bucket)
@@ -134,6 +136,18 @@ def check_mountpoint(options: MountOptions) -> None:
     if "nonempty" not in options.fuse_options and os.listdir(real):
         raise MountError(f"mount point {mp} is not empty (mount over it with -o nonempty)")
     options.mountpoint = Path(real)  # absolute: a daemon moves to /
+
+
+def check_spool(options: MountOptions) -> None:
+    """Refuse a spool base that cannot hold files; warn about data earlier mounts left there."""
+    base = spool_dir.base_for(options)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        probe = spool_dir.create(base)
+        spool_dir.remove(probe)
+    except OSError as e:
+        raise MountError(f"cannot use spool directory {base}: {e.strerror or e}") from None
+    spool_dir.warn_leftovers(base)
 
 
 def mounted_paths() -> set[str]:
@@ -238,6 +252,9 @@ async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> in
         store = TrioStore(backend, bridge)
 
         fs = Filesystem(store, options)
+        # Normally shut down below, before the kernel mount goes; this covers a start-up that
+        # fails half-way: the watches stop before the store and the asyncio thread do.
+        stack.push_async_callback(_shutdown_quietly, fs)
         await _start_fs(fs, options)
         fuse_opts = {o for o in fs.fuse_options() if o not in _OWN_FUSE_OPTIONS}
         before = os.stat(options.mountpoint).st_dev
@@ -304,6 +321,14 @@ async def _connect(bridge: Bridge, servers: list[str], options: MountOptions) ->
             raise MountError(f"cannot connect to NATS at {where}: {_one_line(e)}") from None
     assert scope.cancelled_caught
     raise MountError(f"cannot connect to NATS at {where}: no answer in {c.timeout:g}s")
+
+
+async def _shutdown_quietly(fs: Any) -> None:
+    with trio.CancelScope(shield=True):
+        try:
+            await fs.shutdown()
+        except Exception as e:  # must not hide the error that ended start-up
+            log.warning("stopping the filesystem: %s", _one_line(e))
 
 
 async def _close_store(bridge: Bridge, backend: Any) -> None:

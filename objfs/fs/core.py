@@ -24,13 +24,12 @@ import errno
 import itertools
 import logging
 import stat
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import trio
 
+from objfs.fs import spool_dir
 from objfs.fs.bucket_watch import BucketListWatch
 from objfs.fs.chunk_cache import ChunkCache
 from objfs.fs.errors import FsError
@@ -84,12 +83,8 @@ class Filesystem(WriteGuard, FileOps, LinkOps, XattrOps):
         self._load_locks: dict[str, trio.Lock] = {}
         self._pending_follow: list[BucketWatch] = []
         self._nursery: trio.Nursery | None = None
-        self._spool_tmp: tempfile.TemporaryDirectory[str] | None = None
-        if options.spool_dir is not None:
-            self.spool_dir = Path(options.spool_dir)
-        else:
-            self._spool_tmp = tempfile.TemporaryDirectory(prefix="objfs-spool-")
-            self.spool_dir = Path(self._spool_tmp.name)
+        self.spool_dir = spool_dir.create(spool_dir.base_for(options))
+        self._shut_down = False
         now = time.time_ns()
         root_attrs = Attrs(
             mode=stat.S_IFDIR | self.defaults.dir_mode,
@@ -149,9 +144,13 @@ class Filesystem(WriteGuard, FileOps, LinkOps, XattrOps):
     async def shutdown(self) -> list[tuple[str, str, str]]:
         """Upload what is still dirty, stop the watches; returns the uploads that failed.
 
-        Each failure is ``(path, spool_file, error_message)``; its spool file is kept.
+        Each failure is ``(path, spool_file, error_message)``; its spool file is kept. A second
+        call does nothing (the mount runner also calls it when start-up fails half-way).
         """
         failures: list[tuple[str, str, str]] = []
+        if self._shut_down:
+            return failures
+        self._shut_down = True
         for node in [n for n in self.table.nodes() if n.spool is not None]:
             spool = node.spool
             assert spool is not None
@@ -172,8 +171,8 @@ class Filesystem(WriteGuard, FileOps, LinkOps, XattrOps):
         self.watches.clear()
         if self.bucket_list is not None:
             await self.bucket_list.close()
-        if self._spool_tmp is not None and not failures:
-            self._spool_tmp.cleanup()
+        if not failures:
+            spool_dir.remove(self.spool_dir)
         return failures
 
     def fuse_options(self) -> set[str]:

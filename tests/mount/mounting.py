@@ -73,6 +73,8 @@ class Mount:
     def command(self) -> list[str]:
         # -v: the mount's INFO log lands in the failure report of a test.
         cmd = objfs_command("mount", "-v", "--server", self.server_url, "--timeout", "10")
+        if not any(a in ("--spool-dir", "--data-dir") for a in self.args):
+            cmd += ["--spool-dir", str(self.log_dir / "spool")]  # not the user's DATA_DIR
         if self.bucket is not None:
             cmd += ["--bucket", self.bucket]
             if self.create:

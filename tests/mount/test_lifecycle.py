@@ -8,6 +8,7 @@ are only ever killed by PID, as a last resort after a failed check.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import subprocess
@@ -154,3 +155,64 @@ def test_objfs_server_command(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     wait_gone(str(data_dir))
+
+
+def test_failed_upload_is_kept_in_the_default_spool_and_reported_next_time(
+    private_server: EmbeddedServer, tmp_path: Path, bucket_name: str, fuse: None
+) -> None:
+    data_dir = tmp_path / "data"
+    m = Mount(
+        tmp_path / "mnt",
+        private_server.url,
+        bucket_name,
+        args=("--data-dir", str(data_dir), "--timeout", "2"),
+        log_dir=tmp_path,
+    )
+    m.start()
+    try:
+        private_server.stop()
+        content = os.urandom(300_000)
+        with pytest.raises(OSError) as e, open(m.mountpoint / "lost?", "wb") as f:
+            f.write(content)
+        assert e.value.errno == errno.EIO
+    finally:
+        m.stop(check=False)
+    assert m.returncode == 1
+    report = [line for line in m.stderr().splitlines() if line.startswith("objfs: upload of")]
+    assert len(report) == 1, m.stderr()
+    kept = Path(report[0].rsplit("data kept in ", 1)[1])
+    assert kept.is_relative_to(data_dir / "spool")
+    assert kept.read_bytes() == content
+    # The next mount names the directory that still holds it.
+    private_server.start()
+    again = Mount(
+        tmp_path / "mnt2",
+        private_server.url,
+        bucket_name,
+        args=("--data-dir", str(data_dir)),
+        log_dir=tmp_path,
+    )
+    again.start()
+    again.stop()
+    assert str(kept.parent) in again.stderr() and "could not upload" in again.stderr()
+    assert kept.read_bytes() == content
+
+
+def test_unusable_spool_dir_is_a_one_line_error(
+    tmp_path: Path, nats_server: EmbeddedServer, bucket_name: str
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    r = subprocess.run(
+        objfs_command(
+            "mount", "--server", nats_server.url, "--bucket", bucket_name, "--create",
+            "--spool-dir", str(not_a_dir), str(mp),
+        ),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "spool directory" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not mounted(mp)
