@@ -44,6 +44,7 @@ class BucketListWatch:
         memory; before that, and while re-establishing it, the root re-lists on demand)."""
         self._iter: object = None
         self.applied = 0
+        self._following = False
 
     async def load(self, *, reconcile: bool = False) -> None:
         """Start the watch and apply its snapshot (returns at ``snapshot_end``)."""
@@ -61,6 +62,15 @@ class BucketListWatch:
 
     async def follow(self) -> None:
         """Apply changes until cancelled; a failed watch is re-established and reconciled."""
+        self._following = True
+        try:
+            await self._follow()
+        finally:
+            self._following = False
+            self.live = False
+            await self._close_iter()  # by the iterating task (see BucketWatch.follow)
+
+    async def _follow(self) -> None:
         while True:
             try:
                 if self._iter is None:
@@ -110,5 +120,7 @@ class BucketListWatch:
         await close_watch(it)
 
     async def close(self) -> None:
+        """Stop the watch (``follow``, if it runs, must be cancelled by its nursery)."""
         self.live = False
-        await self._close_iter()
+        if not self._following:
+            await self._close_iter()

@@ -250,6 +250,7 @@ class BucketWatch:
         self.scope = trio.CancelScope()
         self._iter: Any = None
         self.closed = False
+        self._following = False
 
     async def load(self, *, reconcile: bool = False) -> None:
         """Start the watch and apply its snapshot (returns at ``snapshot_end``)."""
@@ -264,6 +265,16 @@ class BucketWatch:
 
     async def follow(self) -> None:
         """Apply live changes until cancelled; a failed watch is re-established."""
+        self._following = True
+        try:
+            await self._follow()
+        finally:
+            # The iterator is closed here, by the task that iterates it: closing it from
+            # another task while this one waits inside it fails ("already running").
+            self._following = False
+            await self._close_iter()
+
+    async def _follow(self) -> None:
         with self.scope:
             while not self.closed:
                 try:
@@ -288,8 +299,9 @@ class BucketWatch:
 
     async def close(self) -> None:
         self.closed = True
-        self.scope.cancel()
-        await self._close_iter()
+        self.scope.cancel()  # a running follow() closes the iterator as it ends
+        if not self._following:
+            await self._close_iter()
 
 
 async def close_watch(it: object) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -191,3 +192,23 @@ def test_all_buckets_root_follows_bucket_changes(
     assert bucket_name in os.listdir(p)
     asyncio.run(admin("delete"))
     within(lambda: not exists(p / bucket_name), "a bucket deleted by nats-py")
+
+
+def test_rm_rf_of_a_bucket_watched_by_two_mounts(mounts: MountFactory, bucket_name: str) -> None:
+    a, b = mounts(*WATCHED, bucket=None), mounts(*WATCHED, bucket=None)
+    (a.mountpoint / bucket_name).mkdir()
+    (a.mountpoint / bucket_name / "sub").mkdir()
+    for i in range(20):
+        (a.mountpoint / bucket_name / "sub" / f"f{i}").write_bytes(b"x" * i)
+    (a.mountpoint / bucket_name / "top").write_bytes(b"top")
+    # Both mounts have the bucket loaded (its watch running) when it goes.
+    within(lambda: exists(b.mountpoint / bucket_name / "top"), "the new bucket in b")
+    assert len(os.listdir(b.mountpoint / bucket_name / "sub")) == 20
+    r = subprocess.run(["rm", "-rf", str(a.mountpoint / bucket_name)], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert not exists(a.mountpoint / bucket_name)
+    within(lambda: not exists(b.mountpoint / bucket_name), "a removed bucket in b")
+    # Both mounts carry on, and neither hit an unexpected error on the way.
+    for i, m in enumerate((a, b)):
+        (m.mountpoint / f"{bucket_name}-after{i}").mkdir()
+        assert "unexpected error" not in m.stderr() and "Traceback" not in m.stderr()
