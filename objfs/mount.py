@@ -57,6 +57,7 @@ def main(options: MountOptions, *, verbose: int = 0) -> int:
     try:
         check_mountpoint(options)
         check_spool(options)
+        check_connect_files(options)
         check_fuse()
         if options.bucket is not None:
             check_bucket(options.bucket)
@@ -136,6 +137,30 @@ def check_mountpoint(options: MountOptions) -> None:
     if "nonempty" not in options.fuse_options and os.listdir(real):
         raise MountError(f"mount point {mp} is not empty (mount over it with -o nonempty)")
     options.mountpoint = Path(real)  # absolute: a daemon moves to /
+
+
+def check_connect_files(options: MountOptions) -> None:
+    """Refuse unreadable credential and TLS files before connecting (nats-py would retry a
+    connection for ever on a credentials file it cannot read)."""
+    c = options.connect
+    for flag, path in (
+        ("--creds", c.creds),
+        ("--tls-ca", c.tls_ca),
+        ("--tls-cert", c.tls_cert),
+        ("--tls-key", c.tls_key),
+    ):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1 << 16)
+        except OSError as e:
+            raise MountError(f"{flag} {path}: {e.strerror or e}") from None
+        if flag == "--creds" and (b"NATS USER JWT" not in head or b"NKEY SEED" not in head):
+            raise MountError(
+                f"--creds {path}: not a NATS credentials file (a user JWT and NKey seed, as "
+                "made by nsc)"
+            )
 
 
 def check_spool(options: MountOptions) -> None:

@@ -145,3 +145,18 @@ def test_already_mounted(mount: Mount) -> None:
     # The first mount is unharmed.
     (mount.mountpoint / "still-works").write_bytes(b"ok")
     assert (mount.mountpoint / "still-works").read_bytes() == b"ok"
+
+
+def test_unreadable_credential_files(tmp_path: Path, nats_server: EmbeddedServer) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    bad = tmp_path / "bad.creds"
+    bad.write_text("not a credentials file\n")
+    for args, words in (
+        (["--creds", str(tmp_path / "missing.creds")], ("--creds", "No such file")),
+        (["--creds", str(bad)], ("--creds", "not a NATS credentials file")),
+        (["--tls-ca", str(tmp_path / "missing.pem")], ("--tls-ca", "No such file")),
+    ):
+        r = objfs("mount", "--server", nats_server.url, *args, str(mp))
+        assert_one_line_error(r, *words)
+        assert not mounted(mp)
