@@ -191,28 +191,55 @@ class _ConnectionEvents:
     """nats-py's connection callbacks, logged at a level that matches what they mean.
 
     Failed attempts of the initial connect are debug (``connect`` raises one Unavailable with
-    the cause); a disconnect caused by ``close()`` is debug; a disconnect of a live store is a
-    warning (the store reconnects by itself, and the user should know why requests stall).
+    the cause); a disconnect caused by ``close()`` is debug. A live store that loses its server
+    says so once (warning, with the cause), then every ``REPEAT`` seconds while reconnect
+    attempts keep failing (nats-py tries twice a second), and once more when it is back.
     """
+
+    REPEAT = 60.0
 
     def __init__(self) -> None:
         self.connected = False
         self.closing = False
         self.last_error: Exception | None = None
+        self._down_since: float | None = None
+        self._last_said = 0.0
 
     def _quiet(self) -> bool:
         return self.closing or not self.connected
 
     async def error(self, e: Exception) -> None:
         self.last_error = e
-        log.log(logging.DEBUG if self._quiet() else logging.WARNING, "nats: %s: %s",
-                type(e).__name__, e)  # fmt: skip
+        now = time.monotonic()
+        loud = not self._quiet() and (
+            self._down_since is None or now - self._last_said >= self.REPEAT
+        )
+        if loud:
+            self._last_said = now
+            if self._down_since is not None:
+                down = now - self._down_since
+                log.warning("nats: still unreachable after %.0fs: %s", down, _cause(e))
+                return
+        log.log(logging.WARNING if loud else logging.DEBUG, "nats: %s", _cause(e))
 
     async def disconnected(self) -> None:
-        log.log(logging.DEBUG if self._quiet() else logging.WARNING, "nats: disconnected")
+        if self._quiet():
+            log.debug("nats: disconnected")
+            return
+        self._down_since = self._last_said = time.monotonic()
+        log.warning("nats: disconnected from the server; reconnecting")
 
     async def reconnected(self) -> None:
-        log.info("nats: reconnected")
+        if self._down_since is not None:
+            log.warning("nats: reconnected after %.1fs", time.monotonic() - self._down_since)
+        else:
+            log.info("nats: reconnected")
+        self._down_since = None
+
+
+def _cause(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _stream_config(cfg: BucketConfig) -> dict[str, Any]:

@@ -165,6 +165,11 @@ def test_server_restart_under_a_mount(
 
         _nats_py(private_server.url, bucket_name, later_put)
         within(lambda: exists(p / "remote-later"), "a change after reconnect")
+        # The outage is told once and its end once, not once per reconnect attempt.
+        log = m.stderr()
+        assert log.count("disconnected from the server") == 1, log
+        assert log.count("reconnected after") == 1, log
+        assert log.count(" W objfs.store.nats_store: nats:") <= 3, log
     finally:
         m.stop()
 
