@@ -155,6 +155,15 @@ class Filesystem(WriteGuard, FileOps, LinkOps, XattrOps):
             spool = node.spool
             assert spool is not None
             if spool.dirty and node.attached:
+                if node.writers > 0:
+                    # Unmounted under a writer (SIGTERM during a copy): what it wrote so far is
+                    # stored, as a close would; the user must know the file may be partial.
+                    log.warning(
+                        "%s was still open for writing at unmount: storing the %d bytes "
+                        "written so far (the writer may not have finished)",
+                        self.display_path(node),
+                        spool.size,
+                    )
                 try:
                     await self.upload(node)
                 except (FsError, StoreError) as e:

@@ -155,6 +155,8 @@ def test_sigterm_with_file_still_open(mount: Mount) -> None:
     finally:
         with contextlib.suppress(OSError):  # the mount is gone: the kernel answers ENOTCONN
             f.close()
+    warning = f"/open.bin was still open for writing at unmount: storing the {len(content)} bytes"
+    assert warning in mount.stderr()
 
     async def read(store: Any) -> bytes:
         return (await store.get("open.bin")).data
