@@ -32,6 +32,9 @@ from objfs.store.errors import StoreError
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+DOTS = 2
+"""Readdir offsets taken by "." and ".." before the directory's own entries."""
 READDIR_BATCH = 512
 """Entries offered per readdir call (one call fills at most a few dozen into the buffer)."""
 
@@ -156,10 +159,21 @@ class FuseOperations(pyfuse3.Operations):
 
     @errnos
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        # "." and ".." come first, at offsets 1 and 2 (the kernel does not make them up, and
+        # takes no lookup reference on them); the core's entry ids follow, shifted by 2.
+        directory = self.fs.table.find(fh)
+        if directory is not None:
+            parent = self.fs.table.find(directory.parent) or directory
+            for offset, dot, node in ((1, b".", directory), (2, b"..", parent)):
+                if start_id < offset and not pyfuse3.readdir_reply(
+                    token, dot, self._attr(node), offset
+                ):
+                    return
         # A batch: the kernel asks again from the last offset until a reply is empty.
-        for cid, node in await self.fs.readdir(fh, start_id, limit=READDIR_BATCH):
+        entries = await self.fs.readdir(fh, max(0, start_id - DOTS), limit=READDIR_BATCH)
+        for cid, node in entries:
             name = node.name.encode("utf-8", "surrogateescape")
-            if not pyfuse3.readdir_reply(token, name, self._attr(node), cid):
+            if not pyfuse3.readdir_reply(token, name, self._attr(node), cid + DOTS):
                 break
             self.fs.ref(node)  # readdirplus: each returned entry is one lookup
 

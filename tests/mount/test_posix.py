@@ -202,3 +202,20 @@ def _check_other_user(m: Mount) -> None:
     st = os.stat(m.mountpoint / "theirs")
     assert (st.st_uid, st.st_gid) == (nobody, nobody)
     assert (m.mountpoint / "theirs").read_text() == "hi"
+
+
+def test_ls_a_shows_dot_entries(mount: Mount) -> None:
+    d = mount.mountpoint / "d"
+    d.mkdir()
+    for i in range(600):  # more than one readdir batch
+        (d / f"f{i:03}").write_bytes(b"")
+    for where in (mount.mountpoint, d):
+        out = subprocess.run(["ls", "-a", "-1", str(where)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        names = out.stdout.split()
+        assert names[:2] == [".", ".."]
+        assert names[2:] == sorted(os.listdir(where))
+    assert len(os.listdir(d)) == 600
+    st_dot, st_dotdot = os.stat(d / "."), os.stat(d / "..")
+    assert st_dot.st_ino == os.stat(d).st_ino
+    assert st_dotdot.st_ino == os.stat(mount.mountpoint).st_ino
