@@ -6,8 +6,15 @@ OBJFS_REQUIRE_REAL=1 (set by .ci/run), where they fail instead (``realenv.need``
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+
+# Before objfs is imported: its default data dir (the embedded server's store, the spool)
+# follows XDG_DATA_HOME, and tests, their mounts included, must not touch the user's.
+_XDG = os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="objfs-tests-xdg-")
 
 import pytest
 from realenv import need
@@ -25,6 +32,12 @@ def _server_binary_ok() -> bool:
 
 
 _servers: list[EmbeddedServer] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_home() -> Iterator[None]:
+    yield
+    shutil.rmtree(_XDG, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
