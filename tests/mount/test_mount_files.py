@@ -220,3 +220,12 @@ def test_read_only_mount_is_erofs(mounts: MountFactory) -> None:
             attempt()
         assert e.value.errno == errno.EROFS
     assert (rw.mountpoint / "f").read_bytes() == b"content"
+
+
+def test_own_writes_log_no_conflicts(mount: Mount) -> None:
+    """Writing and overwriting many files alone must not be reported as "changed elsewhere"."""
+    for round_ in range(2):
+        for i in range(40):
+            (mount.mountpoint / f"w{i}").write_bytes(f"{round_}-{i}".encode() * 100)
+    assert (mount.mountpoint / "w7").read_bytes() == b"1-7" * 100
+    assert "changed elsewhere" not in mount.stderr()
