@@ -377,7 +377,11 @@ def run_server(data_dir: Path, *, port: int = 0, max_payload: int | None = None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's own parser, which knows its --help
+        prog = f"objfs {args.command}"
+        parser.exit(1, f"{prog}: unrecognized arguments: {' '.join(extra)} (see {prog} --help)\n")
     if args.command == "server":
         return run_server(args.data_dir.expanduser(), port=args.port, max_payload=args.max_payload)
     if args.command == "seal":
