@@ -33,7 +33,7 @@ from objfs.fs import spool_dir
 from objfs.fs.bucket_watch import BucketListWatch
 from objfs.fs.chunk_cache import ChunkCache
 from objfs.fs.errors import FsError
-from objfs.fs.files import FileOps
+from objfs.fs.files import DELETE_ON_CLOSE, FileOps
 from objfs.fs.handles import HandleTable
 from objfs.fs.inodes import ROOT_INO, InodeTable, Kind, Node
 from objfs.fs.invalidation import (
@@ -175,6 +175,10 @@ class Filesystem(WriteGuard, FileOps, LinkOps, XattrOps):
                     continue
             spool.close()
             node.spool = None
+        for node in list(self.table.nodes()):  # unlinked while open, still open at unmount
+            unlinked = node.extra.pop(DELETE_ON_CLOSE, None)
+            if unlinked is not None:
+                await self._retract(unlinked)
         for watch in list(self.watches.values()):
             await watch.close()
         self.watches.clear()

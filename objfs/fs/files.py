@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DELETE_ON_CLOSE = "delete_on_close"
+"""``Node.extra`` key: the object of a file unlinked while open, deleted at its last close."""
+
 
 class FileOps:
     """Mixed into ``Filesystem``; uses its store, tables, cache and helpers."""
@@ -191,14 +194,20 @@ class FileOps:
                     spool.close()
                     node.spool = None
                     self.watcher.local_done(node)  # a remote change held while writing
+            if node.handles == 0:
+                unlinked = node.extra.pop(DELETE_ON_CLOSE, None)
+                if unlinked is not None:
+                    await self._retract(unlinked)  # unlinked while open: its delete is now
             self.table.maybe_drop(node)
 
-    async def _retract(self, bucket: str, info: ObjectInfo) -> None:
-        """Delete the object an upload just stored for a file unlinked while it ran.
+    async def _retract(self, info: ObjectInfo) -> None:
+        """Delete ``info``'s object for a file unlinked here, unless it was replaced since.
 
-        The unlink's delete (if there was anything to delete) came before the put's meta, so
-        the put brought the name back; take it back, unless another client replaced it since.
+        Used when the delete had to come after the unlink: the file was open (its readers
+        read on until the last close), or an upload ran (its put came after the unlink's
+        delete and brought the name back).
         """
+        bucket = info.bucket
         with self.watcher.hold(bucket):
             try:
                 current = await self.store.info(bucket, info.name)
@@ -240,7 +249,7 @@ class FileOps:
                 log.error("upload of %s failed reading %s: %s", node.path, spool.path, e)
                 raise FsError(errno.EIO, spool.last_error) from e
             if not node.attached:
-                await self._retract(node.bucket, info)
+                await self._retract(info)
                 return
             spool.dirty = False
             spool.last_error = None

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from objfs.fs.errors import FsError
+from objfs.fs.files import DELETE_ON_CLOSE
 from objfs.fs.inodes import InodeTable, Kind, Node
 from objfs.fs.posix_attrs import attrs_to_headers
 from objfs.fs.tree import Tree
@@ -136,7 +137,11 @@ class NamespaceOps:
             raise FsError(errno.EISDIR)
         assert node.bucket is not None
         with self.watcher.hold(node.bucket):
-            if node.info is not None:
+            if node.info is not None and node.handles > 0 and node.spool is None:
+                # Open here: as on a local disk, its readers go on reading until the last one
+                # closes, and the object is deleted then (release), not under them.
+                node.extra[DELETE_ON_CLOSE] = node.info
+            elif node.info is not None:
                 with contextlib.suppress(NotFound):
                     await self.store.delete(node.bucket, node.info.name)
             self.table.detach(node)  # open handles keep the node; its spool is never uploaded

@@ -177,3 +177,22 @@ async def test_unlink_during_upload_does_not_bring_the_file_back(mem, bucket_nam
         with pytest.raises(FsError) as e:
             await fs.lookup(ROOT_INO, "f")
         assert e.value.errno == errno.ENOENT
+
+
+async def test_unlinked_while_open_reads_on_until_closed(store, bucket_name, make_fs):
+    from objfs.store.errors import NotFound
+
+    fs = await make_fs(store, bucket_name)
+    data = pattern(3 * CHUNK + 9, 5)
+    node = await write_file(fs, "tmp", data)
+    fs2 = await make_fs(store, bucket_name)  # a fresh mount: nothing of it is cached
+    node = await fs2.lookup(ROOT_INO, "tmp")
+    handle, _ = await fs2.open(node.ino, os.O_RDONLY)
+    await fs2.unlink(ROOT_INO, "tmp")
+    with pytest.raises(FsError) as e:
+        await fs2.lookup(ROOT_INO, "tmp")
+    assert e.value.errno == errno.ENOENT
+    assert await fs2.read(handle.fh, 0, len(data)) == data  # as on a local disk
+    await fs2.release(handle.fh)
+    with pytest.raises(NotFound):
+        await store.info(bucket_name, "tmp")

@@ -219,3 +219,19 @@ def test_ls_a_shows_dot_entries(mount: Mount) -> None:
     st_dot, st_dotdot = os.stat(d / "."), os.stat(d / "..")
     assert st_dot.st_ino == os.stat(d).st_ino
     assert st_dotdot.st_ino == os.stat(mount.mountpoint).st_ino
+
+
+def test_unlinked_while_open_reads_on(mounts) -> None:  # type: ignore[no-untyped-def]
+    a = mounts()
+    data = os.urandom(3 * 128 * 1024 + 11)
+    (a.mountpoint / "tmpfile").write_bytes(data)
+    b = mounts()  # a second mount: nothing of the file is in its caches
+    with open(b.mountpoint / "tmpfile", "rb") as f:
+        head = f.read(10)
+        os.unlink(b.mountpoint / "tmpfile")
+        assert not (b.mountpoint / "tmpfile").exists()
+        assert head + f.read() == data
+    deadline = time.monotonic() + 5
+    while (a.mountpoint / "tmpfile").exists():  # deleted at the last close, seen elsewhere
+        assert time.monotonic() < deadline, "the object outlived its last close"
+        time.sleep(0.02)
