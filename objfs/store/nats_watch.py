@@ -1,0 +1,244 @@
+"""The change notices of ``NatsObjectStore``: ``watch`` (objects) and ``watch_buckets``.
+
+A mixin (``NatsWatch``) so the watches have a module of their own; the store inherits it.
+
+- ``watch`` follows a bucket's meta subjects with an ordered consumer (last message per
+  subject first, as the snapshot). When the consumer falls silent (a server restart drops it,
+  or the connection is down) it is recreated from a fresh snapshot, not from the last sequence
+  seen: that also catches what leaves no message (a purged subject, an expired object, a
+  stream re-created meanwhile). The fresh snapshot is compared with what the watch reported,
+  so a reconnect reports only the differences instead of flooding.
+- A rename by another client that purges the old meta subject (the Go client's way) shows as
+  the nuid moving to a new name: the old name is reported gone before the new one appears.
+- ``watch_buckets`` listens to the server's stream advisories; they are not stored, so a
+  reconnect, and every ``BUCKET_RESYNC`` seconds, re-lists the buckets to catch up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from objfs.store import errors
+from objfs.store.api import BucketEvent, ObjectInfo, WatchEvent, bucket_changes
+from objfs.store.names import check_bucket
+from objfs.store.nats_js import JetStream, OrderedConsumer, StoredMsg, mapped
+from objfs.store.nats_subjects import bucket_stream
+
+# The store's logger, as before the split: the log lines keep their name.
+log = logging.getLogger("objfs.store.nats_store")
+
+BUCKET_ADVISORIES = "$JS.EVENT.ADVISORY.STREAM.*.*"
+"""Stream CREATED/UPDATED/DELETED advisories: how the bucket-list watch hears of changes."""
+BUCKET_RESYNC = 30.0
+"""Seconds between full bucket listings of the bucket-list watch (advisories are core NATS
+messages: one lost to a slow consumer is caught up here; a reconnect re-lists at once)."""
+
+
+class NatsWatch:
+    """``watch`` and ``watch_buckets`` of ``NatsObjectStore``."""
+
+    # Provided by NatsObjectStore.
+    nc: Any
+    js: JetStream
+    _decode: Callable[[str, StoredMsg], ObjectInfo]
+    _object_streams: Callable[[], Awaitable[list[dict[str, Any]]]]
+    _stream_info: Callable[[str], Awaitable[dict[str, Any]]]
+
+    async def watch(self, bucket: str) -> AsyncIterator[WatchEvent]:
+        """See ``ObjectStore.watch``; survives server restarts and lost connections.
+
+        After three heartbeats of silence (the server restarted and dropped the ephemeral
+        consumer, or the connection is down) the consumer is recreated from a fresh snapshot
+        (last message per meta subject), not from the last sequence seen: that also catches
+        what leaves no message (a purged subject, an expired object, a stream re-created
+        meanwhile). The fresh snapshot is compared with what this watch reported: only
+        names whose revision changed come out as ``put``, names no longer there as
+        ``delete``; unchanged objects produce nothing, so a reconnect does not flood.
+        """
+        check_bucket(bucket)
+        oc = OrderedConsumer(self.js, bucket_stream(bucket), f"$O.{bucket}.M.>")
+        live: dict[str, ObjectInfo] = {}
+        by_nuid: dict[str, str] = {}
+        resync: set[str] | None = None
+        """Names seen in the fresh snapshot of a resync under way (None: no resync)."""
+        try:
+            in_snapshot = await oc.start() > 0
+            if not in_snapshot:
+                yield WatchEvent("snapshot_end")
+            while True:
+                m = await oc.next(3 * oc.heartbeat)
+                if m is None:
+                    # Three heartbeats of silence: the consumer is gone (server restart) or
+                    # the server is. Start again from a fresh snapshot; retry until it works.
+                    try:
+                        await oc.reset(fresh=True)
+                    except errors.StoreError as e:
+                        log.info("watch %s: cannot recreate consumer yet: %s", bucket, e)
+                        await asyncio.sleep(min(1.0, oc.heartbeat))
+                        continue
+                    resync = set()
+                    if oc.pending_at_start == 0:  # the bucket is empty now
+                        for event in _resync_end(resync, live, by_nuid):
+                            yield event
+                        resync = None
+                        if in_snapshot:
+                            in_snapshot = False
+                            yield WatchEvent("snapshot_end")
+                    continue
+                try:
+                    info = self._decode(bucket, m)
+                except errors.Corrupt as e:
+                    log.warning("watch %s: %s", bucket, e)
+                    info = None
+                if info is not None:
+                    if resync is not None:
+                        if not info.deleted:
+                            resync.add(info.name)
+                        known = live.get(info.name)
+                        if known is not None and known.revision == info.revision:
+                            info = None  # unchanged since we last reported it
+                    if info is not None:
+                        for event in _apply(info, live, by_nuid, in_snapshot):
+                            yield event
+                if m.pending == 0:
+                    if resync is not None:
+                        for event in _resync_end(resync, live, by_nuid):
+                            yield event
+                        resync = None
+                    if in_snapshot:
+                        in_snapshot = False
+                        yield WatchEvent("snapshot_end")
+        finally:
+            await oc.stop()
+
+    async def _bucket_states(self) -> dict[str, bool]:
+        """Every object store bucket and whether it is sealed (configs only, no object
+        counting)."""
+        return {
+            si["config"]["name"][len("OBJ_") :]: bool(si["config"].get("sealed", False))
+            for si in await self._object_streams()
+        }
+
+    async def watch_buckets(self) -> AsyncIterator[BucketEvent]:
+        """See ``ObjectStore.watch_buckets``: stream advisories, plus a re-list on reconnect.
+
+        The server publishes ``$JS.EVENT.ADVISORY.STREAM.{CREATED,UPDATED,DELETED}.<stream>``
+        for every stream change, whoever makes it; an advisory for ``OBJ_<bucket>`` makes this
+        watch look at that one stream (sealed or not, still there or not). Advisories are
+        not stored: those sent while the connection was down are lost, so a reconnect (and
+        every ``BUCKET_RESYNC`` seconds, for one lost otherwise) re-lists the buckets and
+        reports the differences.
+        """
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def on_msg(msg: Any) -> None:
+            queue.put_nowait(msg)
+
+        with mapped("subscribe"):
+            sub = await self.nc.subscribe(BUCKET_ADVISORIES, cb=on_msg, pending_bytes_limit=0)
+        try:
+            known: dict[str, bool] = {}
+            reconnects = self.nc.stats["reconnects"]
+            relist_at = 0.0
+            first = True
+            loop = asyncio.get_running_loop()
+            while True:
+                if self.nc.stats["reconnects"] != reconnects or loop.time() >= relist_at:
+                    try:
+                        now = await self._bucket_states()
+                    except errors.StoreError as e:
+                        if first:
+                            raise
+                        log.info("bucket watch: cannot list buckets yet: %s", e)
+                        await asyncio.sleep(1.0)
+                        continue
+                    reconnects = self.nc.stats["reconnects"]
+                    relist_at = loop.time() + BUCKET_RESYNC
+                    for event in bucket_changes(known, now):
+                        yield event
+                    known = now
+                    if first:
+                        first = False
+                        yield BucketEvent("snapshot_end")
+                try:
+                    msg = await asyncio.wait_for(queue.get(), 1.0)
+                except TimeoutError:
+                    continue
+                kind, _, stream = msg.subject.rpartition(".")
+                kind = kind.rpartition(".")[2]
+                if not stream.startswith("OBJ_") or kind not in ("CREATED", "UPDATED", "DELETED"):
+                    continue
+                name = stream[4:]
+                try:
+                    sealed: bool | None = bool(
+                        (await self._stream_info(name))["config"].get("sealed", False)
+                    )
+                except errors.NotFound:
+                    sealed = None
+                except errors.StoreError as e:
+                    log.info("bucket watch: %s: %s (re-listing)", name, e)
+                    relist_at = 0.0
+                    continue
+                now = dict(known)
+                if sealed is None:
+                    now.pop(name, None)
+                else:
+                    now[name] = sealed
+                for event in bucket_changes(known, now):
+                    yield event
+                known = now
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+def _resync_end(
+    seen: set[str], live: dict[str, ObjectInfo], by_nuid: dict[str, str]
+) -> list[WatchEvent]:
+    """Deletes for the names a fresh snapshot no longer has (the end of a resync)."""
+    events = []
+    for name in [n for n in live if n not in seen]:
+        gone = live.pop(name)
+        if by_nuid.get(gone.nuid) == name:
+            del by_nuid[gone.nuid]
+        events.append(WatchEvent("delete", gone.tombstone()))
+    return events
+
+
+def _apply(
+    info: ObjectInfo, live: dict[str, ObjectInfo], by_nuid: dict[str, str], in_snapshot: bool
+) -> list[WatchEvent]:
+    """Watch events for one meta message, updating the live-name and nuid maps."""
+    events: list[WatchEvent] = []
+    name = info.name
+    if info.deleted:
+        gone = live.pop(name, None)
+        if gone is not None:
+            if by_nuid.get(gone.nuid) == name:
+                del by_nuid[gone.nuid]
+            if not in_snapshot:
+                events.append(WatchEvent("delete", info))
+        return events
+    if not info.is_link:
+        other = by_nuid.get(info.nuid)
+        if other is not None and other != name and other in live:
+            # The nuid moved to a new name: a rename that purged the old meta subject (the
+            # Go client's way). Report the old name gone before the new one appears.
+            old = live.pop(other)
+            events.append(
+                WatchEvent(
+                    "delete",
+                    old.tombstone(),
+                )
+            )
+        by_nuid[info.nuid] = name
+    prev = live.get(name)
+    if prev is not None and prev.nuid != info.nuid and by_nuid.get(prev.nuid) == name:
+        del by_nuid[prev.nuid]
+    live[name] = info
+    events.append(WatchEvent("put", info))
+    return events
