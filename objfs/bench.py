@@ -324,7 +324,7 @@ async def raw_lean_drain(host: str, port: int, bucket: str, nuid: str, chunks: i
     (objfs's read settings), without verification or digest. Not part of the raw ceiling,
     which is defined with nats-py's primitives; it shows what the lean reader costs."""
     from objfs.store.nats_bulk import BulkConnection
-    from objfs.store.nats_store import AHEAD_BYTES, BATCH_BYTES
+    from objfs.store.nats_reads import AHEAD_BYTES, BATCH_BYTES
 
     stream = f"OBJ_{bucket}"
     subject = f"$O.{bucket}.C.{nuid}"

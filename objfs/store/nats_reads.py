@@ -14,10 +14,6 @@ A mixin (``NatsReads``) so the read machinery has a module of its own; the store
   options allow (plain TCP, no auth, user/password or token): nats-py's receive path cost more
   CPU than the server sending the data. With TLS or creds (or if the lean connection cannot be
   opened) reads use nats-py's connection, the same requests.
-
-The tuning constants (``BATCH_BYTES``, ``AHEAD_BYTES``, ``PUSH_MIN_BYTES``, ``BULK_RETRY``)
-stay in ``nats_store``, where the benchmarks and tests reach them; they are read from there at
-call time (a module-level import would be circular: ``nats_store`` imports this one).
 """
 
 from __future__ import annotations
@@ -42,6 +38,21 @@ from objfs.store.wire import parse_digest
 
 # The store's logger, as before the split: the log lines keep their name.
 log = logging.getLogger("objfs.store.nats_store")
+
+BATCH_BYTES = 4 << 20
+"""Bytes asked for in one batch direct get (32 chunks of 128 KiB)."""
+
+AHEAD_BYTES = 16 << 20
+"""At most this much requested and not yet received, per read: the server's per-client
+``max_pending`` (64 MiB) cuts a connection that has more waiting for it (measured)."""
+
+PUSH_MIN_BYTES = 16 << 20
+"""``read_stream`` of objects at least this big uses a push consumer on the lean reader:
+it cost nats-server about 13 % less CPU than batch direct gets (measured, BENCHMARKS.md);
+under this size the consumer's create and delete round trips are not worth it."""
+
+BULK_RETRY = 1.0
+"""Seconds to read through nats-py after the lean connection could not be opened."""
 
 
 class NatsReads:
@@ -122,7 +133,6 @@ class NatsReads:
 
     async def _bulk_conn(self) -> BulkConnection | None:
         """The lean reader's connection, opened on first use; None: read through nats-py."""
-        from objfs.store import nats_store as tuning
 
         bulk = self._bulk
         if bulk is not None and bulk.is_open:
@@ -158,7 +168,7 @@ class NatsReads:
                 return self._no_bulk(str(e))
             except errors.StoreError as e:
                 log.info("lean bulk reader unavailable for now, reading through nats-py: %s", e)
-                self._bulk_retry_at = time.monotonic() + tuning.BULK_RETRY
+                self._bulk_retry_at = time.monotonic() + BULK_RETRY
                 return None
             return self._bulk
 
@@ -211,11 +221,10 @@ class NatsReads:
         """Chunks ``first`` .. ``first + count - 1`` in order, in verified batches, with up to
         ``window`` chunks (and ``AHEAD_BYTES``) requested ahead. With ``chain``, the lean
         reader hashes chunks as they arrive in order; the caller hashes the rest."""
-        from objfs.store import nats_store as tuning
 
         width = max(1, -(-layout.size // max(1, layout.chunks)))  # mean chunk size, rounded up
-        per = max(1, min(tuning.BATCH_BYTES // width, window // 2 or 1))
-        ahead = max(per, min(window, tuning.AHEAD_BYTES // width))
+        per = max(1, min(BATCH_BYTES // width, window // 2 or 1))
+        ahead = max(per, min(window, AHEAD_BYTES // width))
         inflight: collections.deque[tuple[int, int, _Pending]] = collections.deque()
         issued = done = 0
         try:
@@ -248,11 +257,10 @@ class NatsReads:
     ) -> AsyncIterator[list[bytes]]:
         """Every chunk of ``layout`` in order, verified, from an ephemeral push consumer
         delivering to the lean reader (flow control answered there, as credit)."""
-        from objfs.store import nats_store as tuning
 
         stream, subject = bucket_stream(layout.bucket), chunk_subject(layout.bucket, layout.nuid)
         n = layout.chunks
-        push = bulk.push_read(chain=chain, limit=tuning.AHEAD_BYTES)
+        push = bulk.push_read(chain=chain, limit=AHEAD_BYTES)
         name: str | None = None
         try:
             config: dict[str, Any] = {
@@ -312,14 +320,13 @@ class NatsReads:
     ) -> AsyncIterator[list[bytes]]:
         # 128 chunks (16 MiB of 128 KiB chunks, AHEAD_BYTES caps bigger ones): measured about
         # 5 % faster than 64 with the lean reader; the server keeps sending while we hash.
-        from objfs.store import nats_store as tuning
 
         layout = await self.layout(info)
         # In line, on the event loop: hashing on a worker thread measured slower, with
         # nats-py's reader and with the lean one (GIL hand-offs on 2 cores shared with the
         # server). The lean reader hashes most chunks as they arrive (HashChain).
         chain = HashChain(hashlib.sha256())
-        bulk = await self._bulk_conn() if layout.size >= tuning.PUSH_MIN_BYTES else None
+        bulk = await self._bulk_conn() if layout.size >= PUSH_MIN_BYTES else None
         if bulk is not None:
             batches = self._pushed_chunks(bulk, layout, chain)
         else:

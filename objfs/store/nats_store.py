@@ -22,8 +22,6 @@ Choices worth knowing:
   consumer, last message per subject): exact, and O(objects) per call.
 - Bucket settings that ADR-20 has no field for (the chunk size) live in the stream config's
   ``metadata`` under ``objfs.``-prefixed keys, which other clients ignore.
-- The read path's tuning constants (``BATCH_BYTES``, ``AHEAD_BYTES``, ``PUSH_MIN_BYTES``,
-  ``BULK_RETRY``) are defined here, where the benchmarks and tests reach them.
 """
 
 from __future__ import annotations
@@ -77,21 +75,6 @@ PUT_WINDOW = 24
 
 LAYOUT_CACHE = 512
 """Layouts of objects this process wrote (nuid -> layout), kept for a free ``layout()``."""
-
-BATCH_BYTES = 4 << 20
-"""Bytes asked for in one batch direct get (32 chunks of 128 KiB)."""
-
-AHEAD_BYTES = 16 << 20
-"""At most this much requested and not yet received, per read: the server's per-client
-``max_pending`` (64 MiB) cuts a connection that has more waiting for it (measured)."""
-
-PUSH_MIN_BYTES = 16 << 20
-"""``read_stream`` of objects at least this big uses a push consumer on the lean reader:
-it cost nats-server about 13 % less CPU than batch direct gets (measured, BENCHMARKS.md);
-under this size the consumer's create and delete round trips are not worth it."""
-
-BULK_RETRY = 1.0
-"""Seconds to read through nats-py after the lean connection could not be opened."""
 
 META_CHUNK_SIZE = "objfs.chunk_size"
 ROLLUP = {"Nats-Rollup": "sub"}

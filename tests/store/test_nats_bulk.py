@@ -27,7 +27,7 @@ import pytest
 
 from objfs.bridge import AsyncioThread, Bridge
 from objfs.server import EmbeddedServer, ServerError, find_binary
-from objfs.store import errors, nats_bulk, nats_store
+from objfs.store import errors, nats_bulk, nats_reads
 from objfs.store.api import BucketConfig, ObjectInfo
 from objfs.store.nats_bulk import BulkAuth, BulkConnection, Unsupported
 from objfs.store.nats_store import NatsObjectStore, connect
@@ -331,7 +331,7 @@ async def test_batches_cut_short_are_continued(
 async def test_server_stopped_mid_read_is_unavailable(
     run: Run[None], private_server: EmbeddedServer, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(nats_store, "PUSH_MIN_BYTES", 1 if how == "push" else 1 << 40)
+    monkeypatch.setattr(nats_reads, "PUSH_MIN_BYTES", 1 if how == "push" else 1 << 40)
     data = os.urandom(16 * 1024 * 1024)
     timeout = 1.0
 
@@ -398,8 +398,8 @@ async def test_server_frozen_mid_read_times_out(
 async def test_server_frozen_mid_push_read_times_out(
     run: Run[None], private_server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(nats_store, "PUSH_MIN_BYTES", 1)
-    monkeypatch.setattr(nats_store, "AHEAD_BYTES", 1 << 20)  # so the server must wait for us
+    monkeypatch.setattr(nats_reads, "PUSH_MIN_BYTES", 1)
+    monkeypatch.setattr(nats_reads, "AHEAD_BYTES", 1 << 20)  # so the server must wait for us
     data = os.urandom(16 * 1024 * 1024)
     timeout = 1.0
 
@@ -432,7 +432,7 @@ async def test_push_read(
     run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Large objects come from a push consumer: data, missing chunks, consumer cleaned up."""
-    monkeypatch.setattr(nats_store, "PUSH_MIN_BYTES", 1)
+    monkeypatch.setattr(nats_reads, "PUSH_MIN_BYTES", 1)
     chunk = 16 * 1024
     data = os.urandom(200 * chunk + 1)
 
@@ -487,8 +487,8 @@ async def test_push_read_holds_flow_control_for_a_slow_reader(
     run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A reader that does not keep up: flow-control answers wait, so memory stays bounded."""
-    monkeypatch.setattr(nats_store, "PUSH_MIN_BYTES", 1)
-    monkeypatch.setattr(nats_store, "AHEAD_BYTES", 256 * 1024)
+    monkeypatch.setattr(nats_reads, "PUSH_MIN_BYTES", 1)
+    monkeypatch.setattr(nats_reads, "AHEAD_BYTES", 256 * 1024)
     data = os.urandom(48 * 1024 * 1024)
 
     async def body() -> None:
