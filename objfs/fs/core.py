@@ -248,10 +248,6 @@ class Filesystem(WriteGuard, FileOps, LinkOps, XattrOps):
             self.queue.push(InvalidateEntry(ROOT_INO, name, node.ino))
 
     # -- helpers shared by the mixins ---------------------------------------------------------
-    def check_writable(self) -> None:
-        if self.options.read_only:
-            raise FsError(errno.EROFS)
-
     async def directory(self, ino: int) -> Node:
         node = self.table.get(ino)
         if not node.is_dir:

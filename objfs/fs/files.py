@@ -50,7 +50,6 @@ class FileOps:
 
     if TYPE_CHECKING:
 
-        def check_writable(self) -> None: ...
         async def directory(self, ino: int) -> Node: ...
         def object_name(self, parent: Node, name: str, *, directory: bool = False) -> str: ...
         def in_bucket(self, parent: Node) -> str: ...
@@ -66,8 +65,6 @@ class FileOps:
         if node.kind is Kind.SYMLINK:
             raise FsError(errno.ELOOP)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        if writable or flags & os.O_TRUNC:
-            self.check_writable()
         keep_cache = node.info is not None and node.cached_nuid == node.info.nuid
         if writable:
             self._spool(node)
@@ -93,7 +90,6 @@ class FileOps:
         self, parent_ino: int, name: str, mode: int, flags: int, caller: Caller
     ) -> tuple[Handle, Node]:
         """Create and open a new regular file (visible here at once, uploaded on close)."""
-        self.check_writable()
         parent = await self.directory(parent_ino)
         self.in_bucket(parent)
         self.object_name(parent, name)
@@ -112,7 +108,6 @@ class FileOps:
         """Only regular files: fifos, sockets and devices cannot live in an object store."""
         if not stat.S_ISREG(mode):
             raise FsError(errno.EPERM, "objfs stores regular files, directories and symlinks only")
-        self.check_writable()
         parent = await self.directory(parent_ino)
         bucket = self.in_bucket(parent)
         full = self.object_name(parent, name)
@@ -158,7 +153,6 @@ class FileOps:
         handle = self.handles.get(fh)
         if not handle.writable:
             raise FsError(errno.EBADF)
-        self.check_writable()
         node = handle.node
         written = await self._spool(node).write(self.store, offset, data)
         node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
@@ -223,7 +217,6 @@ class FileOps:
         spool = node.spool
         if spool is None or not spool.dirty or not node.attached or node.bucket is None:
             return
-        self.check_writable()
         async with spool.lock:
             if not spool.dirty:
                 return  # another task uploaded it while we waited

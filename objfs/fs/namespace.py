@@ -55,7 +55,6 @@ class NamespaceOps:
 
     if TYPE_CHECKING:
 
-        def check_writable(self) -> None: ...
         async def directory(self, ino: int) -> Node: ...
         async def ensure_loaded(self, node: Node) -> None: ...
         async def forget_bucket(self, name: str) -> None: ...
@@ -74,7 +73,6 @@ class NamespaceOps:
 
     # -- directories ---------------------------------------------------------------------------
     async def mkdir(self, parent_ino: int, name: str, mode: int, caller: Caller) -> Node:
-        self.check_writable()
         parent = await self.directory(parent_ino)
         if self.table.child(parent, name) is not None:
             raise FsError(errno.EEXIST)
@@ -103,7 +101,6 @@ class NamespaceOps:
         return node
 
     async def rmdir(self, parent_ino: int, name: str, caller: Caller | None = None) -> None:
-        self.check_writable()
         parent = await self.directory(parent_ino)
         node = self._existing(parent, name)
         if not node.is_dir:
@@ -130,7 +127,6 @@ class NamespaceOps:
 
     # -- files ---------------------------------------------------------------------------------
     async def unlink(self, parent_ino: int, name: str, caller: Caller | None = None) -> None:
-        self.check_writable()
         parent = await self.directory(parent_ino)
         node = self._existing(parent, name)
         if node.is_dir:
@@ -158,7 +154,6 @@ class NamespaceOps:
         raise FsError(errno.EPERM, "objects cannot have two names")
 
     async def symlink(self, parent_ino: int, name: str, target: str, caller: Caller) -> Node:
-        self.check_writable()
         parent = await self.directory(parent_ino)
         bucket = self.in_bucket(parent)
         full = self.object_name(parent, name)
@@ -188,7 +183,6 @@ class NamespaceOps:
     ) -> None:
         if exchange:
             raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
-        self.check_writable()
         old_parent = await self.directory(old_parent_ino)
         new_parent = await self.directory(new_parent_ino)
         node = self._existing(old_parent, old_name)
