@@ -6,6 +6,7 @@ OBJFS_REQUIRE_REAL=1 (set by .ci/run), where they fail instead (``realenv.need``
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from pathlib import Path
 # Before objfs is imported: its default data dir (the embedded server's store, the spool)
 # follows XDG_DATA_HOME, and tests, their mounts included, must not touch the user's.
 _XDG = os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="objfs-tests-xdg-")
+atexit.register(shutil.rmtree, _XDG, ignore_errors=True)  # also after --collect-only
 
 import pytest
 from realenv import need
@@ -32,12 +34,6 @@ def _server_binary_ok() -> bool:
 
 
 _servers: list[EmbeddedServer] = []
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _private_data_home() -> Iterator[None]:
-    yield
-    shutil.rmtree(_XDG, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
