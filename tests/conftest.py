@@ -18,11 +18,11 @@ from pathlib import Path
 _XDG = os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="objfs-tests-xdg-")
 atexit.register(shutil.rmtree, _XDG, ignore_errors=True)  # also after --collect-only
 
-import pytest
-from realenv import need
+import pytest  # noqa: E402 (after XDG_DATA_HOME is set)
+from realenv import need  # noqa: E402 (after XDG_DATA_HOME is set)
 
-from objfs.bridge import AsyncioThread, Bridge, TrioStore
-from objfs.server import EmbeddedServer, ServerError, find_binary
+from objfs.bridge import AsyncioThread, Bridge, TrioStore  # noqa: E402 (after XDG_DATA_HOME is set)
+from objfs.server import EmbeddedServer, ServerError, find_binary  # noqa: E402 (after XDG_DATA_HOME is set)
 
 
 def _server_binary_ok() -> bool:
