@@ -27,7 +27,7 @@ import pytest
 
 from objfs.bridge import AsyncioThread, Bridge
 from objfs.server import EmbeddedServer
-from objfs.store import errors
+from objfs.store import errors, nats_reads
 from objfs.store.api import BucketConfig, ObjectInfo, ObjectMeta, WatchEvent
 from objfs.store.names import encode_name
 from objfs.store.nats_store import NatsObjectStore, connect
@@ -352,18 +352,25 @@ async def test_sealed_and_full_buckets(
     await run(body)
 
 
-async def test_server_stopped_mid_read(run: Run[None], private_server: EmbeddedServer) -> None:
+async def test_server_stopped_mid_read(
+    run: Run[None], private_server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through nats-py's connection (the lean reader's stop is tests/store/test_nats_bulk's)."""
+    # Little read ahead, so most of the object is still on the server when it stops.
+    monkeypatch.setattr(nats_reads, "AHEAD_BYTES", 1 << 20)
     data = os.urandom(16 * 1024 * 1024)
     timeout = 1.0
 
     async def body() -> None:
         store = await connect([private_server.url], timeout=timeout)
+        store._bulk_auth = None  # reads take the nats-py path, as with TLS or creds
         try:
             await store.create_bucket(BucketConfig("mid", storage="memory"))
             info = await store.put("mid", "obj", data)
             stream = store.read_stream(info, window=2)
             first = await stream.__anext__()
             assert first[0] == data[: len(first[0])]
+            assert store._bulk is None  # no lean connection was opened
             await asyncio.get_running_loop().run_in_executor(None, private_server.stop)
             started = time.monotonic()
             with pytest.raises(errors.Unavailable):  # Timeout is a subclass
