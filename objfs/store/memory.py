@@ -134,6 +134,13 @@ class _Bucket:
         info = self.metas.get(name)
         return info if info is not None and not info.deleted else None
 
+    def existing(self, name: str) -> ObjectInfo:
+        """The live object ``name``; NotFound if there is none."""
+        info = self.live(name)
+        if info is None:
+            raise NotFound(f"object {name!r} not found in {self.config.name!r}")
+        return info
+
     def notify(self, event: WatchEvent | StoreError) -> None:
         for q in self.watchers:
             q.put_nowait(event if isinstance(event, StoreError) else _event_copy(event))
@@ -279,9 +286,7 @@ class MemoryObjectStore(ObjectStore):
         await self._enter("update_meta")
         b = self._writable(bucket)
         check_object(name)
-        old = b.live(name)
-        if old is None:
-            raise NotFound(f"object {name!r} not found in {bucket!r}")
+        old = b.existing(name)
         info = _copy(old)
         info.description = meta.description
         info.headers = {k: list(v) for k, v in meta.headers.items()}
@@ -293,9 +298,7 @@ class MemoryObjectStore(ObjectStore):
         b = self._writable(bucket)
         check_object(old)
         check_object(new)
-        src = b.live(old)
-        if src is None:
-            raise NotFound(f"object {old!r} not found in {bucket!r}")
+        src = b.existing(old)
         if old == new:
             return _copy(src)
         dst = b.live(new)
@@ -321,9 +324,7 @@ class MemoryObjectStore(ObjectStore):
         await self._enter("delete")
         b = self._writable(bucket)
         check_object(name)
-        old = b.live(name)
-        if old is None:
-            raise NotFound(f"object {name!r} not found in {bucket!r}")
+        old = b.existing(name)
         tomb = _copy(old).tombstone(mtime_ns=time.time_ns())
         result = self._publish(b, tomb)
         self._purge(b, old.nuid)
