@@ -8,6 +8,7 @@ comes from the store, not from the writer's own cache.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -21,13 +22,20 @@ from mounting import MountFactory
 
 
 def eventually(check, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    """Retry ``check`` (an assertion) until it passes or ``timeout`` seconds pass."""
+    """Retry ``check`` (an assertion) until it passes or ``timeout`` seconds pass.
+
+    ESTALE is retried too: a read that opened a version the other mount has since replaced
+    fails with it once that version's chunks are purged (docs/semantics.md), and a new open
+    reads the new version.
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
             check()
             return
-        except AssertionError:
+        except (AssertionError, OSError) as e:
+            if isinstance(e, OSError) and e.errno != errno.ESTALE:
+                raise
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
