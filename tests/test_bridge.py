@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from objfs.bridge import AsyncioThread, Bridge, TrioStore
 from objfs.store.api import BucketConfig
@@ -147,16 +148,22 @@ async def test_call_results_in_concurrent_tasks(bridge: Bridge) -> None:
 async def test_iterate_delivers_items_in_batches(asyncio_thread: AsyncioThread) -> None:
     bridge = CountingBridge(asyncio_thread)
 
+    queued = threading.Event()
+
     async def numbers() -> AsyncIterator[int]:
         for i in range(20):
+            if i == 9:
+                # Item 8 is queued: the queue (8 items) holds at least 4 untaken ones,
+                # whatever the first hop took (at most 4).
+                queued.set()
             yield i
 
     got = []
     async for x in bridge.iterate(numbers, batch=4):
         got.append(x)
         if x == 0:
-            # Let the asyncio side queue up items so the next hops carry full batches.
-            await trio.sleep(0.05)
+            # Wait for the asyncio side to queue up items, so the next hop carries a full batch.
+            assert await wait_thread_event(queued)
     assert got == list(range(20))
     sizes = [len(result[0]) for name, result in bridge.hops if name == "take"]
     assert sum(sizes) == 20
@@ -232,10 +239,21 @@ async def test_iterate_closes_generator_when_consumer_cancelled(bridge: Bridge) 
             closed.set()
 
     got = []
-    with trio.move_on_after(0.2) as scope:
-        async with contextlib.aclosing(bridge.iterate(silent)) as it:
-            async for x in it:
-                got.append(x)
+
+    async def cancel_once_waiting(scope: trio.CancelScope) -> None:
+        # Once the consumer has item 1 and every trio task is blocked, it waits for item 2.
+        while not got:
+            await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        scope.cancel()
+
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as scope:
+                nursery.start_soon(cancel_once_waiting, scope)
+                async with contextlib.aclosing(bridge.iterate(silent)) as it:
+                    async for x in it:
+                        got.append(x)
     assert scope.cancelled_caught and got == [1]
     assert closed.is_set()
 
