@@ -24,7 +24,8 @@ from objfs.store.api import BucketConfig
 from objfs.store.errors import NameTooLong, NotFound, Unavailable
 from objfs.store.memory import MemoryObjectStore
 
-WAIT = 5.0
+WAIT = 60.0
+"""A generous deadline for any one wait (only a failing test waits it out)."""
 
 
 async def wait_thread_event(event: threading.Event) -> bool:

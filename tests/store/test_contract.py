@@ -37,7 +37,7 @@ from objfs.store.errors import (
 )
 from objfs.store.names import MAX_NAME_BYTES
 
-WAIT = 10.0
+WAIT = 60.0
 """Upper bound for any single wait on a watch event (a hang fails, it does not block CI)."""
 
 MakeBucket = Callable[..., Awaitable[str]]
