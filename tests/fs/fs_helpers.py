@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from typing import Any
+
+import trio
 
 from objfs.fs import Filesystem
 from objfs.fs.inodes import ROOT_INO, Node
@@ -49,3 +52,33 @@ async def stored(store: Any, bucket: str, name: str) -> bytes:
 async def new_bucket(store: Any, name: str) -> str:
     await store.create_bucket(BucketConfig(name=name, chunk_size=CHUNK, storage="memory"))
     return name
+
+
+WAIT = 60.0
+"""How long a test waits for something that must happen (a watch event applied, say): far
+more than it takes even on a loaded machine; a pass never depends on being fast."""
+
+
+async def wait_for(cond: Callable[[], object], what: str, timeout: float = WAIT) -> None:
+    """Poll ``cond`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    with trio.move_on_after(timeout):
+        while not cond():
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"not seen within {timeout}s: {what}")
+
+
+async def watch_barrier(fs: Filesystem, store: Any, bucket: str, name: str = "barrier") -> None:
+    """An event barrier: another client puts ``name`` and we wait until ``fs`` shows it.
+
+    A bucket's watch delivers its events in order, so once the marker is applied every change
+    made before it has been applied (or deferred and settled) too: a test can then check
+    what those earlier events did, or did not do, without sleeping.
+    """
+    info = await store.put(bucket, name, b"")
+
+    def applied() -> bool:
+        node = fs.table.child(fs.root, name)  # the same name may serve as barrier again
+        return node is not None and node.info is not None and node.info.revision >= info.revision
+
+    await wait_for(applied, f"the marker {name!r}")

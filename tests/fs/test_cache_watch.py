@@ -7,7 +7,7 @@ import os
 
 import pytest
 import trio
-from fs_helpers import CALLER, CHUNK, read_file, stored, write_file
+from fs_helpers import CALLER, CHUNK, read_file, stored, wait_for, watch_barrier, write_file
 
 from objfs.fs.inodes import ROOT_INO
 from objfs.fs.invalidation import InvalidateEntry, InvalidateInode
@@ -66,7 +66,7 @@ async def test_sequential_reads_read_ahead(mem, bucket_name, make_fs):
     node = await fs.lookup(ROOT_INO, "seq")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fs.run_background)
-        await trio.sleep(0)
+        await wait_for(lambda: fs.cache.spawn is not None, "run_background taking readahead")
         handle, _ = await fs.open(node.ino, os.O_RDONLY)
         got = b"".join([await fs.read(handle.fh, off, CHUNK) for off in range(0, len(data), CHUNK)])
         await fs.release(handle.fh)
@@ -77,12 +77,6 @@ async def test_sequential_reads_read_ahead(mem, bucket_name, make_fs):
     assert calls <= 12, calls
 
 
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
-
-
 async def test_watcher_applies_remote_changes(store, bucket_name, make_fs):
     fs = await make_fs(store, bucket_name)
     mine = await write_file(fs, "mine", b"local")
@@ -90,7 +84,7 @@ async def test_watcher_applies_remote_changes(store, bucket_name, make_fs):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fs.run_background)
         await store.put(bucket_name, "remote/new.txt", b"from elsewhere")
-        await wait_for(lambda: fs.table.child(fs.root, "remote") is not None)
+        await wait_for(lambda: fs.table.child(fs.root, "remote") is not None, "remote/new.txt")
         remote = fs.table.child(fs.root, "remote")
         f = fs.table.child(remote, "new.txt")
         assert f is not None and f.size == len(b"from elsewhere")
@@ -99,18 +93,17 @@ async def test_watcher_applies_remote_changes(store, bucket_name, make_fs):
         # A remote overwrite of a file the kernel knows invalidates its pages.
         mine.lookups = 1
         await store.put(bucket_name, "mine", b"changed remotely")
-        await wait_for(lambda: mine.size == len(b"changed remotely"))
+        await wait_for(lambda: mine.size == len(b"changed remotely"), "the overwrite of mine")
         assert InvalidateInode(mine.ino, attr_only=False) in fs.queue.sent
         assert await read_file(fs, mine.ino) == b"changed remotely"
         # A remote delete removes the entry (and the now empty implicit directory).
         await store.delete(bucket_name, "remote/new.txt")
-        await wait_for(lambda: fs.table.child(fs.root, "remote") is None)
+        await wait_for(lambda: fs.table.child(fs.root, "remote") is None, "the remote delete")
         # Our own writes are not invalidated needlessly.
         fs.queue.sent.clear()
         own = await write_file(fs, "own", b"x")
         own.lookups = 1
-        await store.put(bucket_name, "marker-after", b"")
-        await wait_for(lambda: fs.table.child(fs.root, "marker-after") is not None)
+        await watch_barrier(fs, store, bucket_name, "marker-after")  # own's events are in
         assert not [r for r in fs.queue.sent if getattr(r, "ino", None) == own.ino]
         nursery.cancel_scope.cancel()
     assert await stored(store, bucket_name, "own") == b"x"
@@ -163,9 +156,10 @@ async def test_own_renames_survive_the_watch(store, bucket_name, make_fs):
         await write_file(fs, "f", b"f")
         await fs.rename(ROOT_INO, "d", ROOT_INO, "e")
         await fs.rename(ROOT_INO, "f", ROOT_INO, "g")
-        await trio.sleep(0.3)  # let the watch deliver everything
+        # Every event of the renames above has been applied once the marker's is.
+        await watch_barrier(fs, store, bucket_name, "marker")
         nursery.cancel_scope.cancel()
     e = fs.table.child(fs.root, "e")
     assert sorted(n.name for _, n in await fs.readdir(e.ino, 0)) == [f"x{i}" for i in range(5)]
-    assert sorted(n.name for _, n in await fs.readdir(ROOT_INO, 0)) == ["e", "g"]
+    assert sorted(n.name for _, n in await fs.readdir(ROOT_INO, 0)) == ["e", "g", "marker"]
     assert fs.table.child(fs.root, "g").info.name == "g"

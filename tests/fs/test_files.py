@@ -153,10 +153,12 @@ async def test_sealed_bucket_is_erofs(mem, bucket_name, make_fs):
 
 async def test_unlink_during_upload_does_not_bring_the_file_back(mem, bucket_name, make_fs):
     import trio
+    import trio.testing
 
     from objfs.store.errors import NotFound
 
     fs = await make_fs(mem, bucket_name)
+    real_put = mem.put
     for existing in (False, True):
         if existing:
             node = await write_file(fs, "f", b"old version")
@@ -164,14 +166,26 @@ async def test_unlink_during_upload_does_not_bring_the_file_back(mem, bucket_nam
         else:
             handle, _ = await fs.create(ROOT_INO, "f", 0o600, os.O_RDWR | os.O_CREAT, CALLER)
         await fs.write(handle.fh, 0, b"new version")
-        mem.store.delay = 0.2  # the put is slow: the unlink lands while it runs
+        # The upload is held at a gate until the unlink has run as far as it can, so the
+        # unlink lands while the put is under way however the tasks are scheduled.
+        started, go = trio.Event(), trio.Event()
+
+        async def gated_put(*args, started=started, go=go, **kwargs):
+            started.set()
+            await go.wait()
+            return await real_put(*args, **kwargs)
+
+        mem.put = gated_put
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(fs.release, handle.fh)
-                await trio.sleep(0.05)
-                await fs.unlink(ROOT_INO, "f")
+                await started.wait()
+                n.start_soon(fs.unlink, ROOT_INO, "f")
+                await trio.testing.wait_all_tasks_blocked()
+                assert fs.table.child(fs.root, "f") is None  # unlinked; the put still held
+                go.set()
         finally:
-            mem.store.delay = 0
+            del mem.put
         with pytest.raises(NotFound):
             await mem.info(bucket_name, "f")
         with pytest.raises(FsError) as e:
