@@ -8,37 +8,15 @@ comes from the store, not from the writer's own cache.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from helpers import data, sh
+from helpers import data, eventually, sh
 from mounting import MountFactory
-
-
-def eventually(check, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    """Retry ``check`` (an assertion) until it passes or ``timeout`` seconds pass.
-
-    ESTALE is retried too: a read that opened a version the other mount has since replaced
-    fails with it once that version's chunks are purged (docs/semantics.md), and a new open
-    reads the new version.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            check()
-            return
-        except (AssertionError, OSError) as e:
-            if isinstance(e, OSError) and e.errno != errno.ESTALE:
-                raise
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def need_tool(name: str) -> None:
@@ -65,7 +43,7 @@ def test_rsync_default_mode_replaces_changed_file(mounts: MountFactory, tmp_path
         assert (b.mountpoint / "f.bin").read_bytes() == bytes(body)
         assert stat.S_IMODE(os.stat(b.mountpoint / "f.bin").st_mode) == 0o640
 
-    eventually(same)
+    eventually(same, "f.bin in the other mount")
 
 
 def test_git_commit_and_gc_inside_the_mount(mounts: MountFactory, tmp_path: Path) -> None:
@@ -90,11 +68,14 @@ def test_git_commit_and_gc_inside_the_mount(mounts: MountFactory, tmp_path: Path
 
     def seen() -> None:
         r = subprocess.run(
-            [*map(str, safe), "log", "-1", "--format=%s"], capture_output=True, text=True
+            [*map(str, safe), "log", "-1", "--format=%s"],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert r.stdout.strip() == "in mount", r.stderr
 
-    eventually(seen)
+    eventually(seen, "the commit in the other mount")
     sh(*safe, "fsck", "--strict")
     assert (other / "file0.txt").read_text() == "changed in the mount\n"
 
@@ -123,11 +104,14 @@ def test_many_small_files_cp_r_and_tar(mounts: MountFactory, tmp_path: Path) -> 
     def same() -> None:
         for name in ("cpr", "tarx"):
             r = subprocess.run(
-                ["diff", "-r", str(src), str(b.mountpoint / name)], capture_output=True, text=True
+                ["diff", "-r", str(src), str(b.mountpoint / name)],
+                capture_output=True,
+                text=True,
+                timeout=120,
             )
             assert r.returncode == 0, r.stdout + r.stderr
 
-    eventually(same, timeout=10)
+    eventually(same, "both trees in the other mount")
     st = os.stat(b.mountpoint / "tarx/d7/e1/f37")
     assert int(st.st_mtime) == 1_500_000_037
 
@@ -157,7 +141,7 @@ def test_dd_seek_into_middle_and_past_eof(mounts: MountFactory, tmp_path: Path) 
         assert (b.mountpoint / "f").read_bytes() == bytes(ref)
         assert (b.mountpoint / "sparse").read_bytes() == sparse
 
-    eventually(same)
+    eventually(same, "f and sparse in the other mount")
 
 
 def test_sed_i_and_append_keep_mode(mounts: MountFactory) -> None:
@@ -175,4 +159,4 @@ def test_sed_i_and_append_keep_mode(mounts: MountFactory) -> None:
         assert stat.S_IMODE(os.stat(g).st_mode) == 0o640
         assert sorted(p.name for p in b.mountpoint.iterdir()) == ["conf.txt"]
 
-    eventually(same)
+    eventually(same, "conf.txt in the other mount")

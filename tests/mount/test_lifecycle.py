@@ -12,11 +12,11 @@ import errno
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import nats
 import pytest
+from helpers import WAIT, wait_for
 from mounting import Mount, MountFactory, mounted, objfs_command
 
 from objfs.server import EmbeddedServer
@@ -38,15 +38,15 @@ def pids_mentioning(text: str) -> list[int]:
     return found
 
 
-def wait_gone(text: str, timeout: float = 30.0) -> None:
+def wait_gone(text: str, timeout: float = WAIT) -> None:
     """Wait until no process mentions ``text``; kill stragglers by PID and fail."""
-    deadline = time.monotonic() + timeout
-    while pids := pids_mentioning(text):
-        if time.monotonic() > deadline:
-            for pid in pids:
-                os.kill(pid, signal.SIGKILL)
-            pytest.fail(f"processes still running after {timeout}s: {pids}")
-        time.sleep(0.05)
+    try:
+        wait_for(lambda: not pids_mentioning(text), f"no process mentioning {text}", timeout)
+    except AssertionError:
+        pids = pids_mentioning(text)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"processes still running after {timeout}s: {pids}")
 
 
 def test_sigint_unmounts_cleanly(mount: Mount) -> None:
@@ -93,7 +93,7 @@ def test_daemon_returns_once_mounted_and_exits_on_unmount(
     args += ["--data-dir", str(tmp_path / "data"), "--daemon", str(mp)]
     try:
         r = subprocess.run(
-            objfs_command("mount", *args), capture_output=True, text=True, timeout=60
+            objfs_command("mount", *args), capture_output=True, text=True, timeout=120
         )
         assert r.returncode == 0, r.stderr
         # Mounted and answering by the time the command returned: no waiting here.
@@ -118,7 +118,7 @@ def test_daemon_reports_errors_to_the_caller(
     mp.mkdir()
     args = ["--server", nats_server.url, "--bucket", bucket_name]
     args += ["--data-dir", str(tmp_path / "data"), "--daemon", str(mp)]
-    r = subprocess.run(objfs_command("mount", *args), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(objfs_command("mount", *args), capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         f"objfs: bucket {bucket_name!r} does not exist (add --create to create it)"
@@ -149,7 +149,7 @@ def test_objfs_server_command(tmp_path: Path) -> None:
 
         assert asyncio.run(check())
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert proc.wait(WAIT) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -210,7 +210,7 @@ def test_unusable_spool_dir_is_a_one_line_error(
             "mount", "--server", nats_server.url, "--bucket", bucket_name, "--create",
             "--spool-dir", str(not_a_dir), str(mp),
         ),
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "spool directory" in r.stderr, r.stderr

@@ -15,18 +15,16 @@ import json
 import os
 import secrets
 import subprocess
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
 import pytest
-from helpers import data, sh
+from helpers import data, sh, wait_for
 from mounting import Mount, MountFactory, objfs_command
 
 T = TypeVar("T")
-WAIT = 10.0
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -57,13 +55,6 @@ async def publish_link(js: Any, bucket: str, name: str, link: dict[str, str]) ->
     await js.publish(
         meta_subject(bucket, name), json.dumps(info).encode(), headers={"Nats-Rollup": "sub"}
     )
-
-
-def wait_for(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not check():
-        assert time.monotonic() < deadline, f"not seen in {WAIT}s: {what}"
-        time.sleep(0.05)
 
 
 def os_errno(fn: Callable[[], object]) -> int:
@@ -206,7 +197,7 @@ def test_cp_a_tree_with_symlinks_in_and_out(mount: Mount, tmp_path: Path) -> Non
     raw = with_js(mount.server_url, lambda js: raw_meta(js, str(mount.bucket), "tree/to-file"))
     assert raw["options"]["link"] == {"bucket": mount.bucket, "name": "tree/file.txt"}
     out = tmp_path / "out"
-    r = subprocess.run(["cp", "-a", dst, out], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["cp", "-a", dst, out], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and not r.stderr, r.stderr  # no xattr the copy cannot set
     for rel in links:
         assert os.readlink(out / rel) == os.readlink(src / rel), rel
@@ -265,13 +256,13 @@ def test_read_only_mount_refuses_xattrs_and_links(mounts: MountFactory) -> None:
 def test_objfs_seal_command(nats_server: Any, bucket_name: str) -> None:
     with_js(nats_server.url, lambda js: js.create_object_store(bucket_name))
     cmd = objfs_command("seal", "--server", nats_server.url, bucket_name)
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "--yes" in r.stderr
 
     async def sealed(js: Any) -> bool:
         return (await (await js.object_store(bucket_name)).status()).sealed
 
     assert not with_js(nats_server.url, sealed)
-    r = subprocess.run([*cmd, "--yes"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([*cmd, "--yes"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert with_js(nats_server.url, sealed)
