@@ -1,10 +1,11 @@
 """Live coherence between real mounts: what one mount (or nats-py) changes, another sees at once.
 
 Two mounts of one bucket, or a mount and nats-py's own ObjectStore, on the real server. Each
-change must be visible in the other mount within ``BOUND`` seconds, far less than the entry
-and attribute timeouts these mounts use, so it is the watcher's invalidations that make it
+change must be visible in the other mount within ``BOUND`` seconds, half the entry and
+attribute timeouts these mounts use, so it is the watcher's invalidations that make it
 visible, not a TTL running out (each test looks first, so the kernel holds the old answer,
-negative dentries included). The restart test stops the server under a mount while another
+negative dentries included). How fast it shows is not asserted here: scripts/bench measures
+it (BENCHMARKS.md). The restart test stops the server under a mount while another
 client changes the bucket, and checks that everything shows once the mount's watch is back.
 """
 
@@ -14,32 +15,27 @@ import asyncio
 import io
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import nats
-from helpers import CHUNK, data
+from helpers import CHUNK, data, wait_for
 from mounting import Mount, MountFactory
 
 from objfs.server import EmbeddedServer
 
-ATTR_TIMEOUT = "30"
-"""The mounts here let the kernel cache names and attributes for 30 s (--attr-timeout) ..."""
-BOUND = 5.0
-"""... so a change that shows within 5 s was pushed by the watcher, not found by a TTL expiry
-(the bound leaves room for a loaded CI machine; the latency benchmark measures the real
-figure, p99 in tens of milliseconds)."""
-WATCHED = ("--attr-timeout", ATTR_TIMEOUT)
+ATTR_TIMEOUT = 60.0
+"""The mounts here let the kernel cache names and attributes for 60 s (--attr-timeout) ..."""
+BOUND = ATTR_TIMEOUT / 2
+"""... so a change that shows within 30 s was pushed by the watcher: the kernel's cached
+answer (looked up just before the change) cannot have expired yet. Half the TTL, not a guess
+at speed: a loaded machine has 30 s of slack, and the TTL still cannot explain a pass."""
+WATCHED = ("--attr-timeout", str(ATTR_TIMEOUT))
 
 
-def within(check: Callable[[], bool], what: str, bound: float = BOUND) -> float:
-    """Poll ``check`` until true; fail after ``bound`` seconds; return the time it took."""
-    t0 = time.monotonic()
-    while not check():
-        assert time.monotonic() - t0 < bound, f"not seen within {bound}s: {what}"
-        time.sleep(0.005)
-    return time.monotonic() - t0
+def within(check: Callable[[], bool], what: str) -> float:
+    """Poll ``check`` until true; fail after ``BOUND`` seconds; return the time it took."""
+    return wait_for(check, what, BOUND)
 
 
 def exists(p: Path) -> bool:
@@ -155,9 +151,10 @@ def test_server_restart_under_a_mount(
 
         _nats_py(private_server.url, bucket_name, changes)
         # The watch notices the lost consumer (three heartbeats of silence) and reconciles.
-        within(lambda: listing(p) == ["added", "change", "keep"], "changes after restart", 30)
+        # (nats_js: 3 x the 2 s heartbeat, then a reconnect; well inside BOUND.)
+        within(lambda: listing(p) == ["added", "change", "keep"], "changes after restart")
         # Its cached pages go when the invalidation worker has run (a moment after the tree).
-        within(lambda: (p / "change").read_bytes() == b"after the restart", "new content", 5)
+        within(lambda: (p / "change").read_bytes() == b"after the restart", "new content")
         assert (p / "added").read_bytes() == b"new"
         assert (p / "keep").read_bytes() == b"kept"
         # Live again: a change now shows at once.
@@ -212,7 +209,9 @@ def test_rm_rf_of_a_bucket_watched_by_two_mounts(mounts: MountFactory, bucket_na
     # Both mounts have the bucket loaded (its watch running) when it goes.
     within(lambda: exists(b.mountpoint / bucket_name / "top"), "the new bucket in b")
     assert len(os.listdir(b.mountpoint / bucket_name / "sub")) == 20
-    r = subprocess.run(["rm", "-rf", str(a.mountpoint / bucket_name)], capture_output=True)
+    r = subprocess.run(
+        ["rm", "-rf", str(a.mountpoint / bucket_name)], capture_output=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert not exists(a.mountpoint / bucket_name)
     within(lambda: not exists(b.mountpoint / bucket_name), "a removed bucket in b")
