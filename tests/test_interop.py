@@ -69,7 +69,7 @@ class Runner:
         async def call() -> T:
             return await fn(*args, **kwargs)
 
-        return self.thread.run(call(), timeout=60)
+        return self.thread.run(call(), timeout=120)  # only catches a hang
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def js_client(server: EmbeddedServer, commands: list[dict[str, Any]]) -> list[An
         [node, str(JS_DIR / "objstore.mjs"), server.url],
         input=json.dumps(commands).encode(),
         capture_output=True,
-        timeout=60,
+        timeout=120,  # node's start-up and the client's work, on a possibly loaded machine
         check=False,
     )
     assert proc.returncode == 0, f"node failed ({proc.returncode}):\n{proc.stderr.decode()}"

@@ -19,8 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
+UNMOUNT_BUSY = 30.0
+"""Start, exit and busy-unmount bounds: each only catches a mount that never gets there (a
+loaded 2-core machine starts Python, connects and answers a stat many times slower)."""
 
 
 def mounted(path: Path) -> bool:
@@ -110,7 +113,7 @@ class Mount:
         # A stat answered by the mount: start-up is complete. In a child, so that a mount that
         # never answers fails this start instead of hanging the test run.
         try:
-            subprocess.run(["stat", str(self.mountpoint)], capture_output=True, timeout=20)
+            subprocess.run(["stat", str(self.mountpoint)], capture_output=True, timeout=60)
         except subprocess.TimeoutExpired:
             self.stop(check=False)
             raise RuntimeError(f"the mount does not answer a stat:\n{self.stderr()}") from None
@@ -123,10 +126,13 @@ class Mount:
 
     def unmount(self) -> None:
         """``fusermount3 -u``, retried while something still uses the mount."""
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + UNMOUNT_BUSY
         while mounted(self.mountpoint):
             r = subprocess.run(
-                ["fusermount3", "-u", str(self.mountpoint)], capture_output=True, text=True
+                ["fusermount3", "-u", str(self.mountpoint)],
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             if r.returncode == 0 or time.monotonic() > deadline:
                 break
