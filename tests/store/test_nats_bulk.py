@@ -260,6 +260,35 @@ async def test_fallback_without_bulk_reads_the_same(
     await run(body)
 
 
+@pytest.mark.parametrize("path", ["lean", "nats-py"])
+async def test_read_of_a_deleted_bucket_is_not_found_on_both_paths(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str, path: str
+) -> None:
+    """A batch direct get on a stream that is gone is answered by status 503 (no responders):
+    NotFound (ENOENT) whichever connection reads, so the errno does not depend on TLS."""
+    data = os.urandom(256 * 1024)
+
+    async def body() -> None:
+        if path == "lean":
+            store = await connect([nats_server.url], timeout=5.0)
+        else:  # the read path of TLS or creds connections
+            store = NatsObjectStore(await nats.connect(nats_server.url), 5.0, bulk=None)
+        try:
+            await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
+            info = await store.put(bucket_name, "obj", data, chunk_size=64 * 1024)
+            layout = await store.layout(info)
+            assert b"".join(await store.read_chunks(layout, 0, 4)) == data
+            assert bulk_in_use(store) == (path == "lean")
+            await store.delete_bucket(bucket_name)
+            with pytest.raises(errors.NotFound, match="503"):
+                await store.read_chunks(layout, 0, 4)
+            assert bulk_in_use(store) == (path == "lean")
+        finally:
+            await store.close()
+
+    await run(body)
+
+
 async def test_missing_chunk_is_corrupt(
     run: Run[None], nats_server: EmbeddedServer, bucket_name: str
 ) -> None:
