@@ -28,11 +28,11 @@ async def bench_natspy_put(ctx: Bench) -> None:
             with open(ctx.payload, "rb") as f:
                 info = await obs.put("big", f)
             assert info.digest == ctx.digest, "nats-py put stored a different digest"
-            return int(info.size)
+            return int(info.size or 0)
 
         moved, best, times = await best_of(ctx, put)
         info = await obs.get_info("big")
-        ctx.objects["natspy"] = ("bench_natspy", str(info.nuid), int(info.chunks))
+        ctx.objects["natspy"] = ("bench_natspy", str(info.nuid), int(info.chunks or 0))
         ctx.add(Result("natspy_put", "nats-py ObjectStore.put (file)", moved, best, times))
     finally:
         await nc.close()
@@ -66,9 +66,9 @@ async def bench_raw(ctx: Bench) -> None:
     finally:
         await nc.close()
     a, b = ctx.results["raw_batch"], ctx.results["raw_push"]
-    best = a if a.mib_s >= b.mib_s else b
+    faster = a if a.mib_s >= b.mib_s else b
     ctx.results["raw"] = dataclasses.replace(
-        best, key="raw", label="raw read ceiling", note=f"from {best.key}"
+        faster, key="raw", label="raw read ceiling", note=f"from {faster.key}"
     )
 
     async def lean() -> int:
@@ -111,6 +111,7 @@ async def _natspy_get(ctx: Bench, name: str, size: int, cap: float, *, writeinto
         obs = await nc.jetstream(timeout=30).object_store("bench_natspy")
         try:
             if writeinto:
+                # nats-py annotates writeinto as io.BufferedIOBase but only calls .write on it.
                 await asyncio.wait_for(obs.get(name, writeinto=sink), cap)  # type: ignore[arg-type]
             else:
                 res = await asyncio.wait_for(obs.get(name), cap)

@@ -40,7 +40,7 @@ import ctypes.util
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from nats.nuid import NUID
 
@@ -253,7 +253,8 @@ class _Protocol(asyncio.BufferedProtocol):
         self.conn = conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.conn._transport = transport  # type: ignore[assignment]
+        # create_connection's transports are Transports; the base signature names the base.
+        self.conn._transport = cast(asyncio.Transport, transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.conn._get_buffer()
