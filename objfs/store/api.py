@@ -360,13 +360,21 @@ async def poll_buckets(store: ObjectStore, interval: float) -> AsyncIterator[Buc
     first = True
     while True:
         now = {s.name: s.sealed for s in await store.list_buckets()}
-        for event in bucket_changes(known, now):
+        for event in listing_events(known, now, first=first):
             yield event
-        known = now
-        if first:
-            first = False
-            yield BucketEvent("snapshot_end")
+        known, first = now, False
         await asyncio.sleep(interval)
+
+
+def listing_events(
+    known: dict[str, bool], now: dict[str, bool], *, first: bool
+) -> list[BucketEvent]:
+    """Events of a bucket-list watch for a fresh listing ``now``: the changes since ``known``,
+    then, after the ``first`` listing, ``snapshot_end``."""
+    events = bucket_changes(known, now)
+    if first:
+        events.append(BucketEvent("snapshot_end"))
+    return events
 
 
 def bucket_changes(known: dict[str, bool], now: dict[str, bool]) -> list[BucketEvent]:

@@ -26,7 +26,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from objfs.store import errors
-from objfs.store.api import BucketEvent, ObjectInfo, WatchEvent, bucket_changes
+from objfs.store.api import (
+    BucketEvent,
+    ObjectInfo,
+    WatchEvent,
+    bucket_changes,
+    listing_events,
+)
 from objfs.store.names import check_bucket
 from objfs.store.nats_js import JetStream, OrderedConsumer, mapped
 from objfs.store.nats_subjects import bucket_of_stream, bucket_stream, meta_filter
@@ -164,12 +170,9 @@ class NatsWatcher:
                         continue
                     reconnects = self.nc.stats["reconnects"]
                     relist_at = loop.time() + BUCKET_RESYNC
-                    for event in bucket_changes(known, now):
+                    for event in listing_events(known, now, first=first):
                         yield event
-                    known = now
-                    if first:
-                        first = False
-                        yield BucketEvent("snapshot_end")
+                    known, first = now, False
                 try:
                     msg = await asyncio.wait_for(queue.get(), 1.0)
                 except TimeoutError:
