@@ -12,14 +12,26 @@ async-iterator methods (``read_stream``, ``watch``) are pulled across one batch 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import trio
 
+from objfs.store.api import (
+    BucketConfig,
+    BucketEvent,
+    BucketStatus,
+    ChunkLayout,
+    Chunks,
+    ObjectInfo,
+    ObjectMeta,
+    ObjectStore,
+    WatchEvent,
+)
 from objfs.store.errors import Unavailable
 
 T = TypeVar("T")
@@ -218,34 +230,127 @@ async def _as_coro(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -
 
 
 class TrioStore:
-    """An ``ObjectStore`` seen from trio: same methods, each one bridge hop.
+    """An ``ObjectStore`` seen from trio: the same methods, each one bridge hop.
 
-    ``read_stream``, ``watch`` and ``watch_buckets`` return trio async iterators.
+    Written out method by method (not forwarded by name) so that a call from the filesystem is
+    checked against ``ObjectStore``'s signatures. ``read_stream``, ``watch`` and
+    ``watch_buckets`` return trio async iterators, pulled across a few items a hop.
     """
 
-    _ITERATORS: ClassVar[dict[str, int]] = {"read_stream": 1, "watch": 256, "watch_buckets": 16}
-    """Async-iterator methods and how many items one hop may carry. ``read_stream`` items are
-    already batches of chunks (MiBs each): one a hop, so at most two wait in the pump's queue
-    and memory stays bounded by the reader's own flow control. Watch events are small and a
-    snapshot has one per object: many a hop."""
+    READ_STREAM_PER_HOP = 1
+    """``read_stream`` items are already batches of chunks (MiBs each): one a hop, so at most
+    two wait in the pump's queue and memory stays bounded by the reader's own flow control."""
+    WATCH_PER_HOP = 256
+    """Watch events are small and a snapshot has one per object: many a hop."""
+    WATCH_BUCKETS_PER_HOP = 16
 
-    def __init__(self, store: Any, bridge: Bridge) -> None:
+    def __init__(self, store: ObjectStore, bridge: Bridge) -> None:
         self.store = store
         self.bridge = bridge
 
-    def __getattr__(self, name: str) -> Any:
-        target = getattr(self.store, name)
-        if not callable(target):
-            return target
-        per_hop = self._ITERATORS.get(name)
-        if per_hop is not None:
+    @property
+    def max_chunk_size(self) -> int | None:
+        """The backend's (a plain attribute: read without a hop)."""
+        return self.store.max_chunk_size
 
-            def iterator(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-                return self.bridge.iterate(lambda: target(*args, **kwargs), batch=per_hop)
+    # -- buckets ---------------------------------------------------------------------------
+    async def create_bucket(self, config: BucketConfig) -> BucketStatus:
+        return await self.bridge.call(self.store.create_bucket, config)
 
-            return iterator
+    async def update_bucket(self, config: BucketConfig) -> BucketStatus:
+        return await self.bridge.call(self.store.update_bucket, config)
 
-        async def method(*args: Any, **kwargs: Any) -> Any:
-            return await self.bridge.call(target, *args, **kwargs)
+    async def delete_bucket(self, name: str) -> None:
+        await self.bridge.call(self.store.delete_bucket, name)
 
-        return method
+    async def bucket_status(self, name: str) -> BucketStatus:
+        return await self.bridge.call(self.store.bucket_status, name)
+
+    async def list_buckets(self) -> list[BucketStatus]:
+        return await self.bridge.call(self.store.list_buckets)
+
+    async def seal_bucket(self, name: str) -> BucketStatus:
+        return await self.bridge.call(self.store.seal_bucket, name)
+
+    # -- objects: metadata -----------------------------------------------------------------
+    async def info(self, bucket: str, name: str, *, deleted: bool = False) -> ObjectInfo:
+        return await self.bridge.call(self.store.info, bucket, name, deleted=deleted)
+
+    async def list(self, bucket: str, *, deleted: bool = False) -> builtins.list[ObjectInfo]:
+        return await self.bridge.call(self.store.list, bucket, deleted=deleted)
+
+    async def update_meta(self, bucket: str, name: str, meta: ObjectMeta) -> ObjectInfo:
+        return await self.bridge.call(self.store.update_meta, bucket, name, meta)
+
+    async def rename(self, bucket: str, old: str, new: str, *, replace: bool = False) -> ObjectInfo:
+        return await self.bridge.call(self.store.rename, bucket, old, new, replace=replace)
+
+    async def delete(self, bucket: str, name: str) -> ObjectInfo:
+        return await self.bridge.call(self.store.delete, bucket, name)
+
+    async def add_link(
+        self, bucket: str, name: str, target_bucket: str, target_name: str
+    ) -> ObjectInfo:
+        return await self.bridge.call(self.store.add_link, bucket, name, target_bucket, target_name)
+
+    async def add_bucket_link(self, bucket: str, name: str, target_bucket: str) -> ObjectInfo:
+        return await self.bridge.call(self.store.add_bucket_link, bucket, name, target_bucket)
+
+    # -- objects: data ---------------------------------------------------------------------
+    async def put(
+        self,
+        bucket: str,
+        name: str,
+        source: BinaryIO | bytes,
+        *,
+        meta: ObjectMeta | None = None,
+        chunk_size: int | None = None,
+        if_revision: int | None = None,
+    ) -> ObjectInfo:
+        return await self.bridge.call(
+            self.store.put,
+            bucket,
+            name,
+            source,
+            meta=meta,
+            chunk_size=chunk_size,
+            if_revision=if_revision,
+        )
+
+    async def layout(self, info: ObjectInfo) -> ChunkLayout:
+        return await self.bridge.call(self.store.layout, info)
+
+    async def read_chunks(self, layout: ChunkLayout, first: int, count: int) -> Chunks:
+        return await self.bridge.call(self.store.read_chunks, layout, first, count)
+
+    def read_stream(self, info: ObjectInfo, *, window: int | None = None) -> AsyncIterator[Chunks]:
+        """``window`` None: the backend's own default (it may differ from the API's)."""
+        if window is None:
+            return self.bridge.iterate(
+                lambda: self.store.read_stream(info), batch=self.READ_STREAM_PER_HOP
+            )
+        return self.bridge.iterate(
+            lambda: self.store.read_stream(info, window=window), batch=self.READ_STREAM_PER_HOP
+        )
+
+    async def get(self, bucket: str, name: str, sink: BinaryIO) -> ObjectInfo:
+        return await self.bridge.call(self.store.get, bucket, name, sink)
+
+    async def resolve(self, bucket: str, name: str) -> ObjectInfo:
+        return await self.bridge.call(self.store.resolve, bucket, name)
+
+    # -- change notices --------------------------------------------------------------------
+    def watch(self, bucket: str) -> AsyncIterator[WatchEvent]:
+        return self.bridge.iterate(lambda: self.store.watch(bucket), batch=self.WATCH_PER_HOP)
+
+    def watch_buckets(self) -> AsyncIterator[BucketEvent]:
+        return self.bridge.iterate(self.store.watch_buckets, batch=self.WATCH_BUCKETS_PER_HOP)
+
+    async def close(self) -> None:
+        await self.bridge.call(self.store.close)
+
+
+if TYPE_CHECKING:
+    # The type checker proves here that TrioStore has every ObjectStore method, same signature.
+    def _is_an_object_store(store: TrioStore) -> ObjectStore:
+        return store

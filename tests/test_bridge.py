@@ -265,7 +265,7 @@ async def test_iterate_closes_generator_when_consumer_cancelled(bridge: Bridge) 
 async def test_trio_store_forwards_methods_and_iterators(bridge: Bridge) -> None:
     backend = await bridge.call(_make_memory_store)
     store = TrioStore(backend, bridge)
-    assert store.delay == 0.0  # plain attributes pass through
+    assert store.store.delay == 0.0  # the backend stays reachable
     await store.create_bucket(BucketConfig("b", chunk_size=3))
     info = await store.put("b", "x", b"abcdefgh")
     assert (await store.info("b", "x")).nuid == info.nuid
@@ -287,10 +287,10 @@ async def test_trio_store_runs_methods_on_the_asyncio_loop(
     bridge: Bridge, asyncio_thread: AsyncioThread
 ) -> None:
     class Probe:
-        async def where(self) -> bool:
+        async def list_buckets(self) -> bool:
             return asyncio.get_running_loop() is asyncio_thread.loop
 
-    assert await TrioStore(Probe(), bridge).where() is True
+    assert await TrioStore(Probe(), bridge).list_buckets() is True
 
 
 async def _make_memory_store() -> MemoryObjectStore:

@@ -1,10 +1,13 @@
 """The backend-neutral object store API that the filesystem is written against.
 
-Two implementations: ``objfs.store.nats_store.NatsObjectStore`` (ADR-20 on a real server; the
-only module that imports nats) and ``objfs.store.memory.MemoryObjectStore`` (in-process, for fast
-tests and fault injection). Both run on an asyncio event loop; the filesystem, which runs under
-trio, reaches them through ``objfs.bridge`` (one hop per call, so calls are coarse: a batch of
-chunks, a whole put).
+``ObjectStore`` is the one typed contract. Two backends subclass it:
+``objfs.store.nats_store.NatsObjectStore`` (ADR-20 on a real server; it and the ``nats_``
+modules it is built from are objfs's only nats importers) and
+``objfs.store.memory.MemoryObjectStore`` (in-process, for fast tests and fault injection).
+Both run on an asyncio event loop; the filesystem, which runs under trio, reaches them through
+``objfs.bridge.TrioStore`` (one hop per call, so calls are coarse: a batch of chunks, a whole
+put), which has the same methods and is checked against this contract structurally (it is a
+``Protocol``, so a class matches it without inheriting).
 
 Semantics every implementation honours (the contract tests in tests/store/ check them):
 
@@ -27,9 +30,13 @@ import bisect
 import dataclasses
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, Protocol
 
 DEFAULT_CHUNK_SIZE = 128 * 1024
+
+Chunks = list[bytes]
+"""Chunk payloads in order: what ``read_chunks`` returns and ``read_stream`` yields (named, as
+the store classes' ``list`` method shadows the builtin in their bodies)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,13 +191,17 @@ BUCKET_POLL_INTERVAL = 2.0
 """Seconds between bucket listings of the default (polling) ``watch_buckets``."""
 
 
-class ObjectStore(abc.ABC):
-    """An object store: buckets of named, chunked, immutable-once-written objects."""
+class ObjectStore(Protocol):
+    """An object store: buckets of named, chunked, immutable-once-written objects.
 
-    max_chunk_size: int | None = None
-    """Largest chunk a put may use (NATS: the server's max_payload); None: no limit."""
+    Backends subclass it (and inherit ``get``, ``resolve`` and a polling ``watch_buckets``);
+    ``TrioStore`` matches it structurally.
+    """
 
-    bucket_poll_interval: float = BUCKET_POLL_INTERVAL
+    @property
+    def max_chunk_size(self) -> int | None:
+        """Largest chunk a put may use (NATS: the server's max_payload); None: no limit."""
+        return None
 
     # -- buckets ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -276,12 +287,12 @@ class ObjectStore(abc.ABC):
         """Where the chunks of this version (``info.nuid``) are."""
 
     @abc.abstractmethod
-    async def read_chunks(self, layout: ChunkLayout, first: int, count: int) -> list[bytes]:
+    async def read_chunks(self, layout: ChunkLayout, first: int, count: int) -> Chunks:
         """Chunks ``first`` .. ``first + count - 1`` (clipped at the end), in one round trip
         where the backend can; Corrupt if one is missing or not the size the layout says."""
 
     @abc.abstractmethod
-    def read_stream(self, info: ObjectInfo, *, window: int = 64) -> AsyncIterator[list[bytes]]:
+    def read_stream(self, info: ObjectInfo, *, window: int = 64) -> AsyncIterator[Chunks]:
         """The object's chunks in order, in batches (fetching ahead up to ``window`` chunks).
 
         The digest is verified at the end; a mismatch raises Corrupt after the last batch.
@@ -307,23 +318,13 @@ class ObjectStore(abc.ABC):
     def watch(self, bucket: str) -> AsyncIterator[WatchEvent]:
         """Current state (one ``put`` per live object), ``snapshot_end``, then live changes."""
 
-    async def watch_buckets(self) -> AsyncIterator[BucketEvent]:
+    def watch_buckets(self) -> AsyncIterator[BucketEvent]:
         """Every bucket (``put``), ``snapshot_end``, then buckets created, sealed or deleted.
 
-        This default polls ``list_buckets`` every ``bucket_poll_interval`` seconds and reports
-        the differences; a backend with change notices (NATS: stream advisories) overrides it.
+        This default polls (``poll_buckets``); a backend with change notices (NATS: stream
+        advisories) overrides it.
         """
-        known: dict[str, bool] = {}
-        first = True
-        while True:
-            now = {s.name: s.sealed for s in await self.list_buckets()}
-            for event in bucket_changes(known, now):
-                yield event
-            known = now
-            if first:
-                first = False
-                yield BucketEvent("snapshot_end")
-            await asyncio.sleep(self.bucket_poll_interval)
+        return poll_buckets(self, BUCKET_POLL_INTERVAL)
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -350,6 +351,30 @@ def pieces(source: BinaryIO | bytes | bytearray | memoryview, size: int) -> Iter
                 break
             piece += more
         yield piece
+
+
+async def poll_buckets(store: ObjectStore, interval: float) -> AsyncIterator[BucketEvent]:
+    """``watch_buckets`` by listing the buckets every ``interval`` seconds and reporting the
+    differences."""
+    known: dict[str, bool] = {}
+    first = True
+    while True:
+        now = {s.name: s.sealed for s in await store.list_buckets()}
+        for event in listing_events(known, now, first=first):
+            yield event
+        known, first = now, False
+        await asyncio.sleep(interval)
+
+
+def listing_events(
+    known: dict[str, bool], now: dict[str, bool], *, first: bool
+) -> list[BucketEvent]:
+    """Events of a bucket-list watch for a fresh listing ``now``: the changes since ``known``,
+    then, after the ``first`` listing, ``snapshot_end``."""
+    events = bucket_changes(known, now)
+    if first:
+        events.append(BucketEvent("snapshot_end"))
+    return events
 
 
 def bucket_changes(known: dict[str, bool], now: dict[str, bool]) -> list[BucketEvent]:

@@ -50,14 +50,17 @@ from typing import BinaryIO
 
 from objfs.store.api import (
     BucketConfig,
+    BucketEvent,
     BucketStatus,
     ChunkLayout,
+    Chunks,
     Link,
     ObjectInfo,
     ObjectMeta,
     ObjectStore,
     WatchEvent,
     pieces,
+    poll_buckets,
 )
 from objfs.store.errors import (
     Corrupt,
@@ -154,7 +157,7 @@ class MemoryObjectStore(ObjectStore):
     """Buckets held in this process (see the module docstring for fault injection)."""
 
     bucket_poll_interval = 0.05
-    """``watch_buckets`` polls (the default implementation): listing is cheap in memory."""
+    """Seconds between the listings of ``watch_buckets``: listing is cheap in memory."""
 
     def __init__(self, *, delay: float = 0.0) -> None:
         self.delay = delay
@@ -454,11 +457,11 @@ class MemoryObjectStore(ObjectStore):
                 offsets.append(min(info.size, (i + 1) * cs))
         return ChunkLayout(info.bucket, info.nuid, list(rec.seqs), offsets)
 
-    async def read_chunks(self, layout: ChunkLayout, first: int, count: int) -> list[bytes]:
+    async def read_chunks(self, layout: ChunkLayout, first: int, count: int) -> Chunks:
         await self._enter("read_chunks")
         return self._read(layout, first, count)
 
-    def _read(self, layout: ChunkLayout, first: int, count: int) -> list[bytes]:
+    def _read(self, layout: ChunkLayout, first: int, count: int) -> Chunks:
         if first < 0 or count < 0:
             raise ValueError("first and count must not be negative")
         b = self._bucket(layout.bucket)
@@ -477,9 +480,7 @@ class MemoryObjectStore(ObjectStore):
             out.append(d)
         return out
 
-    async def read_stream(
-        self, info: ObjectInfo, *, window: int = 64
-    ) -> AsyncIterator[list[bytes]]:
+    async def read_stream(self, info: ObjectInfo, *, window: int = 64) -> AsyncIterator[Chunks]:
         await self._enter("read_stream")
         if info.link is not None and info.link.name is not None:
             # Internal lookups: no extra call counts or injected faults.
@@ -522,6 +523,9 @@ class MemoryObjectStore(ObjectStore):
         finally:
             if queue in b.watchers:
                 b.watchers.remove(queue)
+
+    def watch_buckets(self) -> AsyncIterator[BucketEvent]:
+        return poll_buckets(self, self.bucket_poll_interval)
 
     async def close(self) -> None:
         self._closed = True

@@ -25,9 +25,10 @@ client protocol itself, for one job only:
 It authenticates with user/password or a token, like the main connection. Anything else (TLS,
 creds/nkeys/JWT, a server that demands TLS or a nonce signature) raises ``Unsupported`` and the
 store keeps using nats-py for reads. Errors are objfs errors: a lost connection is Unavailable,
-a batch that does not end within the timeout is Timeout, an unexpected status is Corrupt (503,
-nobody answers for the stream, is NotFound). Nothing here verifies chunks against a layout:
-the caller does (sequence and size of every chunk), so a missing chunk is Corrupt, never a hang.
+a batch that does not end within the timeout is Timeout, a status is the error
+``nats_protocol`` says it is (the same as on nats-py's path). Nothing here verifies chunks
+against a layout: the caller does (sequence and size of every chunk), so a missing chunk is
+Corrupt, never a hang.
 """
 
 from __future__ import annotations
@@ -39,11 +40,18 @@ import ctypes.util
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from nats.nuid import NUID
 
 from objfs.store import errors
+from objfs.store.nats_protocol import (
+    FLOW_CONTROL,
+    STALLED,
+    ack_tokens,
+    batch_end_error,
+    push_status_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,7 @@ MIN_READ = 512 << 10
 """Compact (or grow) the buffer when less than this is free after the unparsed bytes."""
 
 SEQ = b"Nats-Sequence: "
+STALLED_HEADER = STALLED.encode() + b": "
 CRLF = b"\r\n"
 
 MALLOC_MMAP_THRESHOLD = 4 << 20
@@ -244,7 +253,8 @@ class _Protocol(asyncio.BufferedProtocol):
         self.conn = conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.conn._transport = transport  # type: ignore[assignment]
+        # create_connection's transports are Transports; the base signature names the base.
+        self.conn._transport = cast(asyncio.Transport, transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.conn._get_buffer()
@@ -529,11 +539,8 @@ class BulkConnection:
     ) -> None:
         """One message for ``batch``: a chunk, or the status that ends the batch."""
         if body != hend and buf[body + 8] == 32:  # "NATS/1.0 <code>": a status message
-            code = bytes(view[body + 9 : body + 12])
-            if code != b"204" and code != b"404":
-                text = bytes(view[body + 9 : buf.find(CRLF, body, hend)]).decode(errors="replace")
-                cls = errors.NotFound if code == b"503" else errors.Corrupt
-                batch.error = cls(f"{batch.what}: status {text}")
+            text = bytes(view[body + 9 : buf.find(CRLF, body, hend)]).decode(errors="replace")
+            batch.error = batch_end_error(text[:3], text, batch.what)
             if not batch.done.done():
                 batch.done.set_result(None)
             return
@@ -559,28 +566,25 @@ class BulkConnection:
     ) -> None:
         """One push-consumer message: a chunk, a flow-control request or a heartbeat."""
         if body != hend and buf[body + 8] == 32:  # a status: 100 (flow control, heartbeat)
-            code = bytes(view[body + 9 : body + 12])
-            if code == b"100":
+            code = bytes(view[body + 9 : body + 12]).decode(errors="replace")
+            if code == FLOW_CONTROL:
                 if reply:  # flow-control request: answer now, or when the reader caught up
                     if push.buffered > push.limit:
                         push.held.append(reply)
                     else:
                         self._reply(reply)
-                k = buf.find(b"Nats-Consumer-Stalled: ", body, hend)
+                k = buf.find(STALLED_HEADER, body, hend)
                 if k >= 0:
-                    self._reply(bytes(view[k + 23 : buf.find(CRLF, k, hend)]))
+                    self._reply(bytes(view[k + len(STALLED_HEADER) : buf.find(CRLF, k, hend)]))
             else:
                 text = bytes(view[body + 9 : buf.find(CRLF, body, hend)]).decode(errors="replace")
-                push.error = errors.Unavailable(f"{push.what}: status {text}")
+                push.error = push_status_error(code, text, push.what)
                 push._wake()
             return
-        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (v1), or v2
-        # with <domain>.<account hash> after ACK and a random token at the end.
-        t = reply.split(b".")
-        off = 2 if len(t) == 9 else 4
         try:
-            seq, pending = int(t[off + 3]), int(t[off + 6])
-        except (IndexError, ValueError):
+            ack = ack_tokens(reply)
+            seq, pending = ack.stream_seq, ack.pending
+        except ValueError:
             seq, pending = 0, 0  # not a JetStream delivery: the reader's check fails it
         data = bytes(view[hend:stop])
         chain = push.chain

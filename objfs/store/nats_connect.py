@@ -6,7 +6,7 @@ reader of ``nats_bulk`` may open its own second connection: it speaks plain TCP 
 user/password or token only, so TLS or creds leave reads on nats-py's connection. nats-py's
 socket reads are raised to ``READ_BUFFER`` (its 32 KiB default measured slow for large reads).
 
-nats-py reports the connection's life through callbacks; ``_ConnectionEvents`` logs them at a
+nats-py reports the connection's life through callbacks; ``ConnectionEvents`` logs them at a
 level that matches what they mean, so an outage is told once, not once per reconnect attempt.
 """
 
@@ -52,7 +52,7 @@ async def connect(
 
     Unavailable if no server answers within ``timeout``.
     """
-    events = _ConnectionEvents()
+    events = ConnectionEvents()
     opts: dict[str, Any] = {
         "servers": servers,
         "name": name,
@@ -100,7 +100,7 @@ async def connect(
     return NatsObjectStore(nc, timeout, bulk=bulk, events=events)
 
 
-class _ConnectionEvents:
+class ConnectionEvents:
     """nats-py's connection callbacks, logged at a level that matches what they mean.
 
     Failed attempts of the initial connect are debug (``connect`` raises one Unavailable with

@@ -4,7 +4,9 @@ Why not nats-py's JetStream helpers: its ordered consumer answers flow control f
 loop (stalls), its direct get raises generic errors, and none of it does ADR-31 batch direct
 gets. This module speaks the JetStream JSON API directly (stream CRUD, publish with acks,
 direct get, batch direct get, ephemeral ordered push consumers) and turns every failure into an
-``objfs.store.errors`` class, so ``nats_store`` contains object-store logic only.
+``objfs.store.errors`` class, so ``nats_store`` contains object-store logic only. What it
+shares with the lean reader of ``nats_bulk`` (consumer configuration, ack subjects, statuses
+and their errors) is in ``nats_protocol``.
 
 Everything here uses one timeout (the store's), so a silent server costs at most that long.
 """
@@ -17,62 +19,34 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from objfs.store import errors
+from objfs.store.nats_protocol import (
+    API,
+    CONSUMER_GONE,
+    DESCRIPTION,
+    FLOW_CONTROL,
+    LAST_CONSUMER,
+    NO_RESPONDERS,
+    SEQUENCE,
+    STALLED,
+    STATUS,
+    ack_tokens,
+    batch_end_error,
+    consumer_create,
+    consumer_delete,
+    push_consumer_config,
+    raise_api_error,
+)
+from objfs.store.nats_subjects import bucket_of_stream
 from objfs.store.wire import parse_mtime
 
 log = logging.getLogger(__name__)
-
-API = "$JS.API"
-
-# JetStream error codes (nats-server's errors.json) objfs tells apart.
-ERR_STREAM_NOT_FOUND = 10059
-ERR_STREAM_NAME_IN_USE = 10058
-ERR_WRONG_LAST_SEQUENCE = 10071
-ERR_INSUFFICIENT_RESOURCES = 10023
-ERR_STREAM_SEALED = 10109
-ERR_NO_MESSAGE = 10037
-ERR_STORE_FAILED = 10077
-
-
-class WrongLastSequence(errors.Exists):
-    """A publish's Nats-Expected-Last-Subject-Sequence did not match (someone wrote first)."""
-
-
-def raise_api_error(err: dict[str, Any], what: str) -> NoReturn:
-    """Map a JetStream API error object to the objfs error class."""
-    code = err.get("code")
-    err_code = err.get("err_code")
-    desc = str(err.get("description", ""))
-    text = f"{what}: {desc} (code {code}, err_code {err_code})"
-    low = desc.lower()
-    if err_code == ERR_WRONG_LAST_SEQUENCE or "wrong last sequence" in low:
-        raise WrongLastSequence(text)
-    if err_code == ERR_STREAM_SEALED or "sealed" in low:
-        raise errors.ReadOnly(text)
-    if err_code == ERR_STREAM_NOT_FOUND or (code == 404 and "stream" in low):
-        raise errors.NotFound(text)
-    if err_code == ERR_STREAM_NAME_IN_USE:
-        raise errors.Exists(text)
-    if (
-        err_code == ERR_INSUFFICIENT_RESOURCES
-        or "maximum bytes" in low
-        or "resource" in low
-        or ("storage" in low and "exceed" in low)
-    ):
-        raise errors.NoSpace(text)
-    if code == 404 or err_code == ERR_NO_MESSAGE:
-        raise errors.NotFound(text)
-    if code == 503:
-        raise errors.Unavailable(text)
-    if code == 400:
-        raise errors.InvalidName(text) if "name" in low else errors.StoreError(text)
-    raise errors.StoreError(text)
 
 
 @contextlib.contextmanager
@@ -122,14 +96,14 @@ class StoredMsg:
 
 def _status(msg: Msg) -> str | None:
     h = msg.headers
-    return h.get("Status") if h else None
+    return h.get(STATUS) if h else None
 
 
 def _stored(msg: Msg) -> StoredMsg:
     h = msg.headers or {}
     return StoredMsg(
         subject=h.get("Nats-Subject", msg.subject),
-        seq=int(h.get("Nats-Sequence", 0)),
+        seq=int(h.get(SEQUENCE, 0)),
         data=msg.data,
         headers=h,
         timestamp_ns=parse_mtime(h.get("Nats-Time-Stamp")) or 0,
@@ -157,6 +131,8 @@ class JetStream:
             resp = json.loads(msg.data)
         except ValueError:
             raise errors.StoreError(f"{subject}: bad JSON answer") from None
+        if not isinstance(resp, dict):
+            raise errors.StoreError(f"{subject}: answer is not a JSON object")
         if "error" in resp:
             raise_api_error(resp["error"], subject)
         return resp
@@ -201,9 +177,21 @@ class JetStream:
         if status == "404":
             return None
         if status is not None:
-            desc = (msg.headers or {}).get("Description", "")
+            desc = (msg.headers or {}).get(DESCRIPTION, "")
             raise_api_error({"code": int(status), "description": desc}, what)
         return _stored(msg)
+
+    async def bucket_streams(self) -> list[dict[str, Any]]:
+        """Stream infos of every object store bucket (one request per 256 streams)."""
+        infos: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            resp = await self.api("STREAM.LIST", {"offset": offset})
+            streams = resp.get("streams") or []
+            infos.extend(s for s in streams if bucket_of_stream(s["config"]["name"]))
+            offset += len(streams)
+            if not streams or offset >= int(resp.get("total", 0)):
+                return infos
 
     async def purge(self, stream: str, subject: str | None = None) -> None:
         body = {"filter": subject} if subject else {}
@@ -213,12 +201,13 @@ class JetStream:
 class _Request:
     """One outstanding batch direct get: collects messages until its end-of-batch status."""
 
-    __slots__ = ("done", "error", "msgs")
+    __slots__ = ("done", "error", "msgs", "what")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, what: str) -> None:
         self.msgs: list[Msg] = []
         self.done: asyncio.Future[None] = loop.create_future()
-        self.error: str | None = None
+        self.error: errors.StoreError | None = None
+        self.what = what
 
 
 class BatchGetter:
@@ -252,12 +241,12 @@ class BatchGetter:
         if req is None or req.done.done():
             return
         headers = msg.headers
-        status = headers.get("Status") if headers and not msg.data else None
+        status = headers.get(STATUS) if headers and not msg.data else None
         if status is None:
             req.msgs.append(msg)
             return
-        if status not in ("204", "404"):
-            req.error = f"status {status} {headers.get('Description', '')}"
+        text = f"{status} {headers.get(DESCRIPTION, '')}" if headers else status
+        req.error = batch_end_error(status, text, req.what)
         req.done.set_result(None)
 
     async def request(
@@ -266,10 +255,10 @@ class BatchGetter:
         """Send one batch request; a future of its messages (raises objfs errors)."""
         token = str(self._next)
         self._next += 1
-        req = _Request(asyncio.get_running_loop())
+        what = f"batch get {subject} from {seq}"
+        req = _Request(asyncio.get_running_loop(), what)
         self._reqs[token] = req
         body = json.dumps({"seq": seq, "batch": count, "next_by_subj": subject}).encode()
-        what = f"batch get {subject} from {seq}"
         self.js._check_open(what)
         with mapped(what):
             await self.js.nc.publish(
@@ -283,8 +272,8 @@ class BatchGetter:
                 await asyncio.wait_for(asyncio.shield(req.done), self.js.timeout)
         finally:
             self._reqs.pop(token, None)
-        if req.error:
-            raise errors.Corrupt(f"{what}: {req.error}")
+        if req.error is not None:
+            raise req.error
         return req.msgs
 
     async def close(self) -> None:
@@ -297,17 +286,6 @@ class BatchGetter:
 
 _background: set[asyncio.Future[None]] = set()
 """Fire-and-forget requests (consumer deletes), referenced until done."""
-
-
-def _ack_tokens(reply: str) -> tuple[int, int, int, int]:
-    """(stream seq, consumer seq, timestamp ns, pending) from a JetStream ack subject.
-
-    v1: ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``;
-    v2 adds ``<domain>.<account hash>`` after ``ACK`` and a random token at the end.
-    """
-    t = reply.split(".")
-    off = 2 if len(t) == 9 else 4
-    return int(t[off + 3]), int(t[off + 4]), int(t[off + 5]), int(t[off + 6])
 
 
 class OrderedConsumer:
@@ -342,7 +320,6 @@ class OrderedConsumer:
         self._inbox = ""
         self._last_sseq = 0
         self._next_cseq = 1
-        self.resets = 0
 
     async def start(self) -> int:
         """Create the consumer; messages pending for it at creation (0: nothing to deliver)."""
@@ -354,25 +331,17 @@ class OrderedConsumer:
         return self.pending_at_start
 
     async def _create(self, policy: str, start_seq: int | None) -> None:
-        config: dict[str, Any] = {
-            "deliver_policy": policy,
-            "ack_policy": "none",
-            "max_deliver": 1,
-            "filter_subject": self.filter_subject,
-            "deliver_subject": self._inbox,
-            "flow_control": True,
-            "idle_heartbeat": int(self.heartbeat * 1e9),
-            "mem_storage": True,
-            "num_replicas": 1,
-            "inactive_threshold": int(max(30.0, 10 * self.heartbeat) * 1e9),
-            "headers_only": self.headers_only,
-        }
-        if start_seq is not None:
-            config["opt_start_seq"] = start_seq
-        self._next_cseq = 1
-        resp = await self.js.api(
-            f"CONSUMER.CREATE.{self.stream}", {"stream_name": self.stream, "config": config}
+        config = push_consumer_config(
+            self._inbox,
+            self.filter_subject,
+            deliver_policy=policy,
+            heartbeat=self.heartbeat,
+            inactive_threshold=max(30.0, 10 * self.heartbeat),
+            opt_start_seq=start_seq,
+            headers_only=self.headers_only,
         )
+        self._next_cseq = 1
+        resp = await self.js.api(*consumer_create(self.stream, config))
         self.name = resp.get("name")
         self.pending_at_start = int(resp.get("num_pending", 0))
 
@@ -384,7 +353,6 @@ class OrderedConsumer:
 
         ``fresh``: start over with the original deliver policy instead (a new snapshot).
         """
-        self.resets += 1
         self._drop_consumer()
         # Messages of the old consumer still queued would look like a gap: discard them.
         while not self._queue.empty():
@@ -399,7 +367,7 @@ class OrderedConsumer:
     def _drop_consumer(self) -> None:
         if self.name and not self.js.nc.is_closed:
             # Fire and forget: the inactive threshold removes it anyway if this is lost.
-            subject = f"{API}.CONSUMER.DELETE.{self.stream}.{self.name}"
+            subject = consumer_delete(self.stream, self.name)
             task = asyncio.ensure_future(self.js.nc.publish(subject, b""))
             _background.add(task)
             task.add_done_callback(_background.discard)
@@ -429,7 +397,7 @@ class OrderedConsumer:
                 continue
             if not msg.reply:
                 continue
-            sseq, cseq, ts, pending = _ack_tokens(msg.reply)
+            sseq, cseq, ts, pending = ack_tokens(msg.reply.encode())
             if cseq != self._next_cseq:
                 log.debug("consumer gap on %s: %d != %d", self.stream, cseq, self._next_cseq)
                 await self.reset()
@@ -441,16 +409,16 @@ class OrderedConsumer:
 
     async def _control(self, msg: Msg, status: str) -> None:
         h = msg.headers or {}
-        if status == "100":
+        if status == FLOW_CONTROL:
             if msg.reply:  # flow control request: answer at once
                 await self.js.nc.publish(msg.reply, b"")
-            stalled = h.get("Nats-Consumer-Stalled")
+            stalled = h.get(STALLED)
             if stalled:
                 await self.js.nc.publish(stalled, b"")
-            last = h.get("Nats-Last-Consumer")
+            last = h.get(LAST_CONSUMER)
             if last is not None and int(last) != self._next_cseq - 1:
                 await self.reset()  # a heartbeat tells us we missed messages
-        elif status == "409":
+        elif status == CONSUMER_GONE:
             # Consumer deleted or replaced under us (e.g. server restart): start again.
             await self.reset()
 
@@ -515,7 +483,7 @@ class Publisher:
         if fut is None or fut.done():
             return
         status = _status(msg)
-        if status == "503":  # no responders: the stream does not exist
+        if status == NO_RESPONDERS:  # the stream does not exist
             fut.set_exception(errors.NotFound("publish: no stream for this bucket"))
             return
         try:

@@ -1,6 +1,9 @@
 """The read path of ``NatsObjectStore``: chunk layouts, and chunks read fast and checked.
 
-A mixin (``NatsReads``) so the read machinery has a module of its own; the store inherits it.
+``NatsReader`` is the part of the store that reads: the store builds it with what it uses (the
+connection, its JetStream client, the timeout, the lean reader's credentials) and delegates
+``layout``, ``read_chunks`` and ``read_stream`` to it. It owns the layout cache (``put`` fills
+it through ``remember``) and the read connections.
 
 - ``layout()`` of an object this process wrote costs nothing: ``put`` caches the stream
   sequences its acks gave. Otherwise the first and last chunk are read (two direct gets); if
@@ -13,7 +16,8 @@ A mixin (``NatsReads``) so the read machinery has a module of its own; the store
 - Both go through ``nats_bulk``'s lean reader on a second connection when the connection
   options allow (plain TCP, no auth, user/password or token): nats-py's receive path cost more
   CPU than the server sending the data. With TLS or creds (or if the lean connection cannot be
-  opened) reads use nats-py's connection, the same requests.
+  opened) reads use nats-py's connection, the same requests. Either is a ``ChunkSource``
+  (``nats_sources``); the protocol rules both follow are ``nats_protocol``'s.
 """
 
 from __future__ import annotations
@@ -24,15 +28,18 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable
+from typing import Protocol
 
 from cachetools import LRUCache
+from nats.aio.client import Client
 
 from objfs.store import errors
 from objfs.store.api import ChunkLayout, ObjectInfo
-from objfs.store.nats_bulk import Batch, BulkAuth, BulkConnection, HashChain, Unsupported
+from objfs.store.nats_bulk import BulkAuth, BulkConnection, HashChain, Unsupported
 from objfs.store.nats_js import BatchGetter, JetStream, StoredMsg, consume_snapshot
+from objfs.store.nats_protocol import consumer_create, consumer_delete, push_consumer_config
+from objfs.store.nats_sources import BulkSource, ChunkSource, NatsPySource, PendingChunks
 from objfs.store.nats_subjects import bucket_stream, chunk_subject
 from objfs.store.wire import parse_digest
 
@@ -54,20 +61,56 @@ under this size the consumer's create and delete round trips are not worth it.""
 BULK_RETRY = 1.0
 """Seconds to read through nats-py after the lean connection could not be opened."""
 
+LAYOUT_CACHE = 512
+"""Layouts of objects this process wrote (nuid -> layout), kept for a free ``layout()``."""
 
-class NatsReads:
+
+class OpenBulk(Protocol):
+    """How the reader opens its lean connection (``BulkConnection.open``)."""
+
+    def __call__(
+        self, host: str, port: int, *, auth: BulkAuth | None, timeout: float, name: str
+    ) -> Awaitable[BulkConnection]: ...
+
+
+class NatsReader:
     """``layout``, ``read_chunks`` and ``read_stream`` of ``NatsObjectStore``."""
 
-    # Set by NatsObjectStore.__init__ (close() closes the connections).
-    nc: Any
-    js: JetStream
-    timeout: float
-    _getter: BatchGetter | None
-    _bulk_auth: BulkAuth | None
-    _bulk: BulkConnection | None
-    _bulk_lock: asyncio.Lock
-    _bulk_retry_at: float
-    _layouts: LRUCache[tuple[str, str], ChunkLayout]
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStream,
+        timeout: float,
+        *,
+        bulk_auth: BulkAuth | None,
+        open_bulk: OpenBulk = BulkConnection.open,
+    ) -> None:
+        """``bulk_auth``: credentials for the lean reader; None reads through ``nc`` only."""
+        self.nc = nc
+        self.js = js
+        self.timeout = timeout
+        self._open_bulk = open_bulk
+        self._getter: BatchGetter | None = None
+        self._bulk_auth = bulk_auth
+        self._bulk: BulkConnection | None = None
+        self._bulk_lock = asyncio.Lock()
+        self._bulk_retry_at = 0.0
+        self._layouts: LRUCache[tuple[str, str], ChunkLayout] = LRUCache(LAYOUT_CACHE)
+
+    def remember(self, layout: ChunkLayout) -> None:
+        """The layout of an object just written (its acks gave the sequences)."""
+        self._layouts[(layout.bucket, layout.nuid)] = layout
+
+    def forget(self, bucket: str, nuid: str) -> None:
+        """Chunks of ``nuid`` are being purged: its layout is no longer true."""
+        self._layouts.pop((bucket, nuid), None)
+
+    async def close(self) -> None:
+        self._bulk_auth = None  # no new lean connection after this
+        if self._bulk is not None:
+            self._bulk.close()
+        if self._getter is not None:
+            await self._getter.close()
 
     async def layout(self, info: ObjectInfo) -> ChunkLayout:
         bucket, nuid = info.bucket, info.nuid
@@ -147,7 +190,8 @@ class NatsReads:
             if url is None or self.nc.is_closed or not self.nc.is_connected:
                 return None  # nats-py is reconnecting: its own path reports the outage
             if url.scheme not in ("nats", "") or self.nc.options.get("tls"):
-                return self._no_bulk(f"{url.scheme}:// needs TLS")
+                self._no_bulk(f"{url.scheme}:// needs TLS")
+                return None
             auth = self._bulk_auth
             if not (auth.user or auth.token) and url.username:
                 # Credentials in the server URL, as nats-py reads them.
@@ -157,7 +201,7 @@ class NatsReads:
                     else BulkAuth(token=url.username)
                 )
             try:
-                self._bulk = await BulkConnection.open(
+                self._bulk = await self._open_bulk(
                     url.hostname or "127.0.0.1",
                     url.port or 4222,
                     auth=auth,
@@ -165,7 +209,8 @@ class NatsReads:
                     name=f"{self.nc.options.get('name') or 'objfs'}-bulk",
                 )
             except Unsupported as e:
-                return self._no_bulk(str(e))
+                self._no_bulk(str(e))
+                return None
             except errors.StoreError as e:
                 log.info("lean bulk reader unavailable for now, reading through nats-py: %s", e)
                 self._bulk_retry_at = time.monotonic() + BULK_RETRY
@@ -175,20 +220,22 @@ class NatsReads:
     def _no_bulk(self, why: str) -> None:
         log.info("reads go through nats-py (the lean bulk reader cannot: %s)", why)
         self._bulk_auth = None
-        return None
+
+    async def _source(self) -> ChunkSource:
+        """The lean reader when it can serve, else nats-py's connection (chosen per batch:
+        a lean connection lost mid-read is replaced, or the read goes on through nats-py)."""
+        bulk = await self._bulk_conn()
+        if bulk is not None:
+            return BulkSource(bulk)
+        return NatsPySource(await self._batch_getter())
 
     async def _request(
         self, layout: ChunkLayout, first: int, count: int, chain: HashChain | None = None
-    ) -> _Pending:
+    ) -> PendingChunks:
         """Ask for chunks ``first`` .. ``first + count - 1`` now; await the result later."""
         stream, subject = bucket_stream(layout.bucket), chunk_subject(layout.bucket, layout.nuid)
-        bulk = await self._bulk_conn()
-        if bulk is not None:
-            seq = layout.seqs[first]
-            req = bulk.request(stream, seq, count, subject, chain=chain, first=first)
-            return _Pending(bulk, req)
-        getter = await self._batch_getter()
-        return _Pending(None, await getter.request(stream, layout.seqs[first], count, subject))
+        source = await self._source()
+        return await source.request(stream, layout.seqs[first], count, subject, chain, first)
 
     def _verify(
         self, layout: ChunkLayout, first: int, seqs: list[int], datas: list[bytes]
@@ -217,7 +264,7 @@ class NatsReads:
         count: int,
         window: int,
         chain: HashChain | None = None,
-    ) -> AsyncIterator[list[bytes]]:
+    ) -> AsyncGenerator[list[bytes], None]:
         """Chunks ``first`` .. ``first + count - 1`` in order, in verified batches, with up to
         ``window`` chunks (and ``AHEAD_BYTES``) requested ahead. With ``chain``, the lean
         reader hashes chunks as they arrive in order; the caller hashes the rest."""
@@ -225,7 +272,7 @@ class NatsReads:
         width = max(1, -(-layout.size // max(1, layout.chunks)))  # mean chunk size, rounded up
         per = max(1, min(BATCH_BYTES // width, window // 2 or 1))
         ahead = max(per, min(window, AHEAD_BYTES // width))
-        inflight: collections.deque[tuple[int, int, _Pending]] = collections.deque()
+        inflight: collections.deque[tuple[int, int, PendingChunks]] = collections.deque()
         issued = done = 0
         try:
             while done < count:
@@ -254,7 +301,7 @@ class NatsReads:
 
     async def _pushed_chunks(
         self, bulk: BulkConnection, layout: ChunkLayout, chain: HashChain
-    ) -> AsyncIterator[list[bytes]]:
+    ) -> AsyncGenerator[list[bytes], None]:
         """Every chunk of ``layout`` in order, verified, from an ephemeral push consumer
         delivering to the lean reader (flow control answered there, as credit)."""
 
@@ -263,22 +310,15 @@ class NatsReads:
         push = bulk.push_read(chain=chain, limit=AHEAD_BYTES)
         name: str | None = None
         try:
-            config: dict[str, Any] = {
-                "deliver_subject": push.subject.decode(),
-                "filter_subject": subject,
-                "deliver_policy": "by_start_sequence",
-                "opt_start_seq": layout.seqs[0],
-                "ack_policy": "none",
-                "max_deliver": 1,
-                "flow_control": True,
-                "idle_heartbeat": int(max(1.0, self.timeout) * 1e9),
-                "mem_storage": True,
-                "num_replicas": 1,
-                "inactive_threshold": int(max(30.0, 3 * self.timeout) * 1e9),
-            }
-            resp = await self.js.api(
-                f"CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": config}
+            config = push_consumer_config(
+                push.subject.decode(),
+                subject,
+                deliver_policy="by_start_sequence",
+                opt_start_seq=layout.seqs[0],
+                heartbeat=max(1.0, self.timeout),
+                inactive_threshold=max(30.0, 3 * self.timeout),
             )
+            resp = await self.js.api(*consumer_create(stream, config))
             name = resp.get("name")
             stored = int(resp.get("num_pending", 0))
             if stored < n:  # chunks missing: say so now, do not wait for them
@@ -304,7 +344,7 @@ class NatsReads:
             if name and not self.nc.is_closed:
                 # Fire and forget: the inactive threshold removes it anyway if this is lost.
                 with contextlib.suppress(Exception):
-                    await self.nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"")
+                    await self.nc.publish(consumer_delete(stream, name), b"")
 
     async def read_chunks(self, layout: ChunkLayout, first: int, count: int) -> list[bytes]:
         count = min(count, layout.chunks - first)
@@ -317,7 +357,7 @@ class NatsReads:
 
     async def read_stream(
         self, info: ObjectInfo, *, window: int = 128
-    ) -> AsyncIterator[list[bytes]]:
+    ) -> AsyncGenerator[list[bytes], None]:
         # 128 chunks (16 MiB of 128 KiB chunks, AHEAD_BYTES caps bigger ones): measured about
         # 5 % faster than 64 with the lean reader; the server keeps sending while we hash.
 
@@ -342,36 +382,3 @@ class NatsReads:
         want = parse_digest(info.digest)
         if want is not None and want != chain.sha.digest():
             raise errors.Corrupt(f"{info.bucket}/{info.name}: digest mismatch")
-
-
-class _Pending:
-    """One batch direct get in flight, on the lean reader or on nats-py's connection."""
-
-    __slots__ = ("_batch", "_bulk", "_fut")
-
-    def __init__(self, bulk: BulkConnection | None, req: Any) -> None:
-        self._bulk = bulk
-        self._batch: Batch | None = req if bulk is not None else None
-        self._fut: asyncio.Future[list[Any]] | None = None if bulk is not None else req
-
-    async def result(self) -> tuple[list[int], list[bytes]]:
-        """(stream sequences, payloads) of the batch's chunks; objfs errors."""
-        if self._bulk is not None and self._batch is not None:
-            try:
-                batch = await self._bulk.wait(self._batch)
-            except errors.Timeout:
-                # A silent server: start the next read on a fresh connection (nats-py may
-                # have moved to another server meanwhile).
-                self._bulk.close()
-                raise
-            return batch.seqs, batch.datas
-        assert self._fut is not None
-        msgs = await self._fut
-        seqs = [int(m.headers.get("Nats-Sequence", 0)) if m.headers else 0 for m in msgs]
-        return seqs, [m.data for m in msgs]
-
-    def cancel(self) -> None:
-        if self._bulk is not None and self._batch is not None:
-            self._bulk.forget(self._batch)
-        elif self._fut is not None:
-            self._fut.cancel()

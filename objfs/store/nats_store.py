@@ -1,19 +1,21 @@
 """The NATS JetStream backend of the store API: ADR-20 object stores on a real server.
 
 This is the object-store logic (what to publish where, in which order, what to purge):
-buckets, metadata, put, rename, delete and links. Its other parts have modules of their own:
-``nats_connect`` opens the connection (``connect``, re-exported here), ``nats_reads`` is the
-read path and ``nats_watch`` the change notices (mixins ``NatsObjectStore`` inherits),
-``nats_subjects`` names the stream and subjects. ``nats_js`` carries the requests and maps
-errors, ``nats_bulk`` is the lean reader, ``wire`` encodes the meta JSON. The ``nats_``
-modules are the only objfs code that imports nats. nats-py's own ObjectStore class is not
-used: its get is quadratic and stalls on flow control, its rename is broken and it has no links.
+buckets, metadata, put, rename, delete and links. ``NatsObjectStore`` holds its other parts
+and delegates to them: a ``nats_reads.NatsReader`` (layouts and reads) and a
+``nats_watch.NatsWatcher`` (change notices), both built in its constructor with what they use.
+``nats_connect`` opens the connection (``connect``, re-exported here), ``nats_subjects`` names
+the stream and subjects, ``nats_js`` carries the requests, ``nats_bulk`` is the lean reader,
+``nats_protocol`` writes down the JetStream rules both read paths follow, ``wire`` encodes the
+meta JSON. Within objfs only these ``nats_`` modules import nats (the benchmarks, outside the
+package, do too). nats-py's own ObjectStore class is not used: its get is quadratic and stalls
+on flow control, its rename is broken and it has no links.
 
 Choices worth knowing:
 
 - Chunks are published in order with a bounded window of unacknowledged publishes
   (``PUT_WINDOW``); the acks give each chunk's stream sequence, so the layout of an object this
-  process wrote is cached (``LAYOUT_CACHE``) and ``layout()`` costs nothing for it.
+  process wrote is cached (by the reader) and ``layout()`` costs nothing for it.
 - rename publishes the meta under the new name, then a *tombstone* (not a purge, as nats.go
   does) on the old name: watchers of every client then see the old name go as an ordinary
   delete. The tombstone keeps the nuid but has no chunks, so nothing ever purges the chunks
@@ -33,48 +35,50 @@ import dataclasses
 import hashlib
 import logging
 import time
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, BinaryIO
 
 import nats.errors
-from cachetools import LRUCache
+from nats.aio.client import Client
 from nats.nuid import NUID
 
 from objfs.store import errors
 from objfs.store.api import (
     DEFAULT_CHUNK_SIZE,
     BucketConfig,
+    BucketEvent,
     BucketStatus,
     ChunkLayout,
+    Chunks,
     Link,
     ObjectInfo,
     ObjectMeta,
     ObjectStore,
+    WatchEvent,
     pieces,
 )
 from objfs.store.names import check_bucket, check_object
 from objfs.store.nats_bulk import BulkAuth, BulkConnection
-from objfs.store.nats_connect import _ConnectionEvents
+from objfs.store.nats_connect import ConnectionEvents
 from objfs.store.nats_connect import connect as connect
-from objfs.store.nats_js import (
-    BatchGetter,
-    JetStream,
-    Publisher,
-    StoredMsg,
-    WrongLastSequence,
-    consume_snapshot,
+from objfs.store.nats_js import JetStream, Publisher, StoredMsg, consume_snapshot
+from objfs.store.nats_protocol import WrongLastSequence
+from objfs.store.nats_reads import NatsReader, OpenBulk
+from objfs.store.nats_subjects import (
+    bucket_of_stream,
+    bucket_stream,
+    chunk_filter,
+    chunk_subject,
+    meta_filter,
+    meta_subject,
 )
-from objfs.store.nats_reads import NatsReads
-from objfs.store.nats_subjects import bucket_stream, chunk_subject, meta_subject
-from objfs.store.nats_watch import NatsWatch
-from objfs.store.wire import decode_info, encode_info, format_digest
+from objfs.store.nats_watch import NatsWatcher
+from objfs.store.wire import decode_stored, encode_info, format_digest
 
 log = logging.getLogger(__name__)
 
 PUT_WINDOW = 24
 """Chunks published but not yet acknowledged, per put (unbounded windows get 429s)."""
-
-LAYOUT_CACHE = 512
-"""Layouts of objects this process wrote (nuid -> layout), kept for a free ``layout()``."""
 
 META_CHUNK_SIZE = "objfs.chunk_size"
 ROLLUP = {"Nats-Rollup": "sub"}
@@ -87,7 +91,7 @@ def _stream_config(cfg: BucketConfig) -> dict[str, Any]:
     metadata[META_CHUNK_SIZE] = str(cfg.chunk_size)
     sc: dict[str, Any] = {
         "name": bucket_stream(b),
-        "subjects": [f"$O.{b}.C.>", f"$O.{b}.M.>"],
+        "subjects": [chunk_filter(b), meta_filter(b)],
         "retention": "limits",
         "max_consumers": -1,
         "max_msgs": -1,
@@ -113,7 +117,7 @@ def _bucket_config(sc: dict[str, Any]) -> BucketConfig:
     chunk_size = int(md.pop(META_CHUNK_SIZE, DEFAULT_CHUNK_SIZE))
     user_md = {k: v for k, v in md.items() if not k.startswith("_nats")}
     return BucketConfig(
-        name=sc["name"][len("OBJ_") :],
+        name=bucket_of_stream(sc["name"]),
         description=sc.get("description") or "",
         chunk_size=chunk_size,
         max_bytes=int(sc.get("max_bytes", -1)),
@@ -125,36 +129,34 @@ def _bucket_config(sc: dict[str, Any]) -> BucketConfig:
     )
 
 
-class NatsObjectStore(NatsReads, NatsWatch, ObjectStore):
-    """ADR-20 object stores on one NATS connection (see the module docstring); reads come
-    from ``NatsReads``, change notices from ``NatsWatch``."""
+class NatsObjectStore(ObjectStore):
+    """ADR-20 object stores on one NATS connection (see the module docstring); reads are
+    its ``reader``'s, change notices its ``watcher``'s."""
 
     def __init__(
         self,
-        nc: Any,
+        nc: Client,
         timeout: float = 5.0,
         *,
         bulk: BulkAuth | None = None,
-        events: _ConnectionEvents | None = None,
+        events: ConnectionEvents | None = None,
+        open_bulk: OpenBulk = BulkConnection.open,
     ) -> None:
         """``bulk``: credentials for the lean bulk reader (user/password from the server URL
-        are used when it has none); None reads through ``nc`` only."""
+        are used when it has none); None reads through ``nc`` only. ``open_bulk``: how the
+        reader opens its lean connection."""
         self.nc = nc
         self.timeout = timeout
         self.js = JetStream(nc, timeout)
         self._publisher = Publisher(self.js)
-        self._getter: BatchGetter | None = None
-        self._bulk_auth = bulk
-        self._bulk: BulkConnection | None = None
-        self._bulk_lock = asyncio.Lock()
-        self._bulk_retry_at = 0.0
+        self.reader = NatsReader(nc, self.js, timeout, bulk_auth=bulk, open_bulk=open_bulk)
+        self.watcher = NatsWatcher(nc, self.js)
         self._nuid = NUID()
-        self._layouts: LRUCache[tuple[str, str], ChunkLayout] = LRUCache(LAYOUT_CACHE)
         self._chunk_sizes: dict[str, int] = {}
         self._events = events
 
     @property
-    def max_chunk_size(self) -> int | None:  # type: ignore[override]
+    def max_chunk_size(self) -> int | None:
         """The server's max_payload: a larger chunk is refused by the server."""
         return int(self.nc.max_payload) or None
 
@@ -212,20 +214,8 @@ class NatsObjectStore(NatsReads, NatsWatch, ObjectStore):
     async def bucket_status(self, name: str) -> BucketStatus:
         return await self._status(await self._stream_info(name))
 
-    async def _object_streams(self) -> list[dict[str, Any]]:
-        """Stream infos of every object store bucket (one request per 256 streams)."""
-        infos: list[dict[str, Any]] = []
-        offset = 0
-        while True:
-            resp = await self.js.api("STREAM.LIST", {"offset": offset})
-            streams = resp.get("streams") or []
-            infos.extend(s for s in streams if s["config"]["name"].startswith("OBJ_"))
-            offset += len(streams)
-            if not streams or offset >= int(resp.get("total", 0)):
-                return infos
-
     async def list_buckets(self) -> list[BucketStatus]:
-        infos = await self._object_streams()
+        infos = await self.js.bucket_streams()
         statuses = await asyncio.gather(*(self._status(si) for si in infos))
         return sorted(statuses, key=lambda s: s.name)
 
@@ -246,15 +236,12 @@ class NatsObjectStore(NatsReads, NatsWatch, ObjectStore):
         return size
 
     # -- objects: metadata -----------------------------------------------------------------
-    def _decode(self, bucket: str, m: StoredMsg) -> ObjectInfo:
-        return decode_info(m.data, bucket=bucket, revision=m.seq, timestamp_ns=m.timestamp_ns)
-
     async def _last_meta(self, bucket: str, name: str) -> ObjectInfo | None:
         """The name's current meta, tombstones included; None if it never existed."""
         check_bucket(bucket)
         check_object(name)
         m = await self.js.direct_last(bucket_stream(bucket), meta_subject(bucket, name))
-        return None if m is None else self._decode(bucket, m)
+        return None if m is None else decode_stored(bucket, m)
 
     async def info(self, bucket: str, name: str, *, deleted: bool = False) -> ObjectInfo:
         info = await self._last_meta(bucket, name)
@@ -267,13 +254,13 @@ class NatsObjectStore(NatsReads, NatsWatch, ObjectStore):
 
         def take(m: StoredMsg) -> None:
             try:
-                info = self._decode(bucket, m)
+                info = decode_stored(bucket, m)
             except errors.Corrupt as e:
                 log.warning("skipping %s: %s", m.subject, e)
                 return
             found[m.subject] = info
 
-        await consume_snapshot(self.js, bucket_stream(bucket), f"$O.{bucket}.M.>", on_msg=take)
+        await consume_snapshot(self.js, bucket_stream(bucket), meta_filter(bucket), on_msg=take)
         return sorted((i for i in found.values() if deleted or not i.deleted), key=lambda i: i.name)
 
     async def list(self, bucket: str, *, deleted: bool = False) -> list[ObjectInfo]:
@@ -333,10 +320,10 @@ class NatsObjectStore(NatsReads, NatsWatch, ObjectStore):
         return tomb
 
     async def _purge_chunks(self, bucket: str, nuid: str) -> None:
-        self._layouts.pop((bucket, nuid), None)
+        self.reader.forget(bucket, nuid)
         await self.js.purge(bucket_stream(bucket), chunk_subject(bucket, nuid))
 
-    async def _abandon(self, bucket: str, nuid: str, window: list[asyncio.Future[int]]) -> None:
+    async def _abandon(self, bucket: str, nuid: str, window: Sequence[asyncio.Future[int]]) -> None:
         """Purge the chunks of a failed put. Chunks still in flight are waited for first
         (within the timeout): the server handles a purge apart from the publishes sent
         before it, and one stored after the purge would be left behind for ever."""
@@ -384,6 +371,23 @@ class NatsObjectStore(NatsReads, NatsWatch, ObjectStore):
         return await self._put_link(bucket, name, Link(target_bucket))
 
     # -- objects: data ---------------------------------------------------------------------
+    async def layout(self, info: ObjectInfo) -> ChunkLayout:
+        return await self.reader.layout(info)
+
+    async def read_chunks(self, layout: ChunkLayout, first: int, count: int) -> Chunks:
+        return await self.reader.read_chunks(layout, first, count)
+
+    def read_stream(self, info: ObjectInfo, *, window: int = 128) -> AsyncGenerator[Chunks, None]:
+        # 128 chunks, not the API's 64: see NatsReader.read_stream.
+        return self.reader.read_stream(info, window=window)
+
+    # -- change notices --------------------------------------------------------------------
+    def watch(self, bucket: str) -> AsyncGenerator[WatchEvent, None]:
+        return self.watcher.watch(bucket)
+
+    def watch_buckets(self) -> AsyncGenerator[BucketEvent, None]:
+        return self.watcher.watch_buckets()
+
     async def put(
         self,
         bucket: str,
@@ -450,7 +454,7 @@ class NatsObjectStore(NatsReads, NatsWatch, ObjectStore):
         offsets = [0]
         for s in sizes:
             offsets.append(offsets[-1] + s)
-        self._layouts[(bucket, nuid)] = ChunkLayout(bucket, nuid, seqs, offsets)
+        self.reader.remember(ChunkLayout(bucket, nuid, seqs, offsets))
         if old_live is not None and not old_live.is_link and old_live.chunks:
             await self._purge_quietly(bucket, old_live.nuid)
         return info
@@ -458,12 +462,8 @@ class NatsObjectStore(NatsReads, NatsWatch, ObjectStore):
     async def close(self) -> None:
         if self._events is not None:
             self._events.closing = True
-        self._bulk_auth = None  # no new lean connection after this
-        if self._bulk is not None:
-            self._bulk.close()
+        await self.reader.close()
         await self._publisher.close()
-        if self._getter is not None:
-            await self._getter.close()
         if not self.nc.is_closed:
             # A dead connection may fail its final flush: closing must not raise anyway.
             with contextlib.suppress(TimeoutError, OSError, nats.errors.Error):

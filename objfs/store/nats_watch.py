@@ -1,6 +1,7 @@
 """The change notices of ``NatsObjectStore``: ``watch`` (objects) and ``watch_buckets``.
 
-A mixin (``NatsWatch``) so the watches have a module of their own; the store inherits it.
+``NatsWatcher`` is the part of ``NatsObjectStore`` that watches: the store builds it with the
+connection and its JetStream client and delegates ``watch`` and ``watch_buckets`` to it.
 
 - ``watch`` follows a bucket's meta subjects with an ordered consumer (last message per
   subject first, as the snapshot). When the consumer falls silent (a server restart drops it,
@@ -19,14 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncGenerator
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from objfs.store import errors
-from objfs.store.api import BucketEvent, ObjectInfo, WatchEvent, bucket_changes
+from objfs.store.api import (
+    BucketEvent,
+    ObjectInfo,
+    WatchEvent,
+    bucket_changes,
+    listing_events,
+)
 from objfs.store.names import check_bucket
-from objfs.store.nats_js import JetStream, OrderedConsumer, StoredMsg, mapped
-from objfs.store.nats_subjects import bucket_stream
+from objfs.store.nats_js import JetStream, OrderedConsumer, mapped
+from objfs.store.nats_subjects import bucket_of_stream, bucket_stream, meta_filter
+from objfs.store.wire import decode_stored
 
 # The store's logger, as before the split: the log lines keep their name.
 log = logging.getLogger("objfs.store.nats_store")
@@ -38,17 +48,14 @@ BUCKET_RESYNC = 30.0
 messages: one lost to a slow consumer is caught up here; a reconnect re-lists at once)."""
 
 
-class NatsWatch:
+class NatsWatcher:
     """``watch`` and ``watch_buckets`` of ``NatsObjectStore``."""
 
-    # Provided by NatsObjectStore.
-    nc: Any
-    js: JetStream
-    _decode: Callable[[str, StoredMsg], ObjectInfo]
-    _object_streams: Callable[[], Awaitable[list[dict[str, Any]]]]
-    _stream_info: Callable[[str], Awaitable[dict[str, Any]]]
+    def __init__(self, nc: Client, js: JetStream) -> None:
+        self.nc = nc
+        self.js = js
 
-    async def watch(self, bucket: str) -> AsyncIterator[WatchEvent]:
+    async def watch(self, bucket: str) -> AsyncGenerator[WatchEvent, None]:
         """See ``ObjectStore.watch``; survives server restarts and lost connections.
 
         After three heartbeats of silence (the server restarted and dropped the ephemeral
@@ -60,7 +67,7 @@ class NatsWatch:
         ``delete``; unchanged objects produce nothing, so a reconnect does not flood.
         """
         check_bucket(bucket)
-        oc = OrderedConsumer(self.js, bucket_stream(bucket), f"$O.{bucket}.M.>")
+        oc = OrderedConsumer(self.js, bucket_stream(bucket), meta_filter(bucket))
         live: dict[str, ObjectInfo] = {}
         by_nuid: dict[str, str] = {}
         resync: set[str] | None = None
@@ -90,7 +97,7 @@ class NatsWatch:
                             yield WatchEvent("snapshot_end")
                     continue
                 try:
-                    info = self._decode(bucket, m)
+                    info = decode_stored(bucket, m)
                 except errors.Corrupt as e:
                     log.warning("watch %s: %s", bucket, e)
                     info = None
@@ -119,11 +126,16 @@ class NatsWatch:
         """Every object store bucket and whether it is sealed (configs only, no object
         counting)."""
         return {
-            si["config"]["name"][len("OBJ_") :]: bool(si["config"].get("sealed", False))
-            for si in await self._object_streams()
+            bucket_of_stream(si["config"]["name"]): bool(si["config"].get("sealed", False))
+            for si in await self.js.bucket_streams()
         }
 
-    async def watch_buckets(self) -> AsyncIterator[BucketEvent]:
+    async def _sealed(self, bucket: str) -> bool:
+        check_bucket(bucket)
+        si = await self.js.api(f"STREAM.INFO.{bucket_stream(bucket)}")
+        return bool(si["config"].get("sealed", False))
+
+    async def watch_buckets(self) -> AsyncGenerator[BucketEvent, None]:
         """See ``ObjectStore.watch_buckets``: stream advisories, plus a re-list on reconnect.
 
         The server publishes ``$JS.EVENT.ADVISORY.STREAM.{CREATED,UPDATED,DELETED}.<stream>``
@@ -133,9 +145,9 @@ class NatsWatch:
         every ``BUCKET_RESYNC`` seconds, for one lost otherwise) re-lists the buckets and
         reports the differences.
         """
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
 
-        async def on_msg(msg: Any) -> None:
+        async def on_msg(msg: Msg) -> None:
             queue.put_nowait(msg)
 
         with mapped("subscribe"):
@@ -158,25 +170,20 @@ class NatsWatch:
                         continue
                     reconnects = self.nc.stats["reconnects"]
                     relist_at = loop.time() + BUCKET_RESYNC
-                    for event in bucket_changes(known, now):
+                    for event in listing_events(known, now, first=first):
                         yield event
-                    known = now
-                    if first:
-                        first = False
-                        yield BucketEvent("snapshot_end")
+                    known, first = now, False
                 try:
                     msg = await asyncio.wait_for(queue.get(), 1.0)
                 except TimeoutError:
                     continue
                 kind, _, stream = msg.subject.rpartition(".")
                 kind = kind.rpartition(".")[2]
-                if not stream.startswith("OBJ_") or kind not in ("CREATED", "UPDATED", "DELETED"):
+                name = bucket_of_stream(stream)
+                if not name or kind not in ("CREATED", "UPDATED", "DELETED"):
                     continue
-                name = stream[4:]
                 try:
-                    sealed: bool | None = bool(
-                        (await self._stream_info(name))["config"].get("sealed", False)
-                    )
+                    sealed: bool | None = await self._sealed(name)
                 except errors.NotFound:
                     sealed = None
                 except errors.StoreError as e:

@@ -19,10 +19,13 @@ import base64
 import calendar
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from objfs.store.api import Link, ObjectInfo
 from objfs.store.errors import Corrupt
+
+if TYPE_CHECKING:
+    from objfs.store.nats_js import StoredMsg
 
 DIGEST_PREFIX = "SHA-256="
 
@@ -152,3 +155,8 @@ def decode_info(
         )
     except (ValueError, TypeError, AttributeError) as e:
         raise Corrupt(f"bad object meta in bucket {bucket!r}: {e}") from None
+
+
+def decode_stored(bucket: str, m: StoredMsg) -> ObjectInfo:
+    """A meta message as a direct get or a consumer delivered it: revision and time from it."""
+    return decode_info(m.data, bucket=bucket, revision=m.seq, timestamp_ns=m.timestamp_ns)

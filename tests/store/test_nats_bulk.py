@@ -93,7 +93,7 @@ async def read_all(store: NatsObjectStore, info: ObjectInfo, window: int = 64) -
 
 
 def bulk_in_use(store: NatsObjectStore) -> bool:
-    return store._bulk is not None and store._bulk.is_open
+    return store.reader._bulk is not None and store.reader._bulk.is_open
 
 
 # -- the frame parser, no server -----------------------------------------------------------
@@ -253,8 +253,37 @@ async def test_fallback_without_bulk_reads_the_same(
             assert await read_all(store, info) == data
             layout = await store.layout(info)
             assert b"".join(await store.read_chunks(layout, 0, 100)) == data
-            assert store._bulk is None and store._getter is not None
+            assert store.reader._bulk is None and store.reader._getter is not None
             await store.delete_bucket(bucket_name)
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+@pytest.mark.parametrize("path", ["lean", "nats-py"])
+async def test_read_of_a_deleted_bucket_is_not_found_on_both_paths(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str, path: str
+) -> None:
+    """A batch direct get on a stream that is gone is answered by status 503 (no responders):
+    NotFound (ENOENT) whichever connection reads, so the errno does not depend on TLS."""
+    data = os.urandom(256 * 1024)
+
+    async def body() -> None:
+        if path == "lean":
+            store = await connect([nats_server.url], timeout=5.0)
+        else:  # the read path of TLS or creds connections
+            store = NatsObjectStore(await nats.connect(nats_server.url), 5.0, bulk=None)
+        try:
+            await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
+            info = await store.put(bucket_name, "obj", data, chunk_size=64 * 1024)
+            layout = await store.layout(info)
+            assert b"".join(await store.read_chunks(layout, 0, 4)) == data
+            assert bulk_in_use(store) == (path == "lean")
+            await store.delete_bucket(bucket_name)
+            with pytest.raises(errors.NotFound, match="503"):
+                await store.read_chunks(layout, 0, 4)
+            assert bulk_in_use(store) == (path == "lean")
         finally:
             await store.close()
 
@@ -306,7 +335,7 @@ async def test_batches_cut_short_are_continued(
             await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
             info = await store.put(bucket_name, "obj", data, chunk_size=chunk)
             layout = await store.layout(info)
-            bulk = await store._bulk_conn()
+            bulk = await store.reader._bulk_conn()
             assert bulk is not None
             plain = bulk.request
             counts: list[int] = []
@@ -381,7 +410,7 @@ async def test_server_frozen_mid_read_times_out(
             layout = await store.layout(info)
             await store.read_chunks(layout, 0, 1)  # opens the lean connection
             assert bulk_in_use(store)
-            frozen_conn = store._bulk
+            frozen_conn = store.reader._bulk
             os.kill(pid, signal.SIGSTOP)
             try:
                 started = time.monotonic()
@@ -392,7 +421,7 @@ async def test_server_frozen_mid_read_times_out(
                 os.kill(pid, signal.SIGCONT)
             assert await read_all(store, info) == data
             # The timed-out connection was dropped; the read went on a fresh one.
-            assert bulk_in_use(store) and store._bulk is not frozen_conn
+            assert bulk_in_use(store) and store.reader._bulk is not frozen_conn
         finally:
             await store.close()
 
@@ -448,7 +477,7 @@ async def test_push_read(
         try:
             await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
             info = await store.put(bucket_name, "obj", data, chunk_size=chunk)
-            bulk = await store._bulk_conn()
+            bulk = await store.reader._bulk_conn()
             assert bulk is not None
             pushes: list[nats_bulk.PushRead] = []
             plain = bulk.push_read
@@ -519,7 +548,7 @@ async def test_push_read_holds_flow_control_for_a_slow_reader(
         try:
             await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
             info = await store.put(bucket_name, "obj", data, chunk_size=chunk)
-            bulk = await store._bulk_conn()
+            bulk = await store.reader._bulk_conn()
             assert bulk is not None
             stalled: list[int] = []  # bytes waiting in the reader when the server said so
             plain_reply = bulk._reply
@@ -658,7 +687,7 @@ async def test_refused_credentials_fall_back_to_nats_py(
             await store.create_bucket(BucketConfig("fb", storage="memory"))
             info = await store.put("fb", "obj", data)
             assert await read_all(store, info) == data
-            assert store._bulk is None and store._bulk_auth is None  # not tried again
+            assert store.reader._bulk is None and store.reader._bulk_auth is None  # not tried again
             assert await read_all(store, info) == data
         finally:
             await store.close()

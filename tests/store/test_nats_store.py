@@ -277,7 +277,7 @@ async def test_batch_longer_than_the_server_cap(
         async with session(nats_server.url, bucket_name) as s:
             await s.store.create_bucket(BucketConfig(bucket_name, storage="memory"))
             info = await s.store.put(bucket_name, "big", data, chunk_size=chunk)
-            s.store._layouts.clear()  # the layout must come from the server, not the put
+            s.store.reader._layouts.clear()  # the layout must come from the server, not the put
             layout = await s.store.layout(info)
             assert layout.chunks == 67 and isinstance(layout.seqs, range)
             got = await s.store.read_chunks(layout, 0, 67)
@@ -304,12 +304,12 @@ async def test_missing_chunk_is_corrupt_not_a_hang(
                 await s.store.read_chunks(cached, 0, 5)
             with pytest.raises(errors.Corrupt):
                 await read_all(s.store, info)
-            s.store._layouts.clear()
+            s.store.reader._layouts.clear()
             with pytest.raises(errors.Corrupt):
                 await read_all(s.store, info)
             # Every chunk gone: the layout itself is Corrupt.
             await jsm.purge_stream(s.stream, subject=f"$O.{bucket_name}.C.{info.nuid}")
-            s.store._layouts.clear()
+            s.store.reader._layouts.clear()
             with pytest.raises(errors.Corrupt):
                 await s.store.layout(info)
             assert_no_timeout_waited(started)
@@ -364,14 +364,14 @@ async def test_server_stopped_mid_read(
 
     async def body() -> None:
         store = await connect([private_server.url], timeout=timeout)
-        store._bulk_auth = None  # reads take the nats-py path, as with TLS or creds
+        store.reader._bulk_auth = None  # reads take the nats-py path, as with TLS or creds
         try:
             await store.create_bucket(BucketConfig("mid", storage="memory"))
             info = await store.put("mid", "obj", data)
             stream = store.read_stream(info, window=2)
             first = await stream.__anext__()
             assert first[0] == data[: len(first[0])]
-            assert store._bulk is None  # no lean connection was opened
+            assert store.reader._bulk is None  # no lean connection was opened
             await asyncio.get_running_loop().run_in_executor(None, private_server.stop)
             started = time.monotonic()
             with pytest.raises(errors.Unavailable):  # Timeout is a subclass
