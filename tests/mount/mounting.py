@@ -15,8 +15,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
@@ -175,5 +175,9 @@ class Mount:
             self.proc = None
 
 
-MountFactory = Callable[..., Mount]
-"""The ``mounts`` fixture: ``mounts(*objfs_args, bucket=..., name=..., create=...)``."""
+class MountFactory(Protocol):
+    """The ``mounts`` fixture: ``mounts(*objfs_args, bucket=..., name=..., create=...)``."""
+
+    def __call__(
+        self, *args: str, bucket: str | None = ..., name: str | None = None, create: bool = True
+    ) -> Mount: ...
