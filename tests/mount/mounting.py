@@ -94,6 +94,21 @@ class Mount:
                 stderr=err,
                 cwd=REPO,
             )
+        try:
+            self._wait_ready()
+        except BaseException:
+            # Interrupted (Ctrl-C, or the TERM that scripts/test --loaded turns into one) or
+            # failed: the caller gets no Mount to stop, so no child and no mount may outlive
+            # this. A child still starting is told to stop (objfs abandons its start-up on
+            # SIGTERM): stop() alone would wait for it to exit by itself.
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            self.stop(check=False)
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT
         while not mounted(self.mountpoint):
             if self.proc.poll() is not None:
@@ -114,7 +129,6 @@ class Mount:
         except subprocess.TimeoutExpired:
             self.stop(check=False)
             raise RuntimeError(f"the mount does not answer a stat:\n{self.stderr()}") from None
-        return self
 
     def stderr(self) -> str:
         return "".join(
