@@ -111,7 +111,7 @@ def _split_servers(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
-def _add_mount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_mount_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "mount",
         help="mount a NATS Object Store (one bucket, or every bucket) as a filesystem",
@@ -246,7 +246,7 @@ def _add_mount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
 
 
-def _add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_server_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "server",
         help="run the embedded nats-server in the foreground and print its URL",
@@ -269,7 +269,7 @@ def _add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
 
 
-def _add_seal_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_seal_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "seal",
         help="make a bucket read-only for ever (irreversible)",

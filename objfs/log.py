@@ -52,8 +52,8 @@ def level_for(verbose: int, debug: bool) -> int:
 def setup(level: int, log_file: Path | None = None) -> None:
     """Install the one handler objfs uses (stderr, or ``log_file`` when daemonized)."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handler: logging.Handler
     if log_file is None:
         handler = logging.StreamHandler(sys.stderr)

@@ -25,18 +25,19 @@ import os
 import signal
 import stat
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from objfs.bridge import AsyncioThread, Bridge, TrioStore
 from objfs.daemon import Reporter, daemonize
-from objfs.fs import spool_dir
+from objfs.fs import Filesystem, spool_dir
 from objfs.log import level_for, setup
 from objfs.options import MountOptions
 from objfs.server import EmbeddedServer, ServerError
+from objfs.store.api import ObjectStore
 from objfs.store.errors import InvalidName, NotFound, StoreError
 from objfs.store.names import check_bucket
 
@@ -237,7 +238,9 @@ async def _main(options: MountOptions, reporter: Reporter) -> int:
     raise MountError("interrupted before the mount was ready")
 
 
-async def _handle_signals(signals: Any, state: _State, startup_scope: trio.CancelScope) -> None:
+async def _handle_signals(
+    signals: AsyncIterator[int], state: _State, startup_scope: trio.CancelScope
+) -> None:
     import pyfuse3
 
     async for signum in signals:
@@ -257,7 +260,7 @@ async def _handle_signals(signals: Any, state: _State, startup_scope: trio.Cance
 async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> int:
     import pyfuse3
 
-    from objfs.fs import Filesystem, FuseOperations
+    from objfs.fs import FuseOperations
 
     async with contextlib.AsyncExitStack() as stack:
         servers = list(options.connect.servers)
@@ -331,7 +334,7 @@ async def _start_embedded_server(options: MountOptions, stack: contextlib.AsyncE
     return srv.url
 
 
-async def _connect(bridge: Bridge, servers: list[str], options: MountOptions) -> Any:
+async def _connect(bridge: Bridge, servers: list[str], options: MountOptions) -> ObjectStore:
     from objfs.store.nats_store import connect
 
     c = options.connect
@@ -348,7 +351,7 @@ async def _connect(bridge: Bridge, servers: list[str], options: MountOptions) ->
     raise MountError(f"cannot connect to NATS at {where}: no answer in {c.timeout:g}s")
 
 
-async def _shutdown_quietly(fs: Any) -> None:
+async def _shutdown_quietly(fs: Filesystem) -> None:
     with trio.CancelScope(shield=True):
         try:
             await fs.shutdown()
@@ -356,7 +359,7 @@ async def _shutdown_quietly(fs: Any) -> None:
             log.warning("stopping the filesystem: %s", _one_line(e))
 
 
-async def _close_store(bridge: Bridge, backend: Any) -> None:
+async def _close_store(bridge: Bridge, backend: ObjectStore) -> None:
     with trio.CancelScope(shield=True), trio.move_on_after(10):
         try:
             await bridge.call(backend.close)
@@ -364,7 +367,7 @@ async def _close_store(bridge: Bridge, backend: Any) -> None:
             log.warning("closing the store connection: %s", _one_line(e))
 
 
-async def _start_fs(fs: Any, options: MountOptions) -> None:
+async def _start_fs(fs: Filesystem, options: MountOptions) -> None:
     try:
         await fs.start()
     except NotFound as e:

@@ -9,10 +9,24 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from objfs.server import DEFAULT_DATA_DIR
 from objfs.store.api import DEFAULT_CHUNK_SIZE
+
+
+class ClientKwargs(TypedDict):
+    """Keyword arguments of ``objfs.store.nats_store.connect``, all but the servers and the
+    client name: typed so that a call spelling ``**kwargs`` is still checked against it."""
+
+    timeout: float
+    user: str | None
+    password: str | None
+    token: str | None
+    creds: str | None
+    tls_ca: str | None
+    tls_cert: str | None
+    tls_key: str | None
 
 
 @dataclass(slots=True)
@@ -32,8 +46,8 @@ class ConnectOptions:
     data_dir: Path = DEFAULT_DATA_DIR
     """Where the embedded server keeps its store and log."""
 
-    def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``objfs.store.nats_store.connect`` (all but the servers)."""
+    def client_kwargs(self) -> ClientKwargs:
+        """How to call ``objfs.store.nats_store.connect`` (all but the servers)."""
         return {
             "timeout": self.timeout,
             "user": self.user,

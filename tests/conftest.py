@@ -10,7 +10,7 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 # Before objfs is imported: its default data dir (the embedded server's store, the spool)
@@ -23,6 +23,7 @@ from realenv import need  # noqa: E402 (after XDG_DATA_HOME is set)
 
 from objfs.bridge import AsyncioThread, Bridge, TrioStore  # noqa: E402 (after XDG_DATA_HOME is set)
 from objfs.server import EmbeddedServer, ServerError, find_binary  # noqa: E402 (after XDG_DATA_HOME is set)
+from objfs.store.api import ObjectStore  # noqa: E402 (after XDG_DATA_HOME is set)
 
 
 def _server_binary_ok() -> bool:
@@ -68,13 +69,15 @@ def private_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
         _servers.remove(srv)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    outcome = yield
-    report = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.failed:
         for srv in _servers:
             report.sections.append((f"nats-server log {srv.data_dir}", srv.log_tail(40)))
+    return report
 
 
 @pytest.fixture
@@ -95,14 +98,14 @@ async def store(
     if request.param == "memory":
         from objfs.store.memory import MemoryObjectStore
 
-        async def make():  # type: ignore[no-untyped-def]
+        async def make() -> ObjectStore:
             return MemoryObjectStore()
     else:
         from objfs.store.nats_store import connect
 
         srv: EmbeddedServer = request.getfixturevalue("nats_server")
 
-        async def make():  # type: ignore[no-untyped-def]
+        async def make() -> ObjectStore:
             return await connect([srv.url], timeout=5.0)
 
     bridge = Bridge(asyncio_thread)

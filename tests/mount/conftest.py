@@ -9,7 +9,7 @@ the mounts' stderr.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,10 +63,12 @@ def mount(mounts: MountFactory) -> Mount:
     return mounts()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    outcome = yield
-    report = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.failed:
         for m in item.stash.get(_ACTIVE_KEY, []):
             report.sections.append((f"objfs mount {m.mountpoint} stderr", m.stderr()))
+    return report

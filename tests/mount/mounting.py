@@ -15,8 +15,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
@@ -97,6 +97,21 @@ class Mount:
                 stderr=err,
                 cwd=REPO,
             )
+        try:
+            self._wait_ready()
+        except BaseException:
+            # Interrupted (Ctrl-C, or the TERM that scripts/test --loaded turns into one) or
+            # failed: the caller gets no Mount to stop, so no child and no mount may outlive
+            # this. A child still starting is told to stop (objfs abandons its start-up on
+            # SIGTERM): stop() alone would wait for it to exit by itself.
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            self.stop(check=False)
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT
         while not mounted(self.mountpoint):
             if self.proc.poll() is not None:
@@ -117,7 +132,6 @@ class Mount:
         except subprocess.TimeoutExpired:
             self.stop(check=False)
             raise RuntimeError(f"the mount does not answer a stat:\n{self.stderr()}") from None
-        return self
 
     def stderr(self) -> str:
         return "".join(
@@ -181,5 +195,9 @@ class Mount:
             self.proc = None
 
 
-MountFactory = Callable[..., Mount]
-"""The ``mounts`` fixture: ``mounts(*objfs_args, bucket=..., name=..., create=...)``."""
+class MountFactory(Protocol):
+    """The ``mounts`` fixture: ``mounts(*objfs_args, bucket=..., name=..., create=...)``."""
+
+    def __call__(
+        self, *args: str, bucket: str | None = ..., name: str | None = None, create: bool = True
+    ) -> Mount: ...
