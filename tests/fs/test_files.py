@@ -7,7 +7,7 @@ import hashlib
 import os
 
 import pytest
-from fs_helpers import CALLER, CHUNK, read_file, stored, write_file
+from fs_helpers import CALLER, CHUNK, read_file, stored, wait_for, write_file
 
 from objfs.fs import FsError
 from objfs.fs.inodes import ROOT_INO
@@ -153,7 +153,6 @@ async def test_sealed_bucket_is_erofs(mem, bucket_name, make_fs):
 
 async def test_unlink_during_upload_does_not_bring_the_file_back(mem, bucket_name, make_fs):
     import trio
-    import trio.testing
 
     from objfs.store.errors import NotFound
 
@@ -166,8 +165,9 @@ async def test_unlink_during_upload_does_not_bring_the_file_back(mem, bucket_nam
         else:
             handle, _ = await fs.create(ROOT_INO, "f", 0o600, os.O_RDWR | os.O_CREAT, CALLER)
         await fs.write(handle.fh, 0, b"new version")
-        # The upload is held at a gate until the unlink has run as far as it can, so the
-        # unlink lands while the put is under way however the tasks are scheduled.
+        # The upload is held at a gate until the unlink has taken the name away, so the
+        # unlink lands while the put is under way however the tasks are scheduled. (The
+        # unlink may then wait for the upload: it closes the spool the upload reads.)
         started, go = trio.Event(), trio.Event()
 
         async def gated_put(*args, started=started, go=go, **kwargs):
@@ -181,9 +181,8 @@ async def test_unlink_during_upload_does_not_bring_the_file_back(mem, bucket_nam
                 n.start_soon(fs.release, handle.fh)
                 await started.wait()
                 n.start_soon(fs.unlink, ROOT_INO, "f")
-                await trio.testing.wait_all_tasks_blocked()
-                assert fs.table.child(fs.root, "f") is None  # unlinked; the put still held
-                go.set()
+                await wait_for(lambda: fs.table.child(fs.root, "f") is None, "the unlink")
+                go.set()  # only now may the put reach the store
         finally:
             del mem.put
         with pytest.raises(NotFound):
