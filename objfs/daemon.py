@@ -3,45 +3,70 @@
 The fork must happen before any thread (the asyncio thread, trio's thread pool) or child
 process (the embedded nats-server) exists: a forked child keeps only the forking thread, and a
 server started by the parent would belong to the wrong process. So the parent only parses and
-checks options, forks, and waits on a pipe: the child mounts and then writes one line, ``ok``
-once the mount answers, or the one-line error. The parent exits 0 or prints that error and
-exits 1, which is what fstab (``mount -a``) and ``systemd Type=forking`` need.
+checks options, forks, and waits on a pipe: the child mounts and then writes ``ok`` and the
+start line (what is mounted where, via which server) once the mount answers, or the one-line
+error. The parent prints that line and exits 0, or prints the error and exits 1, which is what
+fstab (``mount -a``) and mount(8) helpers need.
+
+``Reporter`` is also where readiness reaches systemd (``sd_notify``): the same moment, the same
+line, whether or not the mount went to the background.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
+
+from objfs.log import console
+from objfs.sd_notify import Notifier
 
 _OK = "ok"
 
 
 class Reporter:
-    """The child's end of the readiness pipe; reports once, later calls do nothing."""
+    """Readiness, told once: to the parent through the pipe of a daemonized mount (else on
+    stderr), and to systemd when it started objfs. Later calls do nothing."""
 
-    def __init__(self, fd: int | None) -> None:
+    def __init__(self, fd: int | None, notifier: Notifier | None = None) -> None:
         self._fd = fd
+        self._told = False
+        self.notifier = notifier or Notifier({})
 
-    def _send(self, line: str) -> None:
-        if self._fd is None:
-            return
+    def _send(self, *lines: str) -> None:
         fd, self._fd = self._fd, None
+        if fd is None:
+            return
         try:
-            os.write(fd, (line.replace("\n", " ") + "\n").encode())
+            os.write(fd, "".join(line.replace("\n", " ") + "\n" for line in lines).encode())
         except OSError:
             pass  # the parent is gone (killed): nobody to tell
         finally:
             os.close(fd)
 
-    def ready(self) -> None:
-        self._send(_OK)
+    def ready(self, line: str) -> None:
+        """The mount answers; ``line`` says what is mounted where, via which server."""
+        if self._told:
+            return
+        self._told = True
+        if self._fd is None:
+            console(line)
+        self._send(_OK, line)
+        self.notifier.ready(line)
 
     def failed(self, message: str) -> None:
+        if self._told:
+            return
+        self._told = True
         self._send(message)
+        self.notifier.status(f"failed: {message}")
+
+    def stopping(self, status: str) -> None:
+        self.notifier.stopping(status)
 
 
-def daemonize(log_file: Path) -> Reporter | int:
+def daemonize(log_file: Path, notifier: Notifier | None = None) -> Reporter | int:
     """Fork. In the child: return a Reporter. In the parent: return the exit code to use.
 
     The child starts a new session (no controlling terminal, so a closed terminal does not
@@ -66,7 +91,7 @@ def daemonize(log_file: Path) -> Reporter | int:
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    return Reporter(write_fd)
+    return Reporter(write_fd, notifier)
 
 
 def _parent(read_fd: int, log_file: Path) -> int:
@@ -74,10 +99,11 @@ def _parent(read_fd: int, log_file: Path) -> int:
     with os.fdopen(read_fd, "rb") as pipe:
         while data := pipe.read(4096):
             chunks.append(data)
-    line = b"".join(chunks).decode(errors="replace").strip()
-    if line == _OK:
+    lines = b"".join(chunks).decode(errors="replace").strip().splitlines() or [""]
+    if lines[0] == _OK:
+        for line in lines[1:]:
+            console(line)
         return 0
-    if not line:
-        line = f"the mount process exited before mounting (see {log_file})"
-    print(f"objfs: {line}", file=sys.stderr)
+    line = lines[0] or f"the mount process exited before mounting (see {log_file})"
+    console(line, logging.ERROR)
     return 1

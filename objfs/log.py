@@ -1,10 +1,12 @@
 """Logging setup for the objfs command: one concise format, chosen once at start-up.
 
 Foreground runs log to stderr with a timestamp, so a terminal or a test harness reading the
-child's stderr sees what happened. Under systemd (``JOURNAL_STREAM`` set: stderr is the
-journal, which stamps time and pid itself) the line carries a syslog priority prefix instead,
-so ``journalctl -p warning`` works. A daemonized mount has no terminal: it logs to a file under
-the data directory, with full dates and the process id, since that file outlives many mounts.
+child's stderr sees what happened. Under systemd (``JOURNAL_STREAM`` names stderr's device and
+inode: stderr is the journal, which stamps time and pid itself) the line carries a syslog
+priority prefix instead, so ``journalctl -p warning`` works; a child that inherited the
+variable with another stderr is not fooled by it. A daemonized mount has no terminal: it logs
+to a file under the data directory, with full dates and the process id, since that file
+outlives many mounts.
 """
 
 from __future__ import annotations
@@ -27,6 +29,24 @@ _PRIORITY = {
     logging.ERROR: "<3>",
     logging.CRITICAL: "<2>",
 }
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is the journal stream systemd set up (``JOURNAL_STREAM=dev:ino``)."""
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(2)
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (OSError, ValueError):
+        return False
+
+
+def console(message: str, level: int = logging.INFO) -> None:
+    """One ``objfs: ...`` line on stderr for whoever started objfs (a person, mount(8),
+    systemd), with journald's priority prefix when stderr is the journal, so that a fatal
+    error is seen by ``journalctl -p err``."""
+    prefix = _PRIORITY.get(level, "<6>") if stderr_is_journal() else ""
+    print(f"{prefix}objfs: {message}", file=sys.stderr, flush=True)
 
 
 class _JournalFormatter(logging.Formatter):
@@ -57,7 +77,7 @@ def setup(level: int, log_file: Path | None = None) -> None:
     handler: logging.Handler
     if log_file is None:
         handler = logging.StreamHandler(sys.stderr)
-        if os.environ.get("JOURNAL_STREAM"):
+        if stderr_is_journal():
             handler.setFormatter(_JournalFormatter(JOURNAL_FORMAT))
         else:
             handler.setFormatter(logging.Formatter(FOREGROUND_FORMAT, DATE_FORMAT))

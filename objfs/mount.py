@@ -28,18 +28,23 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from objfs.bridge import AsyncioThread, Bridge, TrioStore
 from objfs.daemon import Reporter, daemonize
 from objfs.fs import Filesystem, spool_dir
-from objfs.log import level_for, setup
+from objfs.log import console, level_for, setup
 from objfs.options import MountOptions
+from objfs.sd_notify import Notifier
 from objfs.server import EmbeddedServer, ServerError
 from objfs.store.api import ObjectStore
 from objfs.store.errors import InvalidName, NotFound, StoreError
 from objfs.store.names import check_bucket
+
+if TYPE_CHECKING:  # the backend module is imported when connecting, not at start-up
+    from objfs.store.nats_store import NatsObjectStore
 
 log = logging.getLogger("objfs.mount")
 
@@ -63,12 +68,15 @@ def main(options: MountOptions, *, verbose: int = 0) -> int:
         if options.bucket is not None:
             check_bucket(options.bucket)
     except (MountError, InvalidName) as e:
-        print(f"objfs: {e}", file=sys.stderr)
+        console(str(e), logging.ERROR)
         return 1
-    reporter = Reporter(None)
+    # Read (and taken out of the environment) before anything starts: children such as the
+    # embedded nats-server must not notify systemd on objfs's behalf.
+    notifier = Notifier()
+    reporter = Reporter(None, notifier)
     if options.daemon:
         log_file = options.connect.data_dir / "objfs.log"
-        child = daemonize(log_file)
+        child = daemonize(log_file, notifier)
         if isinstance(child, int):
             return child  # the parent: the child reported ready, or its error was printed
         reporter = child
@@ -96,7 +104,7 @@ def run(options: MountOptions, reporter: Reporter | None = None) -> int:
             log.exception("traceback")
     log.debug("exiting with error: %s", message)
     reporter.failed(message)
-    print(f"objfs: {message}", file=sys.stderr)
+    console(message, logging.ERROR)
     return 1
 
 
@@ -270,6 +278,7 @@ async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> in
         stack.callback(thread.stop)
         bridge = Bridge(thread)
         backend = await _connect(bridge, servers, options)
+        via = backend.connected_server or ",".join(servers)
         stack.push_async_callback(_close_store, bridge, backend)
         limit = backend.max_chunk_size
         if limit is not None and options.chunk_size > limit:
@@ -297,12 +306,14 @@ async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> in
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(fs.run_background)
-                nursery.start_soon(_announce, options, before, reporter)
+                nursery.start_soon(_announce, options, before, reporter, via)
+                nursery.start_soon(reporter.notifier.watchdog)
                 await pyfuse3.main()
                 log.debug("FUSE main loop ended")
                 nursery.cancel_scope.cancel()
         finally:
             state.stopping = True
+            reporter.stopping(f"unmounting {options.mountpoint}: finishing uploads")
             # Uploads first: the data users closed files on must reach the store even when
             # the loop ended by a signal or an error. Shielded: nothing may cut this short.
             with trio.CancelScope(shield=True):
@@ -334,7 +345,9 @@ async def _start_embedded_server(options: MountOptions, stack: contextlib.AsyncE
     return srv.url
 
 
-async def _connect(bridge: Bridge, servers: list[str], options: MountOptions) -> ObjectStore:
+async def _connect(
+    bridge: Bridge, servers: list[str], options: MountOptions
+) -> NatsObjectStore:
     from objfs.store.nats_store import connect
 
     c = options.connect
@@ -380,7 +393,7 @@ async def _start_fs(fs: Filesystem, options: MountOptions) -> None:
         raise MountError(f"cannot open the store: {_one_line(e)}") from None
 
 
-async def _announce(options: MountOptions, before: int, reporter: Reporter) -> None:
+async def _announce(options: MountOptions, before: int, reporter: Reporter, via: str) -> None:
     """Report ready once the mount answers: a stat of the mount point shows a new device.
 
     The stat runs in a thread because this process serves it: doing it on the trio thread
@@ -401,5 +414,6 @@ async def _announce(options: MountOptions, before: int, reporter: Reporter) -> N
         reporter.failed(f"the mount at {mp} did not appear")
         return
     what = f"bucket {options.bucket}" if options.bucket else "all buckets"
-    log.info("mounted %s at %s", what, mp)
-    reporter.ready()
+    line = f"mounted {what} at {mp} via {via}"
+    log.info("%s", line)
+    reporter.ready(line)

@@ -160,6 +160,17 @@ class NatsObjectStore(ObjectStore):
         """The server's max_payload: a larger chunk is refused by the server."""
         return int(self.nc.max_payload) or None
 
+    @property
+    def connected_server(self) -> str | None:
+        """The URL of the server this connection is on, without credentials (for logs)."""
+        url = self.nc.connected_url
+        if url is None:
+            return None
+        host = url.hostname or ""
+        if ":" in host:  # an IPv6 address
+            host = f"[{host}]"
+        return f"{url.scheme}://{host}:{url.port}" if url.port else f"{url.scheme}://{host}"
+
     # -- buckets ---------------------------------------------------------------------------
     async def _stream_info(self, bucket: str) -> dict[str, Any]:
         check_bucket(bucket)
