@@ -52,6 +52,11 @@ def make_fs(tmp_path: Path) -> Callable[..., Any]:
 
 @pytest.fixture(autouse=True)
 async def _shutdown_filesystems(make_fs: Any) -> AsyncIterator[None]:
+    """After each test: check every made Filesystem's inode table, then shut them down."""
     yield
-    for fs in make_fs.made:
-        await fs.shutdown()
+    try:
+        for fs in make_fs.made:
+            fs.table.check_invariants()
+    finally:
+        for fs in make_fs.made:
+            await fs.shutdown()
