@@ -38,14 +38,14 @@ async def test_a_sound_table_passes():
 
 
 async def test_an_entry_whose_child_disagrees_fails():
-    table, _, d, f = small_table()
+    table, _, _, f = small_table()
     f.name = "g"
     with pytest.raises(AssertionError, match="entry 'f' but says it is 'g'"):
         table.check_invariants()
 
 
 async def test_an_unreachable_attached_node_fails():
-    table, root, d, _ = small_table()
+    table, root, _, _ = small_table()
     assert root.children is not None
     del root.children["d"]
     with pytest.raises(AssertionError, match="attached but not reachable"):
@@ -60,7 +60,7 @@ async def test_a_negative_lookup_count_fails():
 
 
 async def test_a_dangling_entry_and_a_wrong_path_fail():
-    table, root, d, f = small_table()
+    table, _, d, f = small_table()
     assert d.children is not None and d.child_ids is not None
     d.children["ghost"] = 999
     d.child_ids["ghost"] = d.next_child_id
@@ -72,7 +72,7 @@ async def test_a_dangling_entry_and_a_wrong_path_fail():
 
 
 async def test_a_detached_unreferenced_node_left_in_the_table_fails():
-    table, _, d, f = small_table()
+    table, _, _, f = small_table()
     table.detach(f)
     assert f.ino not in table
     f.attached = False
