@@ -214,10 +214,10 @@ class Files:
             if node.file.handles == 0:
                 unlinked, node.file.delete_on_close = node.file.delete_on_close, None
                 if unlinked is not None:
-                    await self.retract(unlinked)  # unlinked while open: its delete is now
+                    await self._retract(unlinked)  # unlinked while open: its delete is now
             self.table.maybe_drop(node)
 
-    async def retract(self, info: ObjectInfo) -> None:
+    async def _retract(self, info: ObjectInfo) -> None:
         """Delete ``info``'s object for a file unlinked here, unless it was replaced since.
 
         Used when the delete had to come after the unlink: the file was open (its readers
@@ -265,7 +265,7 @@ class Files:
                 log.error("upload of %s failed reading %s: %s", node.path, spool.path, e)
                 raise FsError(errno.EIO, spool.last_error) from e
             if not node.attached:
-                await self.retract(info)
+                await self._retract(info)
                 return
             spool.dirty = False
             spool.last_error = None
@@ -321,7 +321,7 @@ class Files:
         for node in self.table.nodes():  # unlinked while open, still open at unmount
             unlinked, node.file.delete_on_close = node.file.delete_on_close, None
             if unlinked is not None:
-                await self.retract(unlinked)
+                await self._retract(unlinked)
         return failures
 
     def _display(self, node: Node) -> str:
