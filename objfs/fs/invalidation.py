@@ -46,12 +46,8 @@ class InvalidationQueue:
     def __init__(self, size: int = QUEUE_SIZE) -> None:
         self._send, self._receive = trio.open_memory_channel[Request](size)
         self.dropped = 0
-        self.sent: list[Request] = []
-        """The last requests queued (kept short; tests look at it)."""
 
     def push(self, request: Request) -> None:
-        self.sent.append(request)
-        del self.sent[:-256]
         try:
             self._send.send_nowait(request)
         except trio.WouldBlock:

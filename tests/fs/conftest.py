@@ -16,6 +16,7 @@ from fs_helpers import CHUNK
 
 from objfs.bridge import AsyncioThread, Bridge, TrioStore
 from objfs.fs import Filesystem
+from objfs.fs.invalidation import InvalidationQueue, Request
 from objfs.options import MountOptions
 
 
@@ -32,6 +33,20 @@ async def mem(asyncio_thread: AsyncioThread) -> AsyncIterator[TrioStore]:
     await bridge.call(backend.close)
 
 
+def record_invalidations(queue: InvalidationQueue) -> None:
+    """Keep the last requests pushed to ``queue`` in ``queue.sent`` (the tests look at it)."""
+    sent: list[Request] = []
+    push = queue.push
+
+    def recording(request: Request) -> None:
+        sent.append(request)
+        del sent[:-256]
+        push(request)
+
+    queue.push = recording  # type: ignore[method-assign]
+    queue.sent = sent  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def make_fs(tmp_path: Path) -> Callable[..., Any]:
     """``await make_fs(store, bucket, **options)``: a started Filesystem (shut down after)."""
@@ -42,6 +57,7 @@ def make_fs(tmp_path: Path) -> Callable[..., Any]:
         kw.setdefault("spool_dir", tmp_path / f"spool{len(made)}")
         opts = MountOptions(mountpoint=tmp_path / "mnt", bucket=bucket, create=create, **kw)
         fs = Filesystem(store, opts)
+        record_invalidations(fs.queue)
         await fs.start()
         made.append(fs)
         return fs
