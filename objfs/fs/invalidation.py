@@ -2,10 +2,10 @@
 
 The core decides *what* the kernel must forget (a changed inode's pages or attributes, a
 directory entry that appeared or vanished); only the pyfuse3 adapter knows *how*. Requests
-travel through a bounded trio channel to a worker in ``Filesystem.run_background``: never
-from inside a request handler, where ``invalidate_entry`` deadlocks (docs/design.md). A
-full queue drops requests with a log line; the short attribute/entry timeouts bound the
-staleness.
+travel through a bounded trio channel to a worker (``Coherence.run``, started by
+``Filesystem.run_background``): never from inside a request handler, where
+``invalidate_entry`` deadlocks (docs/design.md). A full queue drops requests with a log
+line; the short attribute/entry timeouts bound the staleness.
 """
 
 from __future__ import annotations
