@@ -246,10 +246,12 @@ class Files:
             old = node.info
             meta = old.meta if old is not None else ObjectMeta()
             meta.headers = attrs_to_headers(node.attrs, old.headers if old is not None else None)
+            bucket = node.bucket  # a node never changes bucket (a rename across them is EXDEV)
+            assert bucket is not None
             try:
                 await spool.fill(self.store)
                 info = await self.store.put(
-                    node.bucket,
+                    bucket,
                     node.path,
                     spool.rewind(),
                     meta=meta,

@@ -29,8 +29,10 @@ class Spool:
 
     ``base`` is the object the content starts from (None: a new, empty file). Until
     ``filled``, the file does not hold that content yet and ``size`` is the base's size.
-    ``lock`` serialises writes, fills and uploads (an upload reads the file from another
-    thread).
+    ``lock`` serialises writes, truncates, fills, reads and uploads (an upload reads the file
+    from a worker thread, across many awaits), and is also taken by a rename or an xattr
+    update of the node, which must not run under its upload. ``dirty``, ``base`` and
+    ``last_error`` change only under it (or on a new spool no other task can see yet).
     """
 
     def __init__(self, directory: Path, base: ObjectInfo | None) -> None:
