@@ -63,8 +63,6 @@ class Watcher:
         self.tree = tree
         self.queue = queue
         self.cache = cache
-        self.applied = 0
-        """Events applied so far (for logs and tests that wait for the watch)."""
         # Concurrency: ``hold`` spans the awaits of an operation's store calls; the counts in
         # ``_held`` and the ``_deferred`` list are changed only by code that does not await,
         # so an event is either applied at once or deferred and applied when the last hold
@@ -114,7 +112,6 @@ class Watcher:
         if event.info.bucket in self._held:
             self._deferred.append((root, event))
             return
-        self.applied += 1
         if event.kind == "put":
             self._put(root, event.info)
         elif event.kind == "delete":

@@ -16,8 +16,11 @@ from fs_helpers import CHUNK
 
 from objfs.bridge import AsyncioThread, Bridge, TrioStore
 from objfs.fs import Filesystem
+from objfs.fs.inodes import Node
 from objfs.fs.invalidation import InvalidationQueue, Request
+from objfs.fs.watcher import Watcher
 from objfs.options import MountOptions
+from objfs.store.api import WatchEvent
 
 
 @pytest.fixture
@@ -47,6 +50,18 @@ def record_invalidations(queue: InvalidationQueue) -> None:
     queue.sent = sent  # type: ignore[attr-defined]
 
 
+def count_watch_events(watcher: Watcher) -> None:
+    """Count the events handed to ``watcher.apply`` in ``watcher.applied`` (tests wait on it)."""
+    apply = watcher.apply
+
+    def counting(root: Node, event: WatchEvent) -> None:
+        watcher.applied += 1  # type: ignore[attr-defined]
+        apply(root, event)
+
+    watcher.applied = 0  # type: ignore[attr-defined]
+    watcher.apply = counting  # type: ignore[method-assign]
+
+
 @pytest.fixture
 def make_fs(tmp_path: Path) -> Callable[..., Any]:
     """``await make_fs(store, bucket, **options)``: a started Filesystem (shut down after)."""
@@ -58,6 +73,7 @@ def make_fs(tmp_path: Path) -> Callable[..., Any]:
         opts = MountOptions(mountpoint=tmp_path / "mnt", bucket=bucket, create=create, **kw)
         fs = Filesystem(store, opts)
         record_invalidations(fs.queue)
+        count_watch_events(fs.watcher)
         await fs.start()
         made.append(fs)
         return fs
