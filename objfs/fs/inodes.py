@@ -75,14 +75,14 @@ class Listing:
 class Node:
     """One file, directory or symlink (or bucket directory) as the kernel sees it.
 
-    ``ino`` is the node's identity and never changes. The rest is mutable state, each group
-    with one owner (the concurrency contract: trio runs one task at a time and a field below
-    changes only between awaits, so an owner that does not await between reading and writing
-    a field needs no lock; where an await sits in between, the owner says what protects it):
+    ``ino`` and ``bucket`` are the node's identity and never change. The rest is mutable
+    state in groups, each with one owner. Concurrency: trio runs one task at a time and
+    switches only at an await, so an owner that reads and writes a field with no await in
+    between needs no lock; where an await sits in between, the owner says what protects it.
 
-    - place in the tree (``name``, ``parent``, ``bucket``, ``path``, ``attached``,
-      ``children``, ``child_ids``, ``next_child_id``, ``listing``) and the kernel's lookup
-      count (``lookups``): ``InodeTable`` alone changes them;
+    - place in the tree (``name``, ``parent``, ``path``, ``attached``, ``children``,
+      ``child_ids``, ``next_child_id``, ``listing``) and the kernel's lookup count
+      (``lookups``): ``InodeTable`` alone changes them;
     - the object it shows (``kind``, ``attrs``, ``info``, ``symlink``): ``Tree`` and the
       watcher, and the operations of this mount, which change them under ``watcher.hold`` of
       the bucket so that the watch's echo of their own store call is not applied meanwhile;
@@ -90,10 +90,10 @@ class Node:
     """
 
     __slots__ = (
+        "_bucket",
         "_ino",
         "attached",
         "attrs",
-        "bucket",
         "child_ids",
         "children",
         "file",
@@ -123,8 +123,7 @@ class Node:
         self.kind = kind
         self.name = name
         self.parent = parent
-        self.bucket: str | None = bucket
-        """The bucket this node lives in; None only for the all-buckets root."""
+        self._bucket = bucket
         self.path = path
         """Object-name path inside the bucket ("" for a bucket's root directory)."""
         self.attrs = attrs
@@ -144,6 +143,11 @@ class Node:
     @property
     def ino(self) -> int:
         return self._ino
+
+    @property
+    def bucket(self) -> str | None:
+        """The bucket this node lives in; None only for the all-buckets root."""
+        return self._bucket
 
     def __repr__(self) -> str:
         return f"Node({self._ino}, {self.kind.name}, {self.bucket}:{self.path!r})"
@@ -335,18 +339,20 @@ class InodeTable:
 
     def move(self, node: Node, new_parent: Node, new_name: str) -> None:
         """Re-attach ``node`` as ``new_parent``'s child ``new_name`` and fix paths below it."""
+        # A node's bucket is part of its identity: a rename across buckets is EXDEV before
+        # anything moves.
+        assert new_parent.bucket == node.bucket, "a node never changes bucket"
         self._unhook(node)
         node.name = new_name
         self.attach(new_parent, node)
-        self._repath(node, child_path(new_parent, new_name), new_parent.bucket)
+        self._repath(node, child_path(new_parent, new_name))
 
-    def _repath(self, node: Node, path: str, bucket: str | None) -> None:
+    def _repath(self, node: Node, path: str) -> None:
         node.path = path
-        node.bucket = bucket
         for ino in list((node.children or {}).values()):
             child = self._nodes.get(ino)
             if child is not None:
-                self._repath(child, f"{path}/{child.name}", bucket)
+                self._repath(child, f"{path}/{child.name}")
 
     # -- invariants (run after every core test; cheap enough for a debug check) ----------------
     def check_invariants(self) -> None:
