@@ -1,7 +1,9 @@
 """The objfs filesystem: a core that tests drive directly, and the thin pyfuse3 adapter.
 
-``Filesystem`` (``core``) owns the inode table, the tree built from object names, handles,
-the write spool and the chunk cache; it imports neither pyfuse3 nor nats. ``FuseOperations``
+``Filesystem`` (``core``) is the core's façade: it builds the inode table, the tree built
+from object names, the handle table, the chunk cache and the components that own the
+operations (``guard``, ``names``, ``links``, ``files``, ``attributes``, ``xattr_ops``,
+``coherence``), and delegates to them; none of it imports pyfuse3 or nats. ``FuseOperations``
 (``fuse_ops``) translates pyfuse3 calls into it and errors into errnos. ``FuseOperations`` is
 imported lazily so that the core can be used where pyfuse3 is not installed.
 """

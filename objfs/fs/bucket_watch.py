@@ -3,8 +3,8 @@
 Without ``--bucket`` the mount root shows one directory per bucket. ``BucketListWatch`` runs
 the store's ``watch_buckets`` (NATS: stream advisories, a few milliseconds after the change;
 see ``NatsObjectStore.watch_buckets``): a bucket created anywhere appears at the root, a
-deleted one disappears (its object watch is closed), and a sealed one is recorded in
-``Filesystem.sealed_buckets`` and its directory shows no write permission. Each change
+deleted one disappears (its object watch is closed), and a sealed one is recorded by the
+write guard and its directory shows no write permission. Each change
 queues the root's dentry invalidation for that name (and the bucket directory's attributes
 when it is sealed), so ``ls`` of the root needs no store round trip once the snapshot is in.
 
@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import logging
 import stat
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
 
+from objfs.bridge import TrioStore
+from objfs.fs.guard import WriteGuard
 from objfs.fs.inodes import ROOT_INO, Node
-from objfs.fs.invalidation import InvalidateEntry, InvalidateInode
+from objfs.fs.invalidation import InvalidateEntry, InvalidateInode, InvalidationQueue
+from objfs.fs.tree import Tree
 from objfs.fs.watcher import RETRY_DELAY, close_watch
 from objfs.store.api import BucketEvent
 from objfs.store.errors import StoreError
-
-if TYPE_CHECKING:
-    from objfs.fs.core import Filesystem
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +37,39 @@ WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 class BucketListWatch:
     """The bucket-list watch of an all-buckets mount: ``load`` once, then ``follow``."""
 
-    def __init__(self, fs: Filesystem) -> None:
-        self.fs = fs
+    def __init__(
+        self,
+        store: TrioStore,
+        tree: Tree,
+        root: Node,
+        queue: InvalidationQueue,
+        guard: WriteGuard,
+        forget_bucket: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.store = store
+        self.tree = tree
+        self.root = root
+        self.queue = queue
+        self.guard = guard
+        self.forget_bucket = forget_bucket
+        """``Coherence.forget_bucket``: a deleted bucket's watch and directory go."""
         self.live = False
         """True while ``follow`` runs an established watch (the root is then answered from
         memory; before that, and while re-establishing it, the root re-lists on demand)."""
-        self._iter: object = None
-        self.applied = 0
+        self._iter: AsyncIterator[BucketEvent] | None = None
         self._following = False
 
     async def load(self, *, reconcile: bool = False) -> None:
         """Start the watch and apply its snapshot (returns at ``snapshot_end``)."""
-        self._iter = self.fs.store.watch_buckets().__aiter__()
+        self._iter = aiter(self.store.watch_buckets())
         seen: set[str] = set()
-        async for event in self._iter:  # type: ignore[attr-defined]
+        async for event in self._iter:
             if event.kind == "snapshot_end":
                 break
             seen.add(event.name)
             await self.apply(event)
         if reconcile:
-            for name in list(self.fs.root.children or {}):
+            for name in list(self.root.children or {}):
                 if name not in seen:
                     await self.apply(BucketEvent("delete", name))
 
@@ -76,7 +89,8 @@ class BucketListWatch:
                 if self._iter is None:
                     await self.load(reconcile=True)
                 self.live = True
-                async for event in self._iter:  # type: ignore[attr-defined]
+                assert self._iter is not None
+                async for event in self._iter:
                     await self.apply(event)
                 log.warning("bucket-list watch ended; restarting")
             except StoreError as e:
@@ -88,31 +102,26 @@ class BucketListWatch:
             await trio.sleep(RETRY_DELAY)
 
     async def apply(self, event: BucketEvent) -> None:
-        fs = self.fs
-        self.applied += 1
-        node = fs.table.child(fs.root, event.name)
+        node = self.tree.table.child(self.root, event.name)
         if event.kind == "delete":
-            fs.sealed_buckets.discard(event.name)
+            self.guard.forget_sealed(event.name)
             if node is not None:
-                await fs.forget_bucket(event.name)
+                await self.forget_bucket(event.name)
             return
         if event.kind != "put":
             return
         if node is None:
             node = self.add(event.name)
-        was = event.name in fs.sealed_buckets
-        if event.sealed and not was:
-            fs.sealed_buckets.add(event.name)
+        if event.sealed and self.guard.note_sealed(event.name):
             node.attrs.mode &= ~WRITE_BITS
             if node.lookups > 0:
-                fs.queue.push(InvalidateInode(node.ino, attr_only=True))
+                self.queue.push(InvalidateInode(node.ino, attr_only=True))
 
     def add(self, name: str) -> Node:
         """A directory for bucket ``name`` at the root (its objects load on first use)."""
-        fs = self.fs
-        node = fs.tree.new_bucket_dir(fs.root, name)
-        fs.queue.push(InvalidateEntry(ROOT_INO, name))
-        fs.queue.push(InvalidateInode(ROOT_INO, attr_only=False))
+        node = self.tree.new_bucket_dir(self.root, name)
+        self.queue.push(InvalidateEntry(ROOT_INO, name))
+        self.queue.push(InvalidateInode(ROOT_INO, attr_only=False))
         return node
 
     async def _close_iter(self) -> None:

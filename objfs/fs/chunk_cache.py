@@ -22,6 +22,7 @@ from typing import Any
 import trio
 from cachetools import LRUCache
 
+from objfs.bridge import TrioStore
 from objfs.store.api import ChunkLayout, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ READAHEAD_BYTES = 4 * 1024 * 1024
 
 class ChunkCache:
     def __init__(
-        self, store: Any, capacity: int, *, readahead_bytes: int = READAHEAD_BYTES
+        self, store: TrioStore, capacity: int, *, readahead_bytes: int = READAHEAD_BYTES
     ) -> None:
         self.store = store
         self._chunks: LRUCache[Key, bytes] = LRUCache(maxsize=max(capacity, 1), getsizeof=len)

@@ -5,6 +5,23 @@ Writes go to the inode's spool (shared by all its handles); the spool is uploade
 fsync. A failed upload answers EIO (ENOSPC/EROFS when the store says so) and keeps the spool:
 the next close or fsync retries, and so does ``Filesystem.shutdown``. Reads come from the
 spool while the inode has local content, otherwise through the chunk cache.
+
+``Files`` owns each node's ``FileState`` (``Node.file``: spool, handle counts, the cached
+version, the object to delete at the last close, remote versions held while writing).
+
+Concurrency (trio: one task runs at a time, switching only at an await):
+
+- ``spool.lock`` serialises everything that reads or changes a spool's file across awaits:
+  writes, truncates, fills and uploads (an upload reads the file from a worker thread), and
+  renames and xattr updates of a node with a spool (``names``, ``xattr_ops``), which must
+  not run under an upload that would publish the old name or meta.
+- ``upload`` re-checks ``spool.dirty`` after taking the lock: another close may have
+  uploaded meanwhile. It re-checks ``node.attached`` after the put: an unlink during the
+  put's awaits detached the node, and the object just stored is retracted.
+- ``Node.file.spool`` itself is set and cleared without an await in between the check and
+  the change (``_spool``, ``release``); ``unlink`` clears it under the spool's lock.
+- The kernel never calls release while other requests on the same handle run, and flush
+  and release of one handle come in order; other handles of the node may run at once.
 """
 
 from __future__ import annotations
@@ -14,47 +31,52 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+from objfs.bridge import TrioStore
+from objfs.fs.chunk_cache import ChunkCache
 from objfs.fs.errors import FsError
 from objfs.fs.handles import Handle, HandleTable
 from objfs.fs.inodes import InodeTable, Kind, Node
+from objfs.fs.naming import display_path, in_bucket, new_attrs, object_name, touch
 from objfs.fs.posix_attrs import attrs_to_headers
 from objfs.fs.spool import Spool
 from objfs.fs.values import Caller
+from objfs.fs.watcher import Watcher
+from objfs.options import MountOptions
 from objfs.store.api import ObjectInfo, ObjectMeta
 from objfs.store.errors import NoSpace, NotFound, ReadOnly, StoreError
 
-if TYPE_CHECKING:
-    from objfs.fs.chunk_cache import ChunkCache
-    from objfs.fs.watcher import Watcher
-    from objfs.options import MountOptions
-
 log = logging.getLogger(__name__)
 
-DELETE_ON_CLOSE = "delete_on_close"
-"""``Node.extra`` key: the object of a file unlinked while open, deleted at its last close."""
+Failure = tuple[str, str, str]
+"""An upload that failed at shutdown: ``(path, spool_file, error_message)``."""
 
 
-class FileOps:
-    """Mixed into ``Filesystem``; uses its store, tables, cache and helpers."""
+class Files:
+    """Open files and their data (see the module docstring)."""
 
-    store: Any
-    options: MountOptions
-    table: InodeTable
-    handles: HandleTable
-    cache: ChunkCache
-    spool_dir: Path
-    watcher: Watcher
-
-    if TYPE_CHECKING:
-
-        async def directory(self, ino: int) -> Node: ...
-        def object_name(self, parent: Node, name: str, *, directory: bool = False) -> str: ...
-        def in_bucket(self, parent: Node) -> str: ...
-        def new_attrs(self, file_type: int, mode: int, caller: Caller) -> Any: ...
-        def touch(self, node: Node | None) -> None: ...
+    def __init__(
+        self,
+        store: TrioStore,
+        options: MountOptions,
+        table: InodeTable,
+        handles: HandleTable,
+        cache: ChunkCache,
+        spool_dir: Path,
+        watcher: Watcher,
+        directory: Callable[[int], Awaitable[Node]],
+    ) -> None:
+        self.store = store
+        self.options = options
+        self.table = table
+        self.handles = handles
+        self.cache = cache
+        self.spool_dir = spool_dir
+        self.watcher = watcher
+        self.directory = directory
+        """``Coherence.directory``: a directory by inode, its bucket loaded."""
 
     # -- opening -------------------------------------------------------------------------------
     async def open(self, ino: int, flags: int, caller: Caller | None = None) -> tuple[Handle, bool]:
@@ -65,7 +87,7 @@ class FileOps:
         if node.kind is Kind.SYMLINK:
             raise FsError(errno.ELOOP)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        keep_cache = node.info is not None and node.cached_nuid == node.info.nuid
+        keep_cache = node.info is not None and node.file.cached_nuid == node.info.nuid
         if writable:
             self._spool(node)
         handle = self.handles.open(node, writable)
@@ -78,30 +100,31 @@ class FileOps:
             await self.release(handle.fh)
             raise
         if node.info is not None and node.spool is None:
-            node.cached_nuid = node.info.nuid
+            node.file.cached_nuid = node.info.nuid
         return handle, keep_cache
 
     def _spool(self, node: Node) -> Spool:
-        if node.spool is None:
-            node.spool = Spool(self.spool_dir, node.info)
-        return node.spool
+        spool = node.file.spool
+        if spool is None:
+            spool = node.file.spool = Spool(self.spool_dir, node.info)
+        return spool
 
     async def create(
         self, parent_ino: int, name: str, mode: int, flags: int, caller: Caller
     ) -> tuple[Handle, Node]:
         """Create and open a new regular file (visible here at once, uploaded on close)."""
         parent = await self.directory(parent_ino)
-        self.in_bucket(parent)
-        self.object_name(parent, name)
+        in_bucket(parent)
+        object_name(parent, name)
         if self.table.child(parent, name) is not None:
             raise FsError(errno.EEXIST)
-        attrs = self.new_attrs(stat.S_IFREG, mode, caller)
+        attrs = new_attrs(stat.S_IFREG, mode, caller)
         node = self.table.new(Kind.FILE, parent, name, attrs)
         spool = self._spool(node)
         spool.dirty = True  # even an empty new file must reach the store
         handle = self.handles.open(node, True)
         self.table.ref(node)
-        self.touch(parent)
+        touch(parent)
         return handle, node
 
     async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, caller: Caller) -> Node:
@@ -109,11 +132,11 @@ class FileOps:
         if not stat.S_ISREG(mode):
             raise FsError(errno.EPERM, "objfs stores regular files, directories and symlinks only")
         parent = await self.directory(parent_ino)
-        bucket = self.in_bucket(parent)
-        full = self.object_name(parent, name)
+        bucket = in_bucket(parent)
+        full = object_name(parent, name)
         if self.table.child(parent, name) is not None:
             raise FsError(errno.EEXIST)
-        attrs = self.new_attrs(stat.S_IFREG, mode, caller)
+        attrs = new_attrs(stat.S_IFREG, mode, caller)
         with self.watcher.hold(bucket):
             info = await self.store.put(
                 bucket,
@@ -124,7 +147,7 @@ class FileOps:
             )
             node = self.table.new(Kind.FILE, parent, name, attrs, info=info)
         self.table.ref(node)
-        self.touch(parent)
+        touch(parent)
         return node
 
     # -- data ----------------------------------------------------------------------------------
@@ -166,7 +189,7 @@ class FileOps:
         """close(2) of one descriptor: upload if this handle is the inode's last writer."""
         handle = self.handles.get(fh)
         node = handle.node
-        if handle.writable and node.writers == 1:
+        if handle.writable and node.file.writers == 1:
             await self.upload(node)
 
     async def fsync(self, fh: int, datasync: bool = False) -> None:
@@ -176,20 +199,20 @@ class FileOps:
         handle = self.handles.close(fh)
         node = handle.node
         try:
-            if handle.writable and node.writers == 0:
+            if handle.writable and node.file.writers == 0:
                 await self.upload(node)
         finally:
             spool = node.spool
             # A clean spool is no longer needed; a dirty one (failed upload) is kept for the
             # retry; an unlinked file's spool lives until its last reader is gone.
-            if spool is not None and node.writers == 0:
-                done = node.handles == 0 if not node.attached else not spool.dirty
+            if spool is not None and node.file.writers == 0:
+                done = node.file.handles == 0 if not node.attached else not spool.dirty
                 if done:
                     spool.close()
-                    node.spool = None
+                    node.file.spool = None
                     self.watcher.local_done(node)  # a remote change held while writing
-            if node.handles == 0:
-                unlinked = node.extra.pop(DELETE_ON_CLOSE, None)
+            if node.file.handles == 0:
+                unlinked, node.file.delete_on_close = node.file.delete_on_close, None
                 if unlinked is not None:
                     await self._retract(unlinked)  # unlinked while open: its delete is now
             self.table.maybe_drop(node)
@@ -214,8 +237,8 @@ class FileOps:
 
     async def upload(self, node: Node) -> None:
         """Store the spool's content as the node's object (if it changed); EIO on failure."""
-        spool = node.spool
-        if spool is None or not spool.dirty or not node.attached or node.bucket is None:
+        spool = self._unstored(node)
+        if spool is None:
             return
         async with spool.lock:
             if not spool.dirty:
@@ -223,10 +246,12 @@ class FileOps:
             old = node.info
             meta = old.meta if old is not None else ObjectMeta()
             meta.headers = attrs_to_headers(node.attrs, old.headers if old is not None else None)
+            bucket = node.bucket  # a node never changes bucket (a rename across them is EXDEV)
+            assert bucket is not None
             try:
                 await spool.fill(self.store)
                 info = await self.store.put(
-                    node.bucket,
+                    bucket,
                     node.path,
                     spool.rewind(),
                     meta=meta,
@@ -250,8 +275,56 @@ class FileOps:
             node.info = info
             self.watcher.uploaded(node, info)
             # The kernel's pages were written through and match the object just stored.
-            node.cached_nuid = info.nuid
+            node.file.cached_nuid = info.nuid
             for h in self.handles.of(node):
                 h.info = info  # readers here saw these bytes through the spool already
             if old is not None and old.nuid != info.nuid:
                 self.cache.forget(old.bucket, old.nuid)
+
+    @staticmethod
+    def _unstored(node: Node) -> Spool | None:
+        """``node``'s spool if it holds changes to upload under a name."""
+        spool = node.spool
+        if spool is None or not spool.dirty or not node.attached or node.bucket is None:
+            return None
+        return spool
+
+    # -- unmount -------------------------------------------------------------------------------
+    async def shutdown(self) -> list[Failure]:
+        """Upload what is still dirty, drop every spool, carry out pending deletes.
+
+        Returns the uploads that failed (their spool files are kept).
+        """
+        failures: list[Failure] = []
+        for node in [n for n in self.table.nodes() if n.spool is not None]:
+            spool = node.spool
+            assert spool is not None
+            if spool.dirty and node.attached:
+                if node.file.writers > 0:
+                    # Unmounted under a writer (SIGTERM during a copy): what it wrote so far is
+                    # stored, as a close would; the user must know the file may be partial.
+                    log.warning(
+                        "%s was still open for writing at unmount: storing the %d bytes "
+                        "written so far (the writer may not have finished)",
+                        self._display(node),
+                        spool.size,
+                    )
+                try:
+                    await self.upload(node)
+                except (FsError, StoreError) as e:
+                    failures.append(
+                        (self._display(node), str(spool.path), spool.last_error or str(e))
+                    )
+                    spool.close(delete=False)
+                    node.file.spool = None
+                    continue
+            spool.close()
+            node.file.spool = None
+        for node in self.table.nodes():  # unlinked while open, still open at unmount
+            unlinked, node.file.delete_on_close = node.file.delete_on_close, None
+            if unlinked is not None:
+                await self._retract(unlinked)
+        return failures
+
+    def _display(self, node: Node) -> str:
+        return display_path(node, multi_bucket=self.options.bucket is None)

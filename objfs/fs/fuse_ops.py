@@ -16,8 +16,8 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -31,7 +31,9 @@ from objfs.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+P = ParamSpec("P")
+R = TypeVar("R")
+Handler = Callable[Concatenate["FuseOperations", P], Coroutine[Any, Any, R]]
 
 DOTS = 2
 """Readdir offsets taken by "." and ".." before the directory's own entries."""
@@ -47,13 +49,13 @@ def _caller(ctx: Any) -> Caller:
     return Caller(ctx.uid, ctx.gid, ctx.umask, ctx.pid)
 
 
-def errnos(fn: F) -> F:
+def errnos(fn: Handler[P, R]) -> Handler[P, R]:
     """Answer FsError/StoreError with their errno and anything unexpected with EIO."""
 
     @functools.wraps(fn)
-    async def wrapper(self: FuseOperations, *args: Any) -> Any:
+    async def wrapper(self: FuseOperations, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return await fn(self, *args)
+            return await fn(self, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except (FsError, StoreError) as e:
@@ -63,7 +65,7 @@ def errnos(fn: F) -> F:
             log.exception("unexpected error in %s%r", fn.__name__, args[:3])
             raise pyfuse3.FUSEError(errno.EIO) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def entry_attributes(st: Stat) -> pyfuse3.EntryAttributes:

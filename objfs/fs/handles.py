@@ -9,18 +9,21 @@ has one.
 an open reader to other bytes mid-file (it keeps reading its version while the chunks exist,
 then gets ESTALE), whereas this mount's own uploads move the pins of the inode's handles to
 the version just stored (those readers saw the new bytes through the spool already).
+
+The table counts each node's handles and writers in ``Node.file`` (``open``/``close`` are
+the only writers of those counts; they never await, so the counts and the table agree at
+every await).
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 from dataclasses import dataclass
 
 from objfs.fs.errors import FsError
 from objfs.fs.inodes import Node
 from objfs.store.api import ObjectInfo
-
-EBADF = 9
 
 
 class Mode(enum.Enum):
@@ -50,29 +53,29 @@ class HandleTable:
         handle = Handle(self._next, node, Mode.WRITING if writable else Mode.READING)
         self._next += 1
         self._handles[handle.fh] = handle
-        node.handles += 1
+        node.file.handles += 1
         if writable:
-            node.writers += 1
+            node.file.writers += 1
         return handle
 
     def get(self, fh: int) -> Handle:
         handle = self._handles.get(fh)
         if handle is None:
-            raise FsError(EBADF, f"no file handle {fh}")
+            raise FsError(errno.EBADF, f"no file handle {fh}")
         return handle
 
     def close(self, fh: int) -> Handle:
         handle = self._handles.pop(fh, None)
         if handle is None:
-            raise FsError(EBADF, f"no file handle {fh}")
-        handle.node.handles -= 1
+            raise FsError(errno.EBADF, f"no file handle {fh}")
+        handle.node.file.handles -= 1
         if handle.writable:
-            handle.node.writers -= 1
+            handle.node.file.writers -= 1
         return handle
 
     def of(self, node: Node) -> list[Handle]:
         """The open handles of ``node``."""
-        return [h for h in self._handles.values() if h.node is node] if node.handles else []
+        return [h for h in self._handles.values() if h.node is node] if node.file.handles else []
 
     def __len__(self) -> int:
         return len(self._handles)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import errno
 import logging
 import stat
 from collections.abc import Iterator
@@ -39,34 +40,117 @@ class Kind(enum.Enum):
 
 
 @dataclass(eq=False, slots=True)
-class Node:
-    """One file, directory or symlink (or bucket directory) as the kernel sees it."""
+class FileState:
+    """The per-inode state of open files and writes, owned by ``files.Files``.
 
-    ino: int
-    kind: Kind
-    name: str
-    parent: int
-    bucket: str | None
-    """The bucket this node lives in; None only for the all-buckets root."""
-    path: str
-    """Object-name path inside the bucket ("" for a bucket's root directory)."""
-    attrs: Attrs
-    info: ObjectInfo | None = None
-    """The object (a directory's marker object) behind this node; None if there is none."""
-    symlink: str | None = None
-    children: dict[str, int] | None = None
-    child_ids: dict[str, int] | None = None
-    next_child_id: int = 1
-    lookups: int = 0
-    attached: bool = True
+    Written only by ``Files`` and ``HandleTable`` (and ``names.Names.unlink``, which hands a
+    still-open file's object over to ``delete_on_close``); the watcher reads it to know that
+    a node is being written here and appends to ``remote``. All of it changes only between
+    awaits of one trio task (no preemption), except the spool's content, see ``spool.lock``.
+    """
+
     spool: Spool | None = None
+    """The local content while the inode is written (shared by all its handles)."""
     writers: int = 0
+    """Open writable handles (``HandleTable``)."""
     handles: int = 0
+    """Open handles of any mode (``HandleTable``); a node with handles stays in the table."""
     cached_nuid: str | None = None
     """The nuid whose pages the kernel may hold for this inode (keep_cache is safe if equal)."""
-    loaded: bool = True
-    """False for a bucket directory whose contents have not been loaded yet."""
-    extra: dict[str, object] = field(default_factory=dict)
+    delete_on_close: ObjectInfo | None = None
+    """The object of a file unlinked while open here: deleted at its last close."""
+    remote: list[ObjectInfo] = field(default_factory=list)
+    """Versions the watch delivered while this mount was writing the node (``watcher``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A directory's children sorted by readdir id, valid while ``key`` is unchanged."""
+
+    key: tuple[int, int]
+    ids: list[int]
+    names: list[str]
+
+
+class Node:
+    """One file, directory or symlink (or bucket directory) as the kernel sees it.
+
+    ``ino`` and ``bucket`` are the node's identity and never change. The rest is mutable
+    state in groups, each with one owner. Concurrency: trio runs one task at a time and
+    switches only at an await, so an owner that reads and writes a field with no await in
+    between needs no lock; where an await sits in between, the owner says what protects it.
+
+    - place in the tree (``name``, ``parent``, ``path``, ``attached``, ``children``,
+      ``child_ids``, ``next_child_id``, ``listing``) and the kernel's lookup count
+      (``lookups``): ``InodeTable`` alone changes them;
+    - the object it shows (``kind``, ``attrs``, ``info``, ``symlink``): ``Tree`` and the
+      watcher, and the operations of this mount, which change them under ``watcher.hold`` of
+      the bucket so that the watch's echo of their own store call is not applied meanwhile;
+    - open files and writes (``file``): ``files.Files`` (see ``FileState``).
+    """
+
+    __slots__ = (
+        "_bucket",
+        "_ino",
+        "attached",
+        "attrs",
+        "child_ids",
+        "children",
+        "file",
+        "info",
+        "kind",
+        "listing",
+        "lookups",
+        "name",
+        "next_child_id",
+        "parent",
+        "path",
+        "symlink",
+    )
+
+    def __init__(
+        self,
+        ino: int,
+        kind: Kind,
+        name: str,
+        parent: int,
+        bucket: str | None,
+        path: str,
+        attrs: Attrs,
+        info: ObjectInfo | None = None,
+    ) -> None:
+        self._ino = ino
+        self.kind = kind
+        self.name = name
+        self.parent = parent
+        self._bucket = bucket
+        self.path = path
+        """Object-name path inside the bucket ("" for a bucket's root directory)."""
+        self.attrs = attrs
+        self.info: ObjectInfo | None = info
+        """The object (a directory's marker object) behind this node; None if there is none."""
+        self.symlink: str | None = None
+        dirs = kind is Kind.DIR
+        self.children: dict[str, int] | None = {} if dirs else None
+        self.child_ids: dict[str, int] | None = {} if dirs else None
+        self.next_child_id = 1
+        self.listing: Listing | None = None
+        """``InodeTable.entries``' sorted snapshot of the children (a cache)."""
+        self.lookups = 0
+        self.attached = True
+        self.file = FileState()
+
+    @property
+    def ino(self) -> int:
+        return self._ino
+
+    @property
+    def bucket(self) -> str | None:
+        """The bucket this node lives in; None only for the all-buckets root."""
+        return self._bucket
+
+    def __repr__(self) -> str:
+        return f"Node({self._ino}, {self.kind.name}, {self.bucket}:{self.path!r})"
 
     @property
     def is_dir(self) -> bool:
@@ -82,9 +166,14 @@ class Node:
         return self.path + "/" if self.is_dir else self.path
 
     @property
+    def spool(self) -> Spool | None:
+        """``file.spool``: whether (and what) this node is being written here."""
+        return self.file.spool
+
+    @property
     def size(self) -> int:
-        if self.spool is not None:
-            return self.spool.size
+        if self.file.spool is not None:
+            return self.file.spool.size
         if self.kind is Kind.SYMLINK:
             return len((self.symlink or "").encode("utf-8", "surrogateescape"))
         if self.info is not None and not self.is_dir:
@@ -119,7 +208,7 @@ class InodeTable:
         return ino in self._nodes
 
     def add_root(self, node: Node) -> Node:
-        node.ino = ROOT_INO
+        assert node.ino == ROOT_INO
         self._nodes[ROOT_INO] = node
         return node
 
@@ -145,8 +234,6 @@ class InodeTable:
             attrs=attrs,
             info=info,
         )
-        if kind is Kind.DIR:
-            node.children, node.child_ids = {}, {}
         self._next += 1
         self._nodes[node.ino] = node
         self.attach(parent, node)
@@ -155,7 +242,7 @@ class InodeTable:
     def get(self, ino: int) -> Node:
         node = self._nodes.get(ino)
         if node is None:
-            raise FsError(2, f"no inode {ino}")  # ENOENT
+            raise FsError(errno.ENOENT, f"no inode {ino}")
         return node
 
     def find(self, ino: int) -> Node | None:
@@ -203,7 +290,8 @@ class InodeTable:
         self.maybe_drop(node)
 
     def maybe_drop(self, node: Node) -> None:
-        if not node.attached and node.lookups <= 0 and node.handles <= 0 and node.ino != ROOT_INO:
+        unreferenced = node.lookups <= 0 and node.file.handles <= 0
+        if not node.attached and unreferenced and node.ino != ROOT_INO:
             self._nodes.pop(node.ino, None)
 
     def ref(self, node: Node) -> None:
@@ -230,14 +318,14 @@ class InodeTable:
         if directory.children is None or directory.child_ids is None:
             return
         key = (directory.next_child_id, len(directory.child_ids))
-        cached = directory.extra.get("listing")
-        if not (isinstance(cached, tuple) and cached[0] == key):
+        listing = directory.listing
+        if listing is None or listing.key != key:
             items = sorted(directory.child_ids.items(), key=lambda kv: kv[1])
-            cached = (key, [cid for _, cid in items], [name for name, _ in items])
-            directory.extra["listing"] = cached
-        _, cids, names = cached
+            listing = Listing(key, [cid for _, cid in items], [name for name, _ in items])
+            directory.listing = listing
+        cids = listing.ids
         for i in range(bisect.bisect_right(cids, start_id), len(cids)):
-            node = self.child(directory, names[i])
+            node = self.child(directory, listing.names[i])
             if node is not None:
                 yield cids[i], node
 
@@ -251,15 +339,85 @@ class InodeTable:
 
     def move(self, node: Node, new_parent: Node, new_name: str) -> None:
         """Re-attach ``node`` as ``new_parent``'s child ``new_name`` and fix paths below it."""
+        # A node's bucket is part of its identity: a rename across buckets is EXDEV before
+        # anything moves.
+        assert new_parent.bucket == node.bucket, "a node never changes bucket"
         self._unhook(node)
         node.name = new_name
         self.attach(new_parent, node)
-        self._repath(node, child_path(new_parent, new_name), new_parent.bucket)
+        self._repath(node, child_path(new_parent, new_name))
 
-    def _repath(self, node: Node, path: str, bucket: str | None) -> None:
+    def _repath(self, node: Node, path: str) -> None:
         node.path = path
-        node.bucket = bucket
         for ino in list((node.children or {}).values()):
             child = self._nodes.get(ino)
             if child is not None:
-                self._repath(child, f"{path}/{child.name}", bucket)
+                self._repath(child, f"{path}/{child.name}")
+
+    # -- invariants (run after every core test; cheap enough for a debug check) ----------------
+    def check_invariants(self) -> None:
+        """Raise ``AssertionError`` listing every broken invariant of the table.
+
+        Every attached node is reachable from the root and every reachable node is attached;
+        a parent's entry and its child's ``name``/``parent``/``path``/``bucket`` agree; readdir
+        ids are unique and below ``next_child_id``; counts are never negative (and a writer
+        is a handle); a detached node stays only while the kernel or a handle holds it.
+        """
+        problems = self.problems()
+        if problems:
+            raise AssertionError("inode table invariants broken:\n  " + "\n  ".join(problems))
+
+    def problems(self) -> list[str]:
+        """The broken invariants of ``check_invariants``, one line each (empty: all hold)."""
+        out: list[str] = []
+        root = self._nodes.get(ROOT_INO)
+        if root is None:
+            return ["the root is not in the table"]
+        reachable: set[int] = set()
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            if node.ino in reachable:
+                out.append(f"{node!r} is reachable twice (a cycle or a shared child)")
+                continue
+            reachable.add(node.ino)
+            out.extend(self._entry_problems(node, stack))
+        for node in self._nodes.values():
+            if node.attached and node.ino not in reachable:
+                out.append(f"{node!r} is attached but not reachable from the root")
+            if not node.attached and node.ino in reachable:
+                out.append(f"{node!r} is reachable but marked detached")
+            if node.lookups < 0 or node.file.handles < 0 or node.file.writers < 0:
+                counts = (node.lookups, node.file.handles, node.file.writers)
+                out.append(f"{node!r}: a negative count (lookups, handles, writers) {counts}")
+            if node.file.writers > node.file.handles:
+                out.append(f"{node!r} has more writers than handles")
+            if not node.attached and node.lookups <= 0 and node.file.handles <= 0:
+                out.append(f"{node!r} is detached and unreferenced but still in the table")
+        return out
+
+    def _entry_problems(self, parent: Node, stack: list[Node]) -> list[str]:
+        """What is wrong with ``parent``'s entries; pushes its children onto ``stack``."""
+        if parent.children is None or parent.child_ids is None:
+            return [] if not parent.is_dir else [f"{parent!r} is a directory without children"]
+        out: list[str] = []
+        if set(parent.children) != set(parent.child_ids):
+            out.append(f"{parent!r}: children and readdir ids name different entries")
+        ids = list(parent.child_ids.values())
+        if len(set(ids)) != len(ids) or any(i >= parent.next_child_id for i in ids):
+            out.append(f"{parent!r}: readdir ids repeat or reach next_child_id")
+        for name, ino in parent.children.items():
+            child = self._nodes.get(ino)
+            if child is None:
+                out.append(f"{parent!r}: entry {name!r} names inode {ino}, not in the table")
+                continue
+            if child.name != name or child.parent != parent.ino:
+                said = f"{child.name!r} of inode {child.parent}"
+                out.append(f"{child!r} is {parent!r}'s entry {name!r} but says it is {said}")
+            # A bucket directory at the all-buckets root starts its bucket's paths afresh.
+            bucket = parent.bucket
+            want = (name, "") if bucket is None else (bucket, child_path(parent, name))
+            if (child.bucket, child.path) != want:
+                out.append(f"{child!r}: bucket and path do not follow from {parent!r}")
+            stack.append(child)
+        return out

@@ -2,9 +2,10 @@
 
 The core decides *what* the kernel must forget (a changed inode's pages or attributes, a
 directory entry that appeared or vanished); only the pyfuse3 adapter knows *how*. Requests
-travel through a bounded trio channel to a worker in ``Filesystem.run_background``: never
-from inside a request handler, where ``invalidate_entry`` deadlocks (DESIGN.md). A full queue
-drops requests with a log line; the short attribute/entry timeouts bound the staleness.
+travel through a bounded trio channel to a worker (``Coherence.run``, started by
+``Filesystem.run_background``): never from inside a request handler, where
+``invalidate_entry`` deadlocks (docs/design.md). A full queue drops requests with a log
+line; the short attribute/entry timeouts bound the staleness.
 """
 
 from __future__ import annotations
@@ -45,12 +46,8 @@ class InvalidationQueue:
     def __init__(self, size: int = QUEUE_SIZE) -> None:
         self._send, self._receive = trio.open_memory_channel[Request](size)
         self.dropped = 0
-        self.sent: list[Request] = []
-        """The last requests queued (kept short; tests look at it)."""
 
     def push(self, request: Request) -> None:
-        self.sent.append(request)
-        del self.sent[:-256]
         try:
             self._send.send_nowait(request)
         except trio.WouldBlock:

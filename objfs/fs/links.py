@@ -7,7 +7,7 @@ from ``parent`` (relative to the link's directory, or absolute under the mount p
 - an object link: a link to *its* target (the Go client's rule: no link to a link);
 - a bucket's directory: a bucket link (``{bucket}``);
 - anything else (a plain directory, a plain symlink, nothing at all, a path outside the
-  mount, a file not uploaded yet): the plain symlink object of ``namespace``.
+  mount, a file not uploaded yet): the plain symlink object of ``names``.
 
 A link made here also carries objfs's attribute headers and ``Objfs-Symlink`` with the target
 text exactly as given, so ``readlink`` returns what ``symlink`` got, as POSIX says, and
@@ -24,44 +24,55 @@ import errno
 import logging
 import posixpath
 import stat
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
 
+from objfs.bridge import TrioStore
+from objfs.fs.coherence import Coherence
 from objfs.fs.errors import FsError
 from objfs.fs.inodes import ROOT_INO, InodeTable, Kind, Node
-from objfs.fs.namespace import NamespaceOps
+from objfs.fs.naming import in_bucket, new_attrs, object_name, touch
 from objfs.fs.posix_attrs import attrs_to_headers, symlink_target
 from objfs.fs.values import Caller
+from objfs.fs.watcher import Watcher
+from objfs.options import MountOptions
 from objfs.store.api import Link
 from objfs.store.errors import InvalidLink, NotFound, StoreError
 
-if TYPE_CHECKING:
-    from objfs.fs.watcher import Watcher
-    from objfs.options import MountOptions
-
 log = logging.getLogger(__name__)
 
+PlainSymlink = Callable[[int, str, str, Caller], Awaitable[Node]]
 
-class LinkOps(NamespaceOps):
-    """Mixed into ``Filesystem`` before ``NamespaceOps``, whose plain symlink it falls back to."""
 
-    store: Any
-    options: MountOptions
-    table: InodeTable
-    root: Node
-    watcher: Watcher
+class Links:
+    """``ln -s`` and ``readlink`` (see the module docstring)."""
 
-    if TYPE_CHECKING:
-
-        async def _reload_buckets(self) -> None: ...
+    def __init__(
+        self,
+        store: TrioStore,
+        options: MountOptions,
+        table: InodeTable,
+        root: Node,
+        watcher: Watcher,
+        coherence: Coherence,
+        plain_symlink: PlainSymlink,
+    ) -> None:
+        self.store = store
+        self.options = options
+        self.table = table
+        self.root = root
+        self.watcher = watcher
+        self.coherence = coherence
+        self.plain_symlink = plain_symlink
+        """``Names.symlink``: the plain symlink object, where no NATS link can designate."""
 
     async def symlink(self, parent_ino: int, name: str, target: str, caller: Caller) -> Node:
-        parent = await self.directory(parent_ino)
+        parent = await self.coherence.directory(parent_ino)
         link = await self._link_for(await self._resolve(parent, target))
         if link is None or self.table.child(parent, name) is not None:
-            return await super().symlink(parent_ino, name, target, caller)
-        bucket = self.in_bucket(parent)
-        full = self.object_name(parent, name)
-        attrs = self.new_attrs(stat.S_IFLNK, 0o777, Caller(caller.uid, caller.gid, 0))
+            return await self.plain_symlink(parent_ino, name, target, caller)
+        bucket = in_bucket(parent)
+        full = object_name(parent, name)
+        attrs = new_attrs(stat.S_IFLNK, 0o777, Caller(caller.uid, caller.gid, 0))
         with self.watcher.hold(bucket):
             try:
                 if link.name is None:
@@ -71,7 +82,7 @@ class LinkOps(NamespaceOps):
             except (InvalidLink, NotFound) as e:
                 # The target changed under us (deleted, or became a link): keep the path.
                 log.info("ln -s %s: no NATS link (%s); a plain symlink instead", target, e)
-                return await super().symlink(parent_ino, name, target, caller)
+                return await self.plain_symlink(parent_ino, name, target, caller)
             meta = info.meta
             meta.headers = attrs_to_headers(attrs, info.headers, symlink=target)
             try:
@@ -81,7 +92,7 @@ class LinkOps(NamespaceOps):
             node = self.table.new(Kind.SYMLINK, parent, name, attrs, info=info)
         node.symlink = symlink_target(info)  # None if the headers were not stored
         self.table.ref(node)
-        self.touch(parent)
+        touch(parent)
         return node
 
     async def _resolve(self, parent: Node, target: str) -> Node | None:
@@ -106,10 +117,10 @@ class LinkOps(NamespaceOps):
                     return None  # above the mount
                 node = self.table.get(node.parent)
                 continue
-            await self.ensure_loaded(node)
+            await self.coherence.ensure_loaded(node)
             child = self.table.child(node, part)
-            if child is None and node is self.root and self.multi_bucket:
-                await self._reload_buckets()  # a bucket made by another client
+            if child is None and node is self.root and self.coherence.multi_bucket:
+                await self.coherence.reload_buckets()  # a bucket made by another client
                 child = self.table.child(node, part)
             if child is None:
                 return None

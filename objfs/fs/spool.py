@@ -14,10 +14,11 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import trio
 
+from objfs.bridge import TrioStore
 from objfs.store.api import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,10 @@ class Spool:
 
     ``base`` is the object the content starts from (None: a new, empty file). Until
     ``filled``, the file does not hold that content yet and ``size`` is the base's size.
-    ``lock`` serialises writes, fills and uploads (an upload reads the file from another
-    thread).
+    ``lock`` serialises writes, truncates, fills, reads and uploads (an upload reads the file
+    from a worker thread, across many awaits), and is also taken by a rename or an xattr
+    update of the node, which must not run under its upload. ``dirty``, ``base`` and
+    ``last_error`` change only under it (or on a new spool no other task can see yet).
     """
 
     def __init__(self, directory: Path, base: ObjectInfo | None) -> None:
@@ -39,7 +42,7 @@ class Spool:
         self.file: BinaryIO = os.fdopen(fd, "r+b")
         self.base = base
         self.filled = base is None or base.size == 0
-        self._size = 0 if self.filled else base.size  # type: ignore[union-attr]
+        self._size = base.size if base is not None and not self.filled else 0
         self.dirty = False
         self.lock = trio.Lock()
         self.last_error: str | None = None
@@ -48,7 +51,7 @@ class Spool:
     def size(self) -> int:
         return self._size
 
-    async def fill(self, store: Any) -> None:
+    async def fill(self, store: TrioStore) -> None:
         """Copy the base object's content into the file (once, before the first change)."""
         if self.filled:
             return
@@ -61,7 +64,7 @@ class Spool:
         self._size = self.file.tell()
         self.filled = True
 
-    async def write(self, store: Any, offset: int, data: bytes) -> int:
+    async def write(self, store: TrioStore, offset: int, data: bytes) -> int:
         async with self.lock:
             await self.fill(store)
             self.file.seek(offset)
@@ -70,7 +73,7 @@ class Spool:
             self.dirty = True
             return len(data)
 
-    async def truncate(self, store: Any, size: int) -> None:
+    async def truncate(self, store: TrioStore, size: int) -> None:
         async with self.lock:
             if size == 0:
                 # Nothing of the base survives: no need to copy it first.

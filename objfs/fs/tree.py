@@ -80,11 +80,9 @@ class Tree:
 
     def new_bucket_dir(self, root: Node, name: str) -> Node:
         """The directory of bucket ``name`` at the all-buckets ``root`` (loaded on first use)."""
-        node = self.table.new(
+        return self.table.new(
             Kind.DIR, root, name, self.attrs_for(None, Kind.DIR), bucket=name, path=""
         )
-        node.loaded = False
-        return node
 
     def find(self, root: Node, name: str) -> Node | None:
         """The node object ``name`` is shown as, if it is shown (markers find their dir)."""

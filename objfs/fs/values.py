@@ -65,3 +65,9 @@ class SetAttr:
     size: int | None = None
     atime_ns: int | None = None
     mtime_ns: int | None = None
+
+    @property
+    def only_atime(self) -> bool:
+        """Nothing but atime (which is not persisted) is set: not a change of the file."""
+        fields = (self.mode, self.uid, self.gid, self.size, self.mtime_ns)
+        return all(v is None for v in fields)

@@ -23,7 +23,7 @@ What each remote change invalidates in the kernel, and nothing more:
 Only inodes and directories the kernel holds (lookup count > 0, or the root) are invalidated.
 
 A node being written here (it has a spool) is not overwritten from outside while the local
-writer works: the remote versions are remembered (``REMOTE``) and, when the writer is done
+writer works: the remote versions are remembered (``Node.file.remote``) and, when the writer is done
 (``local_done``), the newest is applied if it is newer than what this mount uploaded, or
 logged as overwritten (last close wins, as on any object store; both uploads happened and
 other clients saw the first one). The watch may report this mount's own upload before the
@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import trio
 
+from objfs.bridge import TrioStore
 from objfs.fs.chunk_cache import ChunkCache
 from objfs.fs.inodes import ROOT_INO, InodeTable, Node
 from objfs.fs.invalidation import InvalidateEntry, InvalidateInode, InvalidationQueue
@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 
 RETRY_DELAY = 1.0
 """Seconds between attempts to re-establish a failed watch (of a bucket or the bucket list)."""
-REMOTE = "remote"
-"""``Node.extra`` key: the versions that arrived while this mount was writing the node."""
 
 
 class Watcher:
@@ -65,7 +63,10 @@ class Watcher:
         self.tree = tree
         self.queue = queue
         self.cache = cache
-        self.applied = 0
+        # Concurrency: ``hold`` spans the awaits of an operation's store calls; the counts in
+        # ``_held`` and the ``_deferred`` list are changed only by code that does not await,
+        # so an event is either applied at once or deferred and applied when the last hold
+        # of its bucket ends, never in the middle of an operation on that bucket.
         self._held: dict[str, int] = {}
         self._deferred: list[tuple[Node, WatchEvent]] = []
 
@@ -111,7 +112,6 @@ class Watcher:
         if event.info.bucket in self._held:
             self._deferred.append((root, event))
             return
-        self.applied += 1
         if event.kind == "put":
             self._put(root, event.info)
         elif event.kind == "delete":
@@ -137,7 +137,7 @@ class Watcher:
         if node is not new:
             self._entries_added(new, first_new)
         elif old_nuid != info.nuid and not new.is_dir:
-            if old_nuid is not None and new.handles == 0:
+            if old_nuid is not None and new.file.handles == 0:
                 # Open handles may still read that version (while its chunks exist).
                 self.cache.forget(info.bucket, old_nuid)
             self._inode(new, attr_only=False)
@@ -169,7 +169,7 @@ class Watcher:
         """Take a file or symlink node out of the tree; invalidate its parent's entry."""
         parent = self.table.find(node.parent)
         self.table.detach(node)
-        if node.info is not None and node.handles == 0:
+        if node.info is not None and node.file.handles == 0:
             self.cache.forget(bucket, node.info.nuid)
         if parent is not None:
             self._entry(parent, node.name, node.ino)
@@ -177,23 +177,22 @@ class Watcher:
 
     @staticmethod
     def _remember(node: Node, info: ObjectInfo) -> None:
-        node.extra.setdefault(REMOTE, []).append(info)  # type: ignore[union-attr]
+        node.file.remote.append(info)
 
     @staticmethod
     def uploaded(node: Node, info: ObjectInfo) -> None:
         """This mount stored ``info`` as ``node``'s object: if the watch reported it already
         (before the put returned), that event was this upload, not a change made elsewhere."""
-        pending = node.extra.get(REMOTE)
-        if isinstance(pending, list):
-            pending[:] = [i for i in pending if i.revision != info.revision]
+        pending = node.file.remote
+        pending[:] = [i for i in pending if i.revision != info.revision]
 
     def local_done(self, node: Node) -> None:
         """The local writer of ``node`` is done (its spool is gone): settle the newest remote
         version that arrived meanwhile (see the module docstring)."""
-        pending = node.extra.pop(REMOTE, None)
+        pending, node.file.remote = node.file.remote, []
         if not pending or node.spool is not None or not node.attached:
             return
-        info = max(pending, key=lambda i: i.revision)  # type: ignore[union-attr]
+        info = max(pending, key=lambda i: i.revision)
         if info.deleted and (node.info is None or node.info.nuid == info.nuid):
             self._remove(node, info.bucket)  # nothing uploaded here since: the delete stands
             return
@@ -207,7 +206,7 @@ class Watcher:
             return
         old_nuid = node.info.nuid if node.info is not None else None
         self.tree.set_info(node, info)
-        if old_nuid is not None and old_nuid != info.nuid and node.handles == 0:
+        if old_nuid is not None and old_nuid != info.nuid and node.file.handles == 0:
             self.cache.forget(info.bucket, old_nuid)
         self._inode(node, attr_only=old_nuid == info.nuid)
 
@@ -242,19 +241,19 @@ class Watcher:
 class BucketWatch:
     """The watch of one bucket: ``load`` (snapshot) once, then ``follow`` until cancelled."""
 
-    def __init__(self, store: Any, bucket: str, root: Node, watcher: Watcher) -> None:
+    def __init__(self, store: TrioStore, bucket: str, root: Node, watcher: Watcher) -> None:
         self.store = store
         self.bucket = bucket
         self.root = root
         self.watcher = watcher
         self.scope = trio.CancelScope()
-        self._iter: Any = None
+        self._iter: AsyncIterator[WatchEvent] | None = None
         self.closed = False
         self._following = False
 
     async def load(self, *, reconcile: bool = False) -> None:
         """Start the watch and apply its snapshot (returns at ``snapshot_end``)."""
-        self._iter = self.store.watch(self.bucket).__aiter__()
+        self._iter = aiter(self.store.watch(self.bucket))
         infos: list[ObjectInfo] = []
         async for event in self._iter:
             if event.kind == "snapshot_end":
@@ -280,6 +279,7 @@ class BucketWatch:
                 try:
                     if self._iter is None:
                         await self.load(reconcile=True)
+                    assert self._iter is not None
                     async for event in self._iter:
                         self.watcher.apply(self.root, event)
                     log.warning("watch of bucket %s ended; restarting", self.bucket)

@@ -11,7 +11,11 @@ status (one round trip, on bucket directories only), and persists changes with o
 - Setting ``user.objfs.sealed`` to 1 on a bucket directory seals the bucket: irreversible,
   and the kernel asks for no confirmation.
 
-Read-only mounts and sealed buckets are refused before these run (``write_guard``).
+Read-only mounts and sealed buckets are refused before these run (``guard``).
+
+Concurrency: an update of a node with a spool takes ``spool.lock``, so it never runs under
+that node's upload (which would publish the meta it read before this change); each store
+call that changes an object runs under ``watcher.hold`` of its bucket.
 """
 
 from __future__ import annotations
@@ -19,34 +23,40 @@ from __future__ import annotations
 import contextlib
 import errno
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
 
+from objfs.bridge import TrioStore
 from objfs.fs import xattrs
 from objfs.fs.errors import FsError
 from objfs.fs.inodes import InodeTable, Node
 from objfs.fs.posix_attrs import attrs_to_headers
+from objfs.fs.watcher import Watcher
 from objfs.store.api import BucketStatus, ObjectMeta
 
-if TYPE_CHECKING:
-    from objfs.fs.watcher import Watcher
 
+class Xattrs:
+    """getxattr, listxattr, setxattr, removexattr (see the module docstring)."""
 
-class XattrOps:
-    """Mixed into ``Filesystem``; uses its store, table, watcher and helpers."""
-
-    store: Any
-    table: InodeTable
-    watcher: Watcher
-
-    if TYPE_CHECKING:
-
-        async def upload(self, node: Node) -> None: ...
-        def note_status(self, status: BucketStatus) -> None: ...
+    def __init__(
+        self,
+        store: TrioStore,
+        table: InodeTable,
+        watcher: Watcher,
+        upload: Callable[[Node], Awaitable[None]],
+        note_status: Callable[[BucketStatus], None],
+    ) -> None:
+        self.store = store
+        self.table = table
+        self.watcher = watcher
+        self.upload = upload
+        """``Files.upload``: a file not uploaded yet gets its object before its meta changes."""
+        self.note_status = note_status
+        """``WriteGuard.note_status``: a bucket status read or returned may say it is sealed."""
 
     # -- reading -------------------------------------------------------------------------------
     async def _bucket_status(self, node: Node) -> BucketStatus:
         assert node.bucket is not None
-        status = await self.store.bucket_status(node.bucket)
+        status: BucketStatus = await self.store.bucket_status(node.bucket)
         self.note_status(status)
         return status
 
@@ -114,12 +124,14 @@ class XattrOps:
             raise FsError(errno.ENODATA)
         await self._update(node, lambda meta: xattrs.without(meta, x))
 
-    async def _update(self, node: Node, change: Any) -> None:
+    async def _update(self, node: Node, change: Callable[[ObjectMeta], ObjectMeta]) -> None:
         """Replace the node's object meta by ``change(meta)``: one update_meta, no data copied."""
         assert node.bucket is not None
         # Never under a running upload: it would publish the meta it read before this change.
-        lock = node.spool.lock if node.spool is not None else contextlib.nullcontext()
-        async with lock:  # type: ignore[attr-defined]
+        lock: contextlib.AbstractAsyncContextManager[None] = (
+            node.spool.lock if node.spool is not None else contextlib.nullcontext()
+        )
+        async with lock:
             info = node.info
             if info is None:
                 raise FsError(errno.ENOENT, "the object is gone")

@@ -71,12 +71,17 @@ def parse(name: str) -> XName:
         raise FsError(errno.EINVAL, "xattr name is not UTF-8")
     if name == DESCRIPTION:
         return XName("description")
-    for prefix, kind in ((HEADER_PREFIX, "header"), (META_PREFIX, "meta"), (FACT_PREFIX, "fact")):
+    prefixes: tuple[tuple[str, Kind], ...] = (
+        (HEADER_PREFIX, "header"),
+        (META_PREFIX, "meta"),
+        (FACT_PREFIX, "fact"),
+    )
+    for prefix, kind in prefixes:
         if name.startswith(prefix):
             key = name[len(prefix) :]
             if not key:
                 raise FsError(errno.EINVAL, f"empty key in xattr name {name!r}")
-            return XName(kind, key)  # type: ignore[arg-type]
+            return XName(kind, key)
     key = name[len(USER) :]
     if not key:
         raise FsError(errno.EINVAL, "empty xattr name")

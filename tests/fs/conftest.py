@@ -16,7 +16,11 @@ from fs_helpers import CHUNK
 
 from objfs.bridge import AsyncioThread, Bridge, TrioStore
 from objfs.fs import Filesystem
+from objfs.fs.inodes import Node
+from objfs.fs.invalidation import InvalidationQueue, Request
+from objfs.fs.watcher import Watcher
 from objfs.options import MountOptions
+from objfs.store.api import WatchEvent
 
 
 @pytest.fixture
@@ -32,6 +36,32 @@ async def mem(asyncio_thread: AsyncioThread) -> AsyncIterator[TrioStore]:
     await bridge.call(backend.close)
 
 
+def record_invalidations(queue: InvalidationQueue) -> None:
+    """Keep the last requests pushed to ``queue`` in ``queue.sent`` (the tests look at it)."""
+    sent: list[Request] = []
+    push = queue.push
+
+    def recording(request: Request) -> None:
+        sent.append(request)
+        del sent[:-256]
+        push(request)
+
+    queue.push = recording  # type: ignore[method-assign]
+    queue.sent = sent  # type: ignore[attr-defined]
+
+
+def count_watch_events(watcher: Watcher) -> None:
+    """Count the events handed to ``watcher.apply`` in ``watcher.applied`` (tests wait on it)."""
+    apply = watcher.apply
+
+    def counting(root: Node, event: WatchEvent) -> None:
+        watcher.applied += 1  # type: ignore[attr-defined]
+        apply(root, event)
+
+    watcher.applied = 0  # type: ignore[attr-defined]
+    watcher.apply = counting  # type: ignore[method-assign]
+
+
 @pytest.fixture
 def make_fs(tmp_path: Path) -> Callable[..., Any]:
     """``await make_fs(store, bucket, **options)``: a started Filesystem (shut down after)."""
@@ -42,6 +72,8 @@ def make_fs(tmp_path: Path) -> Callable[..., Any]:
         kw.setdefault("spool_dir", tmp_path / f"spool{len(made)}")
         opts = MountOptions(mountpoint=tmp_path / "mnt", bucket=bucket, create=create, **kw)
         fs = Filesystem(store, opts)
+        record_invalidations(fs.queue)
+        count_watch_events(fs.watcher)
         await fs.start()
         made.append(fs)
         return fs
@@ -52,6 +84,11 @@ def make_fs(tmp_path: Path) -> Callable[..., Any]:
 
 @pytest.fixture(autouse=True)
 async def _shutdown_filesystems(make_fs: Any) -> AsyncIterator[None]:
+    """After each test: check every made Filesystem's inode table, then shut them down."""
     yield
-    for fs in make_fs.made:
-        await fs.shutdown()
+    try:
+        for fs in make_fs.made:
+            fs.table.check_invariants()
+    finally:
+        for fs in make_fs.made:
+            await fs.shutdown()

@@ -1,5 +1,8 @@
-"""Name operations of the core: mkdir, rmdir, unlink, rename, plain symlinks, link.
+"""Name operations of the core: lookup, readdir, mkdir, rmdir, unlink, rename, plain symlinks.
 
+- Lookups and readdir are answered from the in-memory tree, which the bucket watches keep in
+  step with the store; no store round trip happens on those paths (except to load a bucket's
+  tree the first time it is entered, or to refresh the bucket list at the all-buckets root).
 - Directories: an empty directory made here persists as a zero-size marker object ``dir/``;
   directories implied by deeper names need none. rmdir removes the marker, so nothing is
   left behind. At the all-buckets root, mkdir creates a bucket and rmdir deletes an empty one.
@@ -8,33 +11,41 @@
   time. A file not uploaded yet (still only in its spool) is renamed in the tree only: its
   upload goes to the new name.
 - Symlinks: a plain symlink is an empty object whose ``Objfs-Symlink`` header holds the
-  target (``links.LinkOps`` decides when ``ln -s`` makes a NATS link instead, and reads
+  target (``links.Links`` decides when ``ln -s`` makes a NATS link instead, and reads
   links). Hard links, fifos, sockets and device nodes are refused with EPERM.
+
+Concurrency: the kernel holds the directory's lock (``i_rwsem``) for the whole of a name
+operation on it (both directories' for a rename, plus the filesystem's rename lock), so no
+two operations here change the same entry at once; a check made before an await (EEXIST,
+ENOTEMPTY, the rename target) still holds after it, except against the watch, which is why
+each store call that changes names runs under ``watcher.hold`` of its bucket (remote events
+of that bucket wait until the tree shows this operation's outcome). Lookups and readdir
+take only a shared lock and may run during a change: they see the tree before or after it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import stat
-from typing import TYPE_CHECKING, Any
 
 import trio
 
+from objfs.bridge import TrioStore
+from objfs.fs.coherence import Coherence
 from objfs.fs.errors import FsError
-from objfs.fs.files import DELETE_ON_CLOSE
 from objfs.fs.inodes import InodeTable, Kind, Node
+from objfs.fs.naming import check_component, in_bucket, new_attrs, object_name, touch
 from objfs.fs.posix_attrs import attrs_to_headers
 from objfs.fs.tree import Tree
 from objfs.fs.values import Caller
+from objfs.fs.watcher import Watcher
+from objfs.options import MountOptions
 from objfs.store.api import BucketConfig, ObjectInfo, ObjectMeta
 from objfs.store.errors import InvalidName, NotFound, StoreError
 from objfs.store.names import check_bucket
-
-if TYPE_CHECKING:
-    from objfs.fs.watcher import BucketWatch, Watcher
-    from objfs.options import MountOptions
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +53,59 @@ RENAME_PARALLEL = 16
 """Objects of a directory rename renamed at once (bounded so a big tree does not flood)."""
 
 
-class NamespaceOps:
-    """Mixed into ``Filesystem``; uses its store, tables and helpers."""
+class Names:
+    """The directory tree's operations (see the module docstring)."""
 
-    store: Any
-    options: MountOptions
-    table: InodeTable
-    tree: Tree
-    root: Node
-    watches: dict[str, BucketWatch]
-    watcher: Watcher
+    def __init__(
+        self,
+        store: TrioStore,
+        options: MountOptions,
+        table: InodeTable,
+        tree: Tree,
+        root: Node,
+        watcher: Watcher,
+        coherence: Coherence,
+    ) -> None:
+        self.store = store
+        self.options = options
+        self.table = table
+        self.tree = tree
+        self.root = root
+        self.watcher = watcher
+        self.coherence = coherence
+        """Loads buckets before their first lookup; re-lists the all-buckets root."""
 
-    if TYPE_CHECKING:
+    # -- looking up ----------------------------------------------------------------------------
+    async def lookup(self, parent_ino: int, name: str) -> Node:
+        """The child ``name`` of ``parent_ino``; bumps its lookup count."""
+        parent = await self.coherence.directory(parent_ino)
+        node: Node | None
+        if name == ".":
+            node = parent
+        elif name == "..":
+            node = self.table.get(parent.parent)
+        else:
+            check_component(name)
+            node = self.table.child(parent, name)
+            if node is None and parent is self.root and self.coherence.root_polled:
+                # Perhaps made by another client since we last looked.
+                await self.coherence.reload_buckets()
+                node = self.table.child(parent, name)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        self.table.ref(node)
+        return node
 
-        async def directory(self, ino: int) -> Node: ...
-        async def ensure_loaded(self, node: Node) -> None: ...
-        async def forget_bucket(self, name: str) -> None: ...
-        def object_name(self, parent: Node, name: str, *, directory: bool = False) -> str: ...
-        def in_bucket(self, parent: Node) -> str: ...
-        def new_attrs(self, file_type: int, mode: int, caller: Caller) -> Any: ...
-        def touch(self, node: Node | None) -> None: ...
-        @property
-        def multi_bucket(self) -> bool: ...
+    async def readdir(
+        self, ino: int, start_id: int, limit: int | None = None
+    ) -> list[tuple[int, Node]]:
+        """Entries after readdir offset ``start_id`` (at most ``limit``: the kernel takes a
+        few dozen per call, so building the whole rest each time made big listings
+        quadratic); the caller refs those it returns."""
+        directory = await self.coherence.directory(ino)
+        if directory is self.root and self.coherence.root_polled and start_id == 0:
+            await self.coherence.reload_buckets()
+        return list(itertools.islice(self.table.entries(directory, start_id), limit))
 
     def _existing(self, parent: Node, name: str) -> Node:
         node = self.table.child(parent, name)
@@ -73,20 +115,20 @@ class NamespaceOps:
 
     # -- directories ---------------------------------------------------------------------------
     async def mkdir(self, parent_ino: int, name: str, mode: int, caller: Caller) -> Node:
-        parent = await self.directory(parent_ino)
+        parent = await self.coherence.directory(parent_ino)
         if self.table.child(parent, name) is not None:
             raise FsError(errno.EEXIST)
         if parent.bucket is None:
             return await self._make_bucket(name)
-        full = self.object_name(parent, name, directory=True)
-        attrs = self.new_attrs(stat.S_IFDIR, mode, caller)
+        full = object_name(parent, name, directory=True)
+        attrs = new_attrs(stat.S_IFDIR, mode, caller)
         with self.watcher.hold(parent.bucket):
             info = await self.store.put(
                 parent.bucket, full, b"", meta=ObjectMeta(headers=attrs_to_headers(attrs))
             )
             node = self.table.new(Kind.DIR, parent, name, attrs, info=info)
         self.table.ref(node)
-        self.touch(parent)
+        touch(parent)
         return node
 
     async def _make_bucket(self, name: str) -> Node:
@@ -97,22 +139,22 @@ class NamespaceOps:
         await self.store.create_bucket(BucketConfig(name=name, chunk_size=self.options.chunk_size))
         node = self.tree.new_bucket_dir(self.root, name)
         self.table.ref(node)
-        self.touch(self.root)
+        touch(self.root)
         return node
 
     async def rmdir(self, parent_ino: int, name: str, caller: Caller | None = None) -> None:
-        parent = await self.directory(parent_ino)
+        parent = await self.coherence.directory(parent_ino)
         node = self._existing(parent, name)
         if not node.is_dir:
             raise FsError(errno.ENOTDIR)
         if node.is_bucket_root:
-            await self.ensure_loaded(node)
+            await self.coherence.ensure_loaded(node)
             assert node.bucket is not None
             if node.children or await self.store.list(node.bucket):
                 raise FsError(errno.ENOTEMPTY)
             await self.store.delete_bucket(node.bucket)
-            await self.forget_bucket(node.bucket)
-            self.touch(parent)
+            await self.coherence.forget_bucket(node.bucket)
+            touch(parent)
             return
         if node.children:
             raise FsError(errno.ENOTEMPTY)
@@ -123,30 +165,30 @@ class NamespaceOps:
                 with contextlib.suppress(NotFound):
                     await self.store.delete(node.bucket, node.info.name)
             self.table.detach(node)
-        self.touch(parent)
+        touch(parent)
 
     # -- files ---------------------------------------------------------------------------------
     async def unlink(self, parent_ino: int, name: str, caller: Caller | None = None) -> None:
-        parent = await self.directory(parent_ino)
+        parent = await self.coherence.directory(parent_ino)
         node = self._existing(parent, name)
         if node.is_dir:
             raise FsError(errno.EISDIR)
         assert node.bucket is not None
         with self.watcher.hold(node.bucket):
-            if node.info is not None and node.handles > 0 and node.spool is None:
+            if node.info is not None and node.file.handles > 0 and node.spool is None:
                 # Open here: as on a local disk, its readers go on reading until the last one
                 # closes, and the object is deleted then (release), not under them.
-                node.extra[DELETE_ON_CLOSE] = node.info
+                node.file.delete_on_close = node.info
             elif node.info is not None:
                 with contextlib.suppress(NotFound):
                     await self.store.delete(node.bucket, node.info.name)
             self.table.detach(node)  # open handles keep the node; its spool is never uploaded
-        if node.spool is not None and node.handles == 0:
+        if node.spool is not None and node.file.handles == 0:
             spool = node.spool
             async with spool.lock:  # an upload of the last close may still be reading it
                 spool.close()
-            node.spool = None
-        self.touch(parent)
+            node.file.spool = None
+        touch(parent)
 
     async def link(
         self, ino: int, parent_ino: int, name: str, caller: Caller | None = None
@@ -154,19 +196,19 @@ class NamespaceOps:
         raise FsError(errno.EPERM, "objects cannot have two names")
 
     async def symlink(self, parent_ino: int, name: str, target: str, caller: Caller) -> Node:
-        parent = await self.directory(parent_ino)
-        bucket = self.in_bucket(parent)
-        full = self.object_name(parent, name)
+        parent = await self.coherence.directory(parent_ino)
+        bucket = in_bucket(parent)
+        full = object_name(parent, name)
         if self.table.child(parent, name) is not None:
             raise FsError(errno.EEXIST)
-        attrs = self.new_attrs(stat.S_IFLNK, 0o777, Caller(caller.uid, caller.gid, 0))
+        attrs = new_attrs(stat.S_IFLNK, 0o777, Caller(caller.uid, caller.gid, 0))
         headers = attrs_to_headers(attrs, symlink=target)
         with self.watcher.hold(bucket):
             info = await self.store.put(bucket, full, b"", meta=ObjectMeta(headers=headers))
             node = self.table.new(Kind.SYMLINK, parent, name, attrs, info=info)
         node.symlink = target
         self.table.ref(node)
-        self.touch(parent)
+        touch(parent)
         return node
 
     # -- rename --------------------------------------------------------------------------------
@@ -183,14 +225,14 @@ class NamespaceOps:
     ) -> None:
         if exchange:
             raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
-        old_parent = await self.directory(old_parent_ino)
-        new_parent = await self.directory(new_parent_ino)
+        old_parent = await self.coherence.directory(old_parent_ino)
+        new_parent = await self.coherence.directory(new_parent_ino)
         node = self._existing(old_parent, old_name)
         if node.bucket is None or node.is_bucket_root or new_parent.bucket is None:
             raise FsError(errno.EPERM, "buckets cannot be renamed")
         if new_parent.bucket != node.bucket:
             raise FsError(errno.EXDEV)
-        new_full = self.object_name(new_parent, new_name, directory=node.is_dir)
+        new_full = object_name(new_parent, new_name, directory=node.is_dir)
         if node.is_dir:
             ancestor: Node | None = new_parent
             while ancestor is not None and not ancestor.is_bucket_root:
@@ -214,8 +256,8 @@ class NamespaceOps:
                 await self._rename_dir(node, new_parent, new_name, target)
             else:
                 await self._rename_file(node, new_parent, new_name, new_full, target)
-        self.touch(old_parent)
-        self.touch(new_parent)
+        touch(old_parent)
+        touch(new_parent)
 
     async def _rename_file(
         self, node: Node, new_parent: Node, new_name: str, new_full: str, target: Node | None

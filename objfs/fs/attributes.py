@@ -1,0 +1,154 @@
+"""Attributes: ``stat`` of a node, ``setattr`` (persisted as object headers), and ``statfs``.
+
+Attributes live in the node (``Node.attrs``) and travel as ``Objfs-*`` headers of its object
+(``posix_attrs``). A change is stored with one ``update_meta`` (no data copied), except for
+a file being written here: its pending upload carries them. A size change is a truncate of
+the file's spool (``files.Files``). atime is kept in memory only.
+
+Entry and attribute timeouts are ``options.attr_timeout`` (``--attr-timeout``, default 1 s):
+short, because another client's change must become visible soon even if an invalidation is
+lost (the queue is bounded), and not zero, because every ``stat`` of a tool like ``ls -l`` or
+``rsync`` would otherwise be a kernel round trip. The watcher's invalidations are what make
+the view fresh in practice.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+import time
+from collections.abc import Callable
+
+from objfs.bridge import TrioStore
+from objfs.fs.errors import FsError
+from objfs.fs.files import Files
+from objfs.fs.inodes import InodeTable, Kind, Node
+from objfs.fs.posix_attrs import attrs_to_headers
+from objfs.fs.tree import NAME_MAX
+from objfs.fs.values import SetAttr, Stat, StatFs
+from objfs.fs.watcher import Watcher
+from objfs.options import MountOptions
+from objfs.store.api import BucketStatus, ObjectMeta
+
+UNLIMITED_BYTES = 1 << 50
+"""Free space statfs reports for a bucket without max_bytes (1 PiB: "plenty")."""
+UNLIMITED_FILES = 1 << 32
+
+
+class Attributes:
+    """stat, setattr and statfs (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: TrioStore,
+        options: MountOptions,
+        table: InodeTable,
+        watcher: Watcher,
+        files: Files,
+        symlink_size: Callable[[Node], int],
+        note_status: Callable[[BucketStatus], None],
+    ) -> None:
+        self.store = store
+        self.options = options
+        self.table = table
+        self.watcher = watcher
+        self.files = files
+        self.symlink_size = symlink_size
+        """``Links.symlink_size``: a symlink's size is the length of what readlink returns."""
+        self.note_status = note_status
+        """``WriteGuard.note_status``: every bucket status read tells whether it is sealed."""
+
+    def stat(self, node: Node) -> Stat:
+        size = self.symlink_size(node) if node.kind is Kind.SYMLINK else node.size
+        return Stat(
+            ino=node.ino,
+            mode=node.attrs.mode,
+            nlink=2 if node.is_dir else 1,
+            uid=node.attrs.uid,
+            gid=node.attrs.gid,
+            rdev=node.attrs.rdev,
+            size=size,
+            blksize=self.options.chunk_size,
+            blocks=(size + 511) // 512,
+            atime_ns=node.attrs.atime_ns,
+            mtime_ns=node.attrs.mtime_ns,
+            ctime_ns=node.attrs.ctime_ns,
+            entry_timeout=self.options.attr_timeout,
+            attr_timeout=self.options.attr_timeout,
+        )
+
+    async def setattr(self, ino: int, changes: SetAttr) -> Node:
+        node = self.table.get(ino)
+        if changes.only_atime:
+            if changes.atime_ns is not None:
+                node.attrs.atime_ns = changes.atime_ns  # atime is not persisted
+            return node
+        now = time.time_ns()
+        if changes.size is not None:
+            if node.is_dir:
+                raise FsError(errno.EISDIR)
+            if node.kind is not Kind.FILE:
+                raise FsError(errno.EINVAL)
+            await self.files.truncate(node, changes.size)
+            node.attrs.mtime_ns = now
+        if changes.mode is not None:
+            node.attrs.mode = stat.S_IFMT(node.attrs.mode) | (changes.mode & 0o7777)
+        if changes.uid is not None:
+            node.attrs.uid = changes.uid
+        if changes.gid is not None:
+            node.attrs.gid = changes.gid
+        if changes.atime_ns is not None:
+            node.attrs.atime_ns = changes.atime_ns
+        if changes.mtime_ns is not None:
+            node.attrs.mtime_ns = changes.mtime_ns
+        node.attrs.ctime_ns = now
+        if node.spool is not None and node.spool.dirty:
+            if node.file.writers == 0:
+                await self.files.upload(node)  # a truncate of a file nobody has open
+            return node  # otherwise the attributes travel with the pending upload
+        if changes.size is None or node.spool is None:
+            await self.persist(node)
+        return node
+
+    async def persist(self, node: Node) -> None:
+        """Store ``node``'s attributes as headers: update_meta, no data copied."""
+        if node.bucket is None or node.is_bucket_root:
+            return  # the root and bucket directories have no object to carry them
+        if node.info is None and not node.is_dir:
+            return  # a file not uploaded yet: its upload carries them
+        with self.watcher.hold(node.bucket):
+            if node.info is None:
+                headers = attrs_to_headers(node.attrs)
+                info = await self.store.put(
+                    node.bucket, node.object_name, b"", meta=ObjectMeta(headers=headers)
+                )
+            else:
+                meta = node.info.meta
+                meta.headers = attrs_to_headers(node.attrs, node.info.headers, symlink=node.symlink)
+                info = await self.store.update_meta(node.bucket, node.info.name, meta)
+            node.info = info
+
+    async def statfs(self) -> StatFs:
+        if self.options.bucket is not None:
+            statuses = [await self.store.bucket_status(self.options.bucket)]
+        else:
+            statuses = await self.store.list_buckets()
+        for status in statuses:
+            self.note_status(status)
+        used = sum(s.size for s in statuses)
+        limits = [s.config.max_bytes for s in statuses]
+        total = sum(limits) if limits and all(m > 0 for m in limits) else used + UNLIMITED_BYTES
+        bsize = self.options.chunk_size
+        free = max(0, total - used) // bsize
+        files = sum(s.objects for s in statuses)
+        return StatFs(
+            bsize=bsize,
+            frsize=bsize,
+            blocks=total // bsize,
+            bfree=free,
+            bavail=free,
+            files=files + UNLIMITED_FILES,
+            ffree=UNLIMITED_FILES,
+            favail=UNLIMITED_FILES,
+            namemax=NAME_MAX,
+        )
