@@ -188,7 +188,7 @@ async def test_broken_watch_reconciles_without_flooding(mem, bucket_name, make_f
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fs.run_background)
-        await wait_for(lambda: fs.watches[bucket_name]._following, "the watch following")
+        await wait_for(lambda: fs.coherence.watches[bucket_name]._following, "the watch following")
         fs.queue.sent.clear()
         await mem.bridge.call(break_watch_and_change)
         await wait_for(lambda: fs.table.child(fs.root, "new") is not None, "the reconciled changes")
@@ -218,7 +218,7 @@ async def test_unexpected_error_in_a_watch_restarts_it(mem, bucket_name, make_fs
     fs.watcher.apply = flaky
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fs.run_background)
-        await wait_for(lambda: fs.watches[bucket_name]._following, "the watch following")
+        await wait_for(lambda: fs.coherence.watches[bucket_name]._following, "the watch following")
         with caplog.at_level(logging.ERROR, "objfs.fs.watcher"):
             await mem.put(bucket_name, "x", b"x")
             await wait_for(lambda: fs.table.child(fs.root, "x") is not None, "x after the restart")
