@@ -229,7 +229,8 @@ class Files:
             try:
                 current = await self.store.info(bucket, info.name)
                 if current.nuid == info.nuid:
-                    await self.store.delete(bucket, info.name)
+                    tomb = await self.store.delete(bucket, info.name)
+                    self.watcher.removed(bucket, info.name, tomb.revision)
             except NotFound:
                 pass
             except StoreError as e:

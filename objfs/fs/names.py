@@ -163,7 +163,7 @@ class Names:
             if node.info is not None:
                 # NotFound: someone else removed the marker; the goal is reached.
                 with contextlib.suppress(NotFound):
-                    await self.store.delete(node.bucket, node.info.name)
+                    await self._delete(node.bucket, node.info.name)
             self.table.detach(node)
         touch(parent)
 
@@ -181,7 +181,7 @@ class Names:
                 node.file.delete_on_close = node.info
             elif node.info is not None:
                 with contextlib.suppress(NotFound):
-                    await self.store.delete(node.bucket, node.info.name)
+                    await self._delete(node.bucket, node.info.name)
             self.table.detach(node)  # open handles keep the node; its spool is never uploaded
         if node.spool is not None and node.file.handles == 0:
             spool = node.spool
@@ -278,7 +278,16 @@ class Names:
         if node.info is None:
             return  # not uploaded yet: the upload will use the new name
         assert node.bucket is not None
-        node.info = await self.store.rename(node.bucket, node.info.name, new_full, replace=replace)
+        node.info = await self._rename(node.bucket, node.info.name, new_full, replace=replace)
+
+    async def _delete(self, bucket: str, name: str) -> None:
+        tomb = await self.store.delete(bucket, name)
+        self.watcher.removed(bucket, name, tomb.revision)
+
+    async def _rename(self, bucket: str, old: str, new: str, *, replace: bool) -> ObjectInfo:
+        moved = await self.store.rename(bucket, old, new, replace=replace)
+        self.watcher.removed(bucket, old, moved.revision)
+        return moved
 
     async def _rename_dir(
         self, node: Node, new_parent: Node, new_name: str, target: Node | None
@@ -301,15 +310,15 @@ class Names:
                 try:
                     if n.spool is not None:
                         async with n.spool.lock:
-                            n.info = await self.store.rename(bucket, info.name, new)
+                            n.info = await self._rename(bucket, info.name, new, replace=False)
                     else:
-                        n.info = await self.store.rename(bucket, info.name, new)
+                        n.info = await self._rename(bucket, info.name, new, replace=False)
                 except StoreError as e:
                     failed.append((info, e))
 
         if target is not None and target.info is not None:
             with contextlib.suppress(NotFound):
-                await self.store.delete(bucket, target.info.name)
+                await self._delete(bucket, target.info.name)
         async with trio.open_nursery() as nursery:
             for n in movers:
                 nursery.start_soon(move, n)

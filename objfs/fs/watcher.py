@@ -8,6 +8,11 @@ and stay fresh across clients.
 This mount's own writes come back through the watch too. They are recognised and not
 invalidated: a put whose revision is not newer than what the node already holds is ours (or
 stale), and a tombstone whose nuid is not the node's current one is for an older version.
+A name this mount removed (unlink, rmdir, or renamed away) has no node left to compare with,
+so the removal's revision is kept (``removed``) until the watch delivers the tombstone: a put
+of that name from before the removal (the upload of a ``config.lock`` that git then renamed,
+delivered late on a busy machine) would otherwise bring the name back until the tombstone
+arrived, and git's next ``O_EXCL`` create of it would fail with EEXIST.
 
 What each remote change invalidates in the kernel, and nothing more:
 
@@ -69,6 +74,15 @@ class Watcher:
         # of its bucket ends, never in the middle of an operation on that bucket.
         self._held: dict[str, int] = {}
         self._deferred: list[tuple[Node, WatchEvent]] = []
+        # (bucket, name) -> the revision at which this mount removed the name; changed only
+        # by code that does not await (see ``removed``).
+        self._removed: dict[tuple[str, str], int] = {}
+
+    def removed(self, bucket: str, name: str, revision: int) -> None:
+        """This mount removed ``name`` with a store change of ``revision`` (a tombstone, or a
+        rename's new meta): older puts of the name the watch still delivers are stale."""
+        key = (bucket, name)
+        self._removed[key] = max(revision, self._removed.get(key, 0))
 
     @contextlib.contextmanager
     def hold(self, bucket: str) -> Iterator[None]:
@@ -101,6 +115,9 @@ class Watcher:
             self.apply(root, WatchEvent("put", info))
         if not reconcile:
             return
+        # A new watch starts after every change it replaces: no stale put can follow it.
+        for key in [k for k in self._removed if k[0] == root.bucket]:
+            del self._removed[key]
         live = {info.name for info in infos}
         for node in list(self.table.walk(root)):
             if node.info is not None and node.info.name not in live and node.spool is None:
@@ -119,6 +136,8 @@ class Watcher:
 
     def _put(self, root: Node, info: ObjectInfo) -> None:
         node = self.tree.find(root, info.name)
+        if node is None and info.revision <= self._removed.get((info.bucket, info.name), -1):
+            return  # from before this mount removed the name
         if node is not None:
             if node.info is not None and node.info.revision >= info.revision:
                 return  # our own write, already applied, or an older version
@@ -145,6 +164,9 @@ class Watcher:
             self._inode(new, attr_only=True)
 
     def _delete(self, root: Node, info: ObjectInfo) -> None:
+        key = (info.bucket, info.name)
+        if info.revision >= self._removed.get(key, info.revision + 1):
+            del self._removed[key]  # the tombstone is here: every older event came before it
         node = self.tree.find(root, info.name)
         if node is None or node.info is None or node.info.nuid != info.nuid:
             return  # gone already (our own delete or rename), or a newer version is there
