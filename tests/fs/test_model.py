@@ -20,9 +20,8 @@ store and against the model (plain dicts: path -> file bytes / directory / symli
 Operations: create, open (read / write / write+O_TRUNC), write at an offset, read through an
 open handle, close (flush + release, as close(2) does), fsync, truncate (setattr size),
 unlink, mkdir, rmdir, symlink, rename (plain and RENAME_NOREPLACE), setxattr; and "remote"
-changes another client makes
-directly on the store (put of a file or a directory marker, delete, rename), which reach the
-core through its bucket watch. After every step the test settles the watch without any fixed
+changes another client makes directly on the store (put of a file or a directory marker,
+delete, rename), which reach the core through its bucket watch. After every step the test settles the watch without any fixed
 sleep: it toggles a sentinel object (``SENTINEL``, outside the namespace) on the store and
 waits, with a generous deadline, until the core shows the toggle; watch events come in order,
 so everything before it has been applied by then.
@@ -33,8 +32,8 @@ setxattr on a file not uploaded yet uploads it; implicit directories (no marker)
 local unlink of their last entry but go when another client removes it (the watch prunes
 them); a remote change to a file open for writing here is held until its last writer closes,
 then the local version wins if it was written since its last upload, else the remote one shows.
-Where behaviour is intentionally outside that, the generator skips the operation (each
-restriction is a comment at the ``skip`` that makes it). Bugs found are kept as minimal
+Where behaviour is intentionally outside that (or undocumented), the operation is skipped
+(each restriction is a comment at the ``raise Skip`` that makes it). Bugs found are kept as minimal
 ``xfail(strict=True)`` reproductions at the end of this module, and the machine steers around
 them (marked KNOWN BUG) so that it keeps exploring everything else.
 
