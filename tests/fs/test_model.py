@@ -18,13 +18,13 @@ store and against the model (plain dicts: path -> file bytes / directory / symli
   it must show the model's tree, less the implicit directories with nothing below them.
 
 Operations: create, open (read / write / write+O_TRUNC), write at an offset, read through an
-open handle, close (flush + release, as close(2) does), fsync, truncate (setattr size),
-unlink, mkdir, rmdir, symlink, rename (plain and RENAME_NOREPLACE), setxattr; and "remote"
-changes another client makes directly on the store (put of a file or a directory marker,
-delete, rename), which reach the core through its bucket watch. After every step the test settles the watch without any fixed
-sleep: it toggles a sentinel object (``SENTINEL``, outside the namespace) on the store and
-waits, with a generous deadline, until the core shows the toggle; watch events come in order,
-so everything before it has been applied by then.
+open handle, close (flush + release, as close(2) does), fsync, truncate (setattr size), unlink,
+mkdir, rmdir, symlink, rename (plain and RENAME_NOREPLACE), setxattr; and "remote" changes
+another client makes directly on the store (put of a file or a directory marker, delete,
+rename), which reach the core through its bucket watch. After every step the test settles the
+watch without any fixed sleep: it toggles a sentinel object (``SENTINEL``, outside the
+namespace) on the store and waits, with a generous deadline, until the core shows the toggle;
+watch events come in order, so everything before it has been applied by then.
 
 The model follows the documented semantics (docs/semantics.md), not POSIX idealism: content
 reaches the store at the last close or fsync; a truncate of a closed file is uploaded at once;
