@@ -391,8 +391,8 @@ class Runner:
         self.store = store
         self.model = Model()
         self.fhs: dict[int, int] = {}  # model fh -> core fh
+        self.last_fh = 0  # the model fh of the latest Create/Open
         self.sentinel = False
-        self.log: list[str] = []
 
     # Path resolution as the kernel does it: one lookup per component, forgotten afterwards.
     async def lookup(self, path: str, *, directory: bool = False) -> int:
@@ -837,8 +837,6 @@ class Runner:
             m.prune(parent_of(op.src))
 
         return rename
-
-    last_fh = 0
 
     async def execute(self, op: Any) -> None:
         fs = self.fs
