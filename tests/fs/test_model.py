@@ -188,7 +188,8 @@ class RemoteRename:
     dst: str
 
 
-paths = st.sampled_from(PATHS)
+# Top-level names twice as often: a nested name gets ENOENT until its parent exists.
+paths = st.sampled_from(PATHS + tuple(p for p in PATHS if "/" not in p))
 handles = st.integers(0, 5)
 small = st.binary(min_size=1, max_size=6)
 create = st.builds(Create, paths)
