@@ -836,12 +836,16 @@ class Runner:
             return delete
         assert isinstance(op, RemoteRename)
         src, dst = m.ns.get(op.src), m.ns.get(op.dst)
+        # Remote renames of closed, stored files only, onto a free name or a closed file: the
+        # watch sees a rename as a delete plus a put (a new inode), and what handles open here
+        # then read is the pinned-version behaviour the model leaves out (see Read). Renames
+        # of directories are many objects, not one remote step.
         if not isinstance(src, MFile) or not src.stored or src.handles or op.src == op.dst:
-            raise Skip  # remote renames of closed, stored files only (no local handles)
+            raise Skip
         if isinstance(dst, MDir) or (isinstance(dst, MFile) and (dst.handles or not dst.stored)):
             raise Skip
         if not ancestors_ok(op.dst):
-            raise Skip
+            raise Skip  # the file/directory conflict of RemotePut
 
         def rename() -> None:
             m.ns.pop(op.src)
