@@ -992,6 +992,9 @@ def _shutdown_filesystems() -> None:
     down by ``mounted``."""
 
 
+# pytest-timeout guards against a hang, not against a long run: scale it with the run's size
+# (20 ms a step is far more than a step takes, even on a busy machine).
+@pytest.mark.timeout(max(300, MAX_EXAMPLES * MAX_STEPS // 50))
 @settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,  # no per-example timing: the test must not depend on machine speed
