@@ -275,9 +275,15 @@ class Names:
         node.attrs.ctime_ns = new_parent.attrs.mtime_ns
 
     async def _rename_object(self, node: Node, new_full: str, replace: bool) -> None:
-        if node.info is None:
-            return  # not uploaded yet: the upload will use the new name
         assert node.bucket is not None
+        if node.info is None:
+            # Not uploaded yet: the upload will use the new name. The object it replaces is
+            # gone now, as rename(2) says; left for the upload to overwrite, it would stay
+            # for good if the file were unlinked before its close.
+            if replace:
+                with contextlib.suppress(NotFound):
+                    await self._delete(node.bucket, new_full)
+            return
         node.info = await self._rename(node.bucket, node.info.name, new_full, replace=replace)
 
     async def _delete(self, bucket: str, name: str) -> None:

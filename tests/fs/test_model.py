@@ -730,16 +730,6 @@ class Runner:
                 raise FsError(errno.ENOTDIR)
             if isinstance(target, MDir) and m.children(op.dst):
                 raise FsError(errno.ENOTEMPTY)
-        if (
-            self.steer
-            and isinstance(node, MFile)
-            and not node.stored
-            and (isinstance(target, MLink) or (isinstance(target, MFile) and target.stored))
-        ):
-            # KNOWN BUG (test_bug_rename_unuploaded_file_over_object): the target's object
-            # stays in the store until the renamed file is uploaded, and for ever if it never
-            # is (unlinked before its close).
-            raise Skip
         if m.has_pending(op.src) or m.has_pending(op.dst):
             # A remote version held for a file open for writing names the old path; where it
             # goes when the file moves is not documented.
@@ -1019,12 +1009,6 @@ def run_ops(thread: AsyncioThread, *ops: Any, steer: bool = True) -> None:
 # -- bugs found by the machine: minimal reproductions --------------------------------------------
 # Each is written twice: as the op sequence the machine shrank it to (through the model, with
 # the KNOWN BUG skips off) and directly against the facade, saying what goes wrong.
-@pytest.mark.xfail(
-    strict=True,
-    reason="rename of a file not uploaded yet over an existing object leaves the target's "
-    "object in the store; unlinked before its close, the old file is stored for ever "
-    "(other clients see it, a remount shows it again)",
-)
 def test_bug_rename_unuploaded_file_over_object_ops(asyncio_thread: AsyncioThread) -> None:
     run_ops(
         asyncio_thread,
@@ -1038,11 +1022,6 @@ def test_bug_rename_unuploaded_file_over_object_ops(asyncio_thread: AsyncioThrea
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rename of a file not uploaded yet over an existing object leaves the target's "
-    "object in the store",
-)
 async def test_bug_rename_unuploaded_file_over_object(asyncio_thread: AsyncioThread) -> None:
     async with mounted(asyncio_thread) as (fs, store):
         await write_file(fs, "b", b"old b")
@@ -1051,9 +1030,8 @@ async def test_bug_rename_unuploaded_file_over_object(asyncio_thread: AsyncioThr
         await fs.unlink(ROOT_INO, "b")
         await fs.flush(handle.fh)
         await fs.release(handle.fh)
-        # Nothing is left in the namespace, so nothing may be left in the store; the old "b"
-        # still is (namespace.py _rename_object returns early when node.info is None,
-        # without deleting the replaced target's object).
+        # Nothing is left in the namespace, so nothing may be left in the store (the old "b"
+        # was, when a rename of a file not uploaded yet left the replaced object alone).
         assert [i.name for i in await store.list(BUCKET)] == []
 
 
