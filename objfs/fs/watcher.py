@@ -168,6 +168,10 @@ class Watcher:
         if info.revision >= self._removed.get(key, info.revision + 1):
             del self._removed[key]  # the tombstone is here: every older event came before it
         node = self.tree.find(root, info.name)
+        held = node.file.remote if node is not None and node.spool is not None else []
+        if node is not None and any(version.nuid == info.nuid for version in held):
+            self._remember(node, info)  # deletes a version held for the writer here
+            return
         if node is None or node.info is None or node.info.nuid != info.nuid:
             return  # gone already (our own delete or rename), or a newer version is there
         if node.info.name != info.name:
@@ -215,7 +219,7 @@ class Watcher:
         if not pending or node.spool is not None or not node.attached:
             return
         info = max(pending, key=lambda i: i.revision)
-        if info.deleted and (node.info is None or node.info.nuid == info.nuid):
+        if info.deleted and (node.info is None or node.info.revision < info.revision):
             self._remove(node, info.bucket)  # nothing uploaded here since: the delete stands
             return
         if node.info is not None and node.info.revision >= info.revision:

@@ -808,10 +808,6 @@ class Runner:
                 return unmark
             if node is None or (isinstance(node, MFile) and not node.stored):
                 raise Skip  # no object of this name (or not this file's: never uploaded)
-            if isinstance(node, MFile) and node.pending and self.steer:
-                # KNOWN BUG (test_bug_remote_delete_of_held_remote_version): a delete of a
-                # remote version held for a file open for writing here is dropped.
-                raise Skip
 
             if self.steer and isinstance(node, MFile) and node.writers and not node.filled:
                 raise Skip  # KNOWN BUG: as for RemotePut above
@@ -1035,11 +1031,6 @@ async def test_bug_rename_unuploaded_file_over_object(asyncio_thread: AsyncioThr
         assert [i.name for i in await store.list(BUCKET)] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a remote delete of a remote version held while the file is open for writing "
-    "here is dropped: at close the deleted version shows, and reading it fails (chunks gone)",
-)
 def test_bug_remote_delete_of_held_remote_version_ops(asyncio_thread: AsyncioThread) -> None:
     run_ops(
         asyncio_thread,
@@ -1053,11 +1044,6 @@ def test_bug_remote_delete_of_held_remote_version_ops(asyncio_thread: AsyncioThr
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a remote delete of a remote version held while the file is open for writing "
-    "here is dropped",
-)
 async def test_bug_remote_delete_of_held_remote_version(asyncio_thread: AsyncioThread) -> None:
     async with mounted(asyncio_thread) as (fs, store):
         runner = Runner(fs, store)  # for its settle()
