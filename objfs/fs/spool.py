@@ -20,6 +20,7 @@ import trio
 
 from objfs.bridge import TrioStore
 from objfs.store.api import ObjectInfo
+from objfs.store.errors import Corrupt, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,50 @@ class Spool:
         return self._size
 
     async def fill(self, store: TrioStore) -> None:
-        """Copy the base object's content into the file (once, before the first change)."""
+        """Copy the base object's content into the file (once, before the first change).
+
+        The copy is made at the first change, not at open (``touch`` and editors open files
+        for writing without writing). If another client replaced or deleted the object since
+        the open, its chunks may be gone: the change then starts from the object's newest
+        version (empty if it was deleted), as if the file had been opened after that change,
+        and a warning says so. Failing the write would lose the writer's data.
+        """
         if self.filled:
             return
         assert self.base is not None
-        self.file.seek(0)
-        self.file.truncate(0)
-        async for batch in store.read_stream(self.base):
-            for chunk in batch:
-                self.file.write(chunk)
+        try:
+            await self._copy(store, self.base)
+        except (Corrupt, NotFound) as e:
+            base = self.base
+            try:
+                current: ObjectInfo | None = await store.info(base.bucket, base.name)
+            except NotFound:
+                current = None
+            if current is not None and current.nuid == base.nuid:
+                raise  # the same version, damaged: the write fails (EIO)
+            log.warning(
+                "%s/%s was %s elsewhere before its first change here (%s); the change "
+                "applies to the newest version",
+                base.bucket,
+                base.name,
+                "replaced" if current is not None else "deleted",
+                e,
+            )
+            self.base = current
+            if current is None:
+                self.file.seek(0)
+                self.file.truncate(0)
+            else:
+                await self._copy(store, current)
         self._size = self.file.tell()
         self.filled = True
+
+    async def _copy(self, store: TrioStore, info: ObjectInfo) -> None:
+        self.file.seek(0)
+        self.file.truncate(0)
+        async for batch in store.read_stream(info):
+            for chunk in batch:
+                self.file.write(chunk)
 
     async def write(self, store: TrioStore, offset: int, data: bytes) -> int:
         async with self.lock:

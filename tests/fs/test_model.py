@@ -33,9 +33,11 @@ local unlink of their last entry but go when another client removes it (the watc
 them); a remote change to a file open for writing here is held until its last writer closes,
 then the local version wins if it was written since its last upload, else the remote one shows.
 Where behaviour is intentionally outside that (or undocumented), the operation is skipped
-(each restriction is a comment at the ``raise Skip`` that makes it). Bugs found are kept as minimal
-``xfail(strict=True)`` reproductions at the end of this module, and the machine steers around
-them (marked KNOWN BUG) so that it keeps exploring everything else.
+(each restriction is a comment at the ``raise Skip`` that makes it). The bugs it found are
+kept as minimal reproductions at the end of this module, each written twice (through the
+model and against the façade); all three are fixed. While a bug is open its reproduction is
+``xfail(strict=True)`` and the machine steers around it (marked KNOWN BUG), so that it keeps
+exploring everything else.
 
 Runs: the default is small (``MAX_EXAMPLES``, a few seconds). For a long run:
 ``OBJFS_MODEL_EXAMPLES=2000 .venv/bin/python -m pytest -q -p no:cacheprovider
@@ -245,8 +247,9 @@ class MFile:
     attached: bool = True
     filled: bool = True
     """While open for writing: the content is in the local spool already (a new file, an
-    empty one, O_TRUNC, or written since the open); before that the spool still reads the
-    stored version (see the KNOWN BUG of the remote changes)."""
+    empty one, O_TRUNC, or written since the open); before that the first change copies the
+    stored version, or the newest one if a remote change held in ``pending`` replaced it
+    (``Model.fill``)."""
 
 
 @dataclass(eq=False)
@@ -342,6 +345,16 @@ class Model:
 
     def path_of(self, node: MNode) -> str:
         return next(p for p, n in self.ns.items() if n is node)
+
+    @staticmethod
+    def fill(node: MFile) -> None:
+        """The first change of a file open for writing copies its stored version; if another
+        client replaced or deleted it meanwhile (held in ``pending``), that version's chunks
+        are gone and the change starts from the newest one (docs/semantics.md)."""
+        if node.filled or not node.pending:
+            return
+        kind, data, _ = node.pending[-1]
+        node.data = data if kind == "put" else b""
 
     def settle_pending(self, node: MFile) -> None:
         """The last writer closed: a remote change held meanwhile shows, unless written."""
@@ -613,6 +626,7 @@ class Runner:
 
             def write() -> None:
                 n = mh.node
+                m.fill(n)
                 data = n.data.ljust(op.offset, b"\0")
                 n.data = data[: op.offset] + op.data + data[op.offset + len(op.data) :]
                 n.dirty = n.filled = True
@@ -654,6 +668,8 @@ class Runner:
 
             def truncate() -> None:
                 assert isinstance(node, MFile)
+                if op.size:
+                    m.fill(node)
                 node.data = node.data[: op.size].ljust(op.size, b"\0")
                 node.dirty = node.filled = True
                 if node.writers == 0:
@@ -765,12 +781,6 @@ class Runner:
             if not ancestors_ok(op.path) or isinstance(node, MDir):
                 raise Skip  # the same conflict: a directory hides a file of its name
             xattrs = {"k1": "remote"} if op.meta else {}
-            if self.steer and isinstance(node, MFile) and node.writers and not node.filled:
-                # KNOWN BUG (test_bug_write_after_remote_overwrite_of_file_open_for_writing):
-                # the writer's first write copies the stored version, which the remote
-                # change purged: EIO, and the local writer's data is lost.
-                raise Skip
-
             def put() -> None:
                 if isinstance(node, MFile) and node.writers > 0:
                     node.pending.append(("put", op.data, xattrs))  # held until closed here
@@ -808,9 +818,6 @@ class Runner:
                 return unmark
             if node is None or (isinstance(node, MFile) and not node.stored):
                 raise Skip  # no object of this name (or not this file's: never uploaded)
-
-            if self.steer and isinstance(node, MFile) and node.writers and not node.filled:
-                raise Skip  # KNOWN BUG: as for RemotePut above
 
             def delete() -> None:
                 if isinstance(node, MFile) and node.writers > 0:
@@ -1066,11 +1073,6 @@ async def test_bug_remote_delete_of_held_remote_version(asyncio_thread: AsyncioT
         assert e.value.errno == errno.ENOENT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="first write to a file open for writing after another client replaced (or "
-    "deleted) it: EIO, the writer's data is lost (the spool copies the purged version)",
-)
 def test_bug_write_after_remote_overwrite_of_file_open_for_writing_ops(
     asyncio_thread: AsyncioThread,
 ) -> None:
@@ -1085,10 +1087,6 @@ def test_bug_write_after_remote_overwrite_of_file_open_for_writing_ops(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="first write to a file open for writing after another client replaced it: EIO",
-)
 async def test_bug_write_after_remote_overwrite_of_file_open_for_writing(
     asyncio_thread: AsyncioThread,
 ) -> None:
@@ -1099,13 +1097,13 @@ async def test_bug_write_after_remote_overwrite_of_file_open_for_writing(
         handle, _ = await fs.open(node.ino, os.O_RDWR, CALLER)  # e.g. an editor, or dd
         await store.put(BUCKET, "f", b"version 2 from elsewhere")  # purges version 1
         await runner.settle()
-        # docs/semantics.md: "A file open for writing here is not changed under its writer by
-        # a remote update: when it is closed, its upload happens (if it was written) and
-        # replaces the remote version". Instead the write fails with EIO: Spool.fill streams
-        # spool.base (version 1) from the store, whose chunks the overwrite purged.
+        # The first write copies the version opened, whose chunks the overwrite purged (it
+        # failed with EIO, losing the writer's data): it starts from the newest version, as
+        # if the file had been opened after the change (docs/semantics.md), and the close
+        # replaces the remote version.
         await fs.write(handle.fh, 0, b"V")
         await fs.flush(handle.fh)
         await fs.release(handle.fh)
         handle, _ = await fs.open(node.ino, os.O_RDONLY, CALLER)
-        assert await fs.read(handle.fh, 0, 100) == b"Version 1"
+        assert await fs.read(handle.fh, 0, 100) == b"Version 2 from elsewhere"
         await fs.release(handle.fh)
