@@ -27,10 +27,11 @@ import pytest
 from store_bounds import HANG_TIMEOUT, assert_no_timeout_waited, assert_within
 
 from objfs.bridge import AsyncioThread, Bridge
+from objfs.options import ConnectOptions
 from objfs.server import EmbeddedServer, ServerError, find_binary
 from objfs.store import errors, nats_bulk, nats_reads
 from objfs.store.api import BucketConfig, ObjectInfo
-from objfs.store.nats_bulk import BulkAuth, BulkConnection, Unsupported
+from objfs.store.nats_bulk import BulkConnection, Unsupported
 from objfs.store.nats_store import NatsObjectStore, connect
 
 T = TypeVar("T")
@@ -246,7 +247,7 @@ async def test_fallback_without_bulk_reads_the_same(
 
     async def body() -> None:
         nc = await nats.connect(nats_server.url)
-        store = NatsObjectStore(nc, 5.0, bulk=None)
+        store = NatsObjectStore(nc, 5.0, lean=False)
         try:
             await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
             info = await store.put(bucket_name, "obj", data, chunk_size=32 * 1024)
@@ -272,8 +273,8 @@ async def test_read_of_a_deleted_bucket_is_not_found_on_both_paths(
     async def body() -> None:
         if path == "lean":
             store = await connect([nats_server.url], timeout=5.0)
-        else:  # the read path of TLS or creds connections
-            store = NatsObjectStore(await nats.connect(nats_server.url), 5.0, bulk=None)
+        else:  # the read path of websocket connections
+            store = NatsObjectStore(await nats.connect(nats_server.url), 5.0, lean=False)
         try:
             await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
             info = await store.put(bucket_name, "obj", data, chunk_size=64 * 1024)
@@ -631,7 +632,9 @@ async def test_user_password_auth(
 
     async def body() -> None:
         with pytest.raises(Unsupported):
-            await BulkConnection.open(*host_port(srv), auth=BulkAuth("reader", "wrong"))
+            await BulkConnection.open(
+                *host_port(srv), auth=ConnectOptions(user="reader", password="wrong")
+            )
         with pytest.raises(Unsupported):
             await BulkConnection.open(*host_port(srv))
         store = await connect([srv.url], user="reader", password="s3cr3t-pass")
@@ -660,7 +663,7 @@ async def test_token_auth(run: Run[None], server_with: Callable[[str], EmbeddedS
 
     async def body() -> None:
         with pytest.raises(Unsupported):
-            await BulkConnection.open(*host_port(srv), auth=BulkAuth(token="nope"))
+            await BulkConnection.open(*host_port(srv), auth=ConnectOptions(token="nope"))
         store = await connect([srv.url], token="t0ken")
         try:
             await store.create_bucket(BucketConfig("tok", storage="memory"))
@@ -682,7 +685,9 @@ async def test_refused_credentials_fall_back_to_nats_py(
 
     async def body() -> None:
         nc = await nats.connect(srv.url, user="u", password="p")
-        store = NatsObjectStore(nc, 5.0, bulk=BulkAuth("u", "not the password"))
+        store = NatsObjectStore(
+            nc, 5.0, options=ConnectOptions(user="u", password="not the password")
+        )
         try:
             await store.create_bucket(BucketConfig("fb", storage="memory"))
             info = await store.put("fb", "obj", data)
