@@ -18,17 +18,17 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import nats
 import pytest
+from secure_nats import ServerWith
 from store_bounds import HANG_TIMEOUT, assert_no_timeout_waited, assert_within
 
 from objfs.bridge import AsyncioThread, Bridge
 from objfs.options import ConnectOptions
-from objfs.server import EmbeddedServer, ServerError, find_binary
+from objfs.server import EmbeddedServer
 from objfs.store import errors, nats_bulk, nats_reads
 from objfs.store.api import BucketConfig, ObjectInfo
 from objfs.store.nats_bulk import BulkConnection, Unsupported
@@ -47,38 +47,6 @@ async def run(asyncio_thread: AsyncioThread) -> Run[Any]:
         return await bridge.call(fn)
 
     return run
-
-
-class ConfiguredServer(EmbeddedServer):
-    """The embedded server with extra configuration text (auth, ping interval)."""
-
-    def __init__(self, data_dir: Path, extra: str) -> None:
-        super().__init__(data_dir)
-        self.extra = extra
-
-    def _config(self, port: int) -> str:
-        return super()._config(port) + self.extra + "\n"
-
-
-@pytest.fixture
-def server_with(tmp_path: Path) -> Iterator[Callable[[str], EmbeddedServer]]:
-    """Start private servers with extra config; all stopped at the end."""
-    started: list[EmbeddedServer] = []
-
-    def start(extra: str) -> EmbeddedServer:
-        try:
-            find_binary()
-        except ServerError:
-            if os.environ.get("OBJFS_REQUIRE_REAL") == "1":
-                pytest.fail("nats-server binary not installed (required in CI)")
-            pytest.skip("nats-server binary not installed")
-        srv = ConfiguredServer(tmp_path / f"nats{len(started)}", extra).start()
-        started.append(srv)
-        return srv
-
-    yield start
-    for srv in started:
-        srv.stop()
 
 
 def host_port(srv: EmbeddedServer) -> tuple[str, int]:
@@ -584,7 +552,7 @@ async def test_push_read_holds_flow_control_for_a_slow_reader(
 
 
 async def test_ping_is_answered(
-    run: Run[None], server_with: Callable[[str], EmbeddedServer]
+    run: Run[None], server_with: ServerWith
 ) -> None:
     """A server pinging every 100 ms closes a client that leaves 10 pings unanswered.
 
@@ -625,7 +593,7 @@ async def test_ping_is_answered(
 
 
 async def test_user_password_auth(
-    run: Run[None], server_with: Callable[[str], EmbeddedServer]
+    run: Run[None], server_with: ServerWith
 ) -> None:
     srv = server_with('authorization { user: "reader", password: "s3cr3t-pass" }')
     data = os.urandom(600 * 1024)
@@ -657,7 +625,7 @@ async def test_user_password_auth(
     await run(body)
 
 
-async def test_token_auth(run: Run[None], server_with: Callable[[str], EmbeddedServer]) -> None:
+async def test_token_auth(run: Run[None], server_with: ServerWith) -> None:
     srv = server_with('authorization { token: "t0ken" }')
     data = os.urandom(300 * 1024)
 
@@ -677,7 +645,7 @@ async def test_token_auth(run: Run[None], server_with: Callable[[str], EmbeddedS
 
 
 async def test_refused_credentials_fall_back_to_nats_py(
-    run: Run[None], server_with: Callable[[str], EmbeddedServer]
+    run: Run[None], server_with: ServerWith
 ) -> None:
     """If the lean connection is refused, reads still work, through nats-py's connection."""
     srv = server_with('authorization { user: "u", password: "p" }')
