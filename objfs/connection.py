@@ -188,6 +188,7 @@ def resolve(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     owner: str | None = None  # the layer whose credentials are used
+    loose: tuple[str, str] | None = None  # a password from a layer naming no one
     for where, layer in layers:
         names_who = any(k in layer for k in CREDENTIALS)
         for option, value in layer.items():
@@ -203,8 +204,9 @@ def resolve(
                     values[option] = layer[option]
                     sources[option] = _source(where, option)
         elif "password" in layer:
-            values["password"] = layer["password"]
-            sources["password"] = _source(where, "password")
+            loose = (layer["password"], _source(where, "password"))
+    if loose is not None and values.get("user") is not None and "password" not in values:
+        values["password"], sources["password"] = loose
     if owner != "flags" and values.get("user") is not None and values.get("password") is None:
         # The nats CLI's NATS_USER and a context's user are "user or token".
         values["token"] = values.pop("user")
