@@ -146,8 +146,11 @@ def describe(e: BaseException) -> str:
     if isinstance(e, CredentialsError):
         return str(e)
     if isinstance(e, ssl.SSLCertVerificationError):
-        return f"TLS handshake failed: {e.verify_message or e.reason} (certificate name or CA)"
+        why = str(e.verify_message or e.reason).rstrip(".")
+        return f"TLS handshake failed: {why} (certificate name or CA: --tls-ca)"
     if isinstance(e, ssl.SSLError):
+        if "CERTIFICATE_REQUIRED" in str(e.reason):
+            return "TLS handshake failed: the server requires a client certificate (--tls-cert)"
         return f"TLS handshake failed: {e.reason or text}"
     if isinstance(e, ConnectionRefusedError) or (
         isinstance(e, OSError) and e.errno == errno.ECONNREFUSED

@@ -111,7 +111,7 @@ async def test_mutual_tls_on_both_connections(
         message, _ = await refused(
             ConnectOptions(servers=[srv.url], tls_ca=str(pki.ca), timeout=LONG)
         )
-        assert "cannot connect" in message
+        assert "TLS handshake failed" in message and "client certificate" in message, message
 
     await run(body)
 
@@ -150,7 +150,7 @@ async def test_tls_failures_name_the_cause(
             ConnectOptions(servers=[named.url], tls_ca=str(localhost_only.ca), timeout=LONG)
         )
         assert "TLS handshake failed" in message, message
-        assert "127.0.0.1" in message or "mismatch" in message.lower(), message
+        assert "mismatch" in message, message
 
     await run(body)
 
