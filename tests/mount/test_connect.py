@@ -204,9 +204,10 @@ def test_servers_repeated_and_comma_lists(
 ) -> None:
     srv = server_with("")
     dead1, dead2 = (f"nats://127.0.0.1:{_closed_port()}" for _ in range(2))
+    # The good server comes first: a mount that kept only the last --server would fail.
     m = Mount(
-        tmp_path / "mnt", dead1, bucket_name, log_dir=tmp_path,
-        args=("--server", f"{dead2},{srv.url}"),
+        tmp_path / "mnt", srv.url, bucket_name, log_dir=tmp_path,
+        args=("--server", f"{dead1},{dead2}"),
     ).start()  # fmt: skip
     try:
         (m.mountpoint / "y").write_bytes(b"y")
