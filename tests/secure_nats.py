@@ -73,6 +73,13 @@ class ConfiguredServer(EmbeddedServer):
         raise ServerError(f"nats-server did not start:\n{self.log_tail()}")
 
 
+def closed_port() -> int:
+    """A local port nothing listens on (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 # -- TLS ---------------------------------------------------------------------------------------
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import ssl
 import subprocess
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import nats
 from helpers import data
 from mounting import Mount, objfs_command
-from secure_nats import ServerWith, make_pki
+from secure_nats import ServerWith, closed_port, make_pki
 
 from objfs.server import free_port
 
@@ -62,12 +61,6 @@ def nats_py(url: str, fn: Any, **connect: Any) -> Any:
             await nc.close()
 
     return asyncio.run(main())
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_context_mount_and_seal(
@@ -168,7 +161,7 @@ def test_auth_failures_fail_at_once_in_words(server_with: ServerWith, tmp_path: 
 def test_refused_port_fails_within_the_timeout(tmp_path: Path) -> None:
     mp = tmp_path / "mnt"
     mp.mkdir()
-    url = f"nats://127.0.0.1:{_closed_port()}"
+    url = f"nats://127.0.0.1:{closed_port()}"
     start = time.monotonic()
     line = one_error_line(objfs("mount", "--server", url, "--timeout", "10", str(mp)))
     assert "connection refused" in line and url in line, line
@@ -203,7 +196,7 @@ def test_servers_repeated_and_comma_lists(
     fuse: None, server_with: ServerWith, tmp_path: Path, bucket_name: str
 ) -> None:
     srv = server_with("")
-    dead1, dead2 = (f"nats://127.0.0.1:{_closed_port()}" for _ in range(2))
+    dead1, dead2 = (f"nats://127.0.0.1:{closed_port()}" for _ in range(2))
     # The good server comes first: a mount that kept only the last --server would fail.
     m = Mount(
         tmp_path / "mnt", srv.url, bucket_name, log_dir=tmp_path,

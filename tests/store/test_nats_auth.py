@@ -15,35 +15,21 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import nats
 import pytest
-from secure_nats import ServerWith, make_operator, make_pki, new_nkey
+from nats_helpers import Run, bulk_in_use
+from secure_nats import ServerWith, closed_port, make_operator, make_pki, new_nkey
 
-from objfs.bridge import AsyncioThread, Bridge
 from objfs.options import ConnectOptions
 from objfs.store import errors
 from objfs.store.api import BucketConfig
 from objfs.store.nats_store import NatsObjectStore, connect
 
-T = TypeVar("T")
-Run = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
-
 LONG = 60.0
 """--timeout of the fail-at-once tests: a connect that retried would take all of it."""
-
-
-@pytest.fixture
-async def run(asyncio_thread: AsyncioThread) -> Run[Any]:
-    bridge = Bridge(asyncio_thread)
-
-    async def run(fn: Callable[[], Awaitable[T]]) -> T:
-        return await bridge.call(fn)
-
-    return run
 
 
 @pytest.fixture
@@ -55,10 +41,6 @@ def secrets(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
     text = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
     for secret in found:
         assert secret not in text, f"secret {secret[:4]}... in the log"
-
-
-def bulk_in_use(store: NatsObjectStore) -> bool:
-    return store.reader._bulk is not None and store.reader._bulk.is_open
 
 
 async def roundtrip(store: NatsObjectStore, bucket: str, size: int = 3 << 20) -> None:
@@ -242,14 +224,8 @@ async def test_wrong_credentials_fail_at_once(
     await run(body)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_refused_ports_one_pass_then_fail(run: Run[None]) -> None:
-    servers = [f"nats://127.0.0.1:{_closed_port()}", f"nats://127.0.0.1:{_closed_port()}"]
+    servers = [f"nats://127.0.0.1:{closed_port()}", f"nats://127.0.0.1:{closed_port()}"]
 
     async def body() -> None:
         message, took = await refused(ConnectOptions(servers=servers, timeout=LONG))
@@ -342,7 +318,7 @@ async def test_domain_and_inbox_prefix_on_both_connections(
 
 async def test_url_credentials_are_not_in_messages(run: Run[None], secrets: list[str]) -> None:
     secrets.append("hunter2-secret")
-    url = f"nats://admin:hunter2-secret@127.0.0.1:{_closed_port()}"
+    url = f"nats://admin:hunter2-secret@127.0.0.1:{closed_port()}"
 
     async def body() -> None:
         message, _ = await refused(ConnectOptions(servers=[url], timeout=LONG))
