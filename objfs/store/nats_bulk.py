@@ -28,10 +28,9 @@ certificate, TLS first, the inbox and JetStream API prefixes. The receive buffer
 same under TLS (asyncio's SSL transport feeds a buffered protocol). Credentials the server
 refuses raise ``Unsupported`` and the store keeps using nats-py for reads. Errors are objfs
 errors: a lost connection is Unavailable, a batch that does not end within the timeout is
-Timeout, a status is the error
-``nats_protocol`` says it is (the same as on nats-py's path). Nothing here verifies chunks
-against a layout: the caller does (sequence and size of every chunk), so a missing chunk is
-Corrupt, never a hang.
+Timeout, a status is the error ``nats_protocol`` says it is (the same as on nats-py's path).
+Nothing here verifies chunks against a layout: the caller does (sequence and size of every
+chunk), so a missing chunk is Corrupt, never a hang.
 """
 
 from __future__ import annotations
@@ -106,7 +105,8 @@ def tune_malloc() -> bool:
 
 
 class Unsupported(Exception):
-    """The connection options need something this reader does not speak (TLS, nkeys...)."""
+    """The lean connection cannot be used with these options (credentials refused, a nonce
+    and no seed): reads stay on nats-py's connection."""
 
 
 class HashChain:
@@ -326,7 +326,9 @@ class BulkConnection:
             info = await asyncio.wait_for(asyncio.shield(self._info), timeout)
             self.server_info = info
             secured = tls is not None
-            if not secured and (info.get("tls_required") or secure or auth.tls_wanted):
+            # As nats-py decides (its connection and this one must agree): the server's word or
+            # a tls:// URL, not merely a CA given for a server that speaks plain TCP.
+            if not secured and (info.get("tls_required") or secure):
                 assert self._transport is not None
                 secured = True
                 self._transport = cast(

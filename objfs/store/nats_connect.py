@@ -69,7 +69,10 @@ async def connect(
         options = servers
     else:
         options = ConnectOptions(
-            servers=list(servers), user=user, password=password, token=token,
+            servers=[servers] if isinstance(servers, str) else list(servers),
+            user=user,
+            password=password,
+            token=token,
             timeout=5.0 if timeout is None else timeout,
         )
     where = ",".join(redact(s) for s in options.servers)
