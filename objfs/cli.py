@@ -131,7 +131,7 @@ def _add_connection_options(p: argparse.ArgumentParser) -> argparse._ArgumentGro
         metavar="URL[,URL...]",
         action="append",
         help="NATS server URL(s): repeat it or separate with commas (default: the context's, "
-        "else $NATS_URL; with none of them, start the embedded server)",
+        "else $NATS_URL; a mount with none of them starts the embedded server)",
     )
     conn.add_argument("--user", help="user name for NATS user/password authentication")
     conn.add_argument(

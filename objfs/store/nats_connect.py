@@ -119,7 +119,7 @@ async def connect(
             await attempt
         with contextlib.suppress(Exception):
             await nc.close()
-        cause = events.last_error or failed
+        cause = events.refused or events.last_error or failed
         text = describe(cause) if cause is not None else f"no answer in {options.timeout:g}s"
         raise errors.Unavailable(f"cannot connect to {where}: {text}")
     events.connected = True
@@ -190,6 +190,9 @@ class ConnectionEvents:
         self._failures = 0
         self.gave_up = asyncio.Event()
         """Set during the first connect on an auth error or when every server failed once."""
+        self.refused: Exception | None = None
+        """The first connect's auth error: its cause, whatever nats-py reports after it
+        before it is stopped (a reset of the connection the server closed)."""
         self._down_since: float | None = None
         self._last_said = 0.0
 
@@ -200,7 +203,9 @@ class ConnectionEvents:
         self.last_error = e
         if not self.connected:
             self._failures += 1
-            if is_auth_error(e) or self._failures >= self._first_pass:
+            if is_auth_error(e) and self.refused is None:
+                self.refused = e
+            if self.refused is not None or self._failures >= self._first_pass:
                 self.gave_up.set()
         now = time.monotonic()
         loud = not self._quiet() and (

@@ -26,6 +26,7 @@ from secure_nats import ServerWith, closed_port, make_operator, make_pki, new_nk
 from objfs.options import ConnectOptions
 from objfs.store import errors
 from objfs.store.api import BucketConfig
+from objfs.store.nats_connect import ConnectionEvents, describe
 from objfs.store.nats_store import NatsObjectStore, connect
 
 LONG = 60.0
@@ -327,3 +328,18 @@ async def test_url_credentials_are_not_in_messages(run: Run[None], secrets: list
 
     await run(body)
 
+
+
+async def test_an_auth_error_stays_the_cause(run: Run[None]) -> None:
+    """nats-py may report the reset of the connection the server closed after refusing us,
+    before the connect is stopped: the message must still say why (seen in a loaded run)."""
+
+    async def body() -> None:
+        events = ConnectionEvents(first_pass=3)
+        await events.error(nats.errors.Error("nats: 'Authorization Violation'"))
+        assert events.gave_up.is_set()
+        await events.error(ConnectionResetError(104, "Connection reset by peer"))
+        assert events.refused is not None and "Authorization" in str(events.refused)
+        assert describe(events.refused).startswith("authorization violation")
+
+    await run(body)
