@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import grp
+import logging
 import os
 import pwd
 import re
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from objfs import __version__
-from objfs.options import ConnectOptions, MountOptions
+from objfs.log import console
+from objfs.options import ConnectOptions, MountOptions, parse_duration
 from objfs.server import DEFAULT_DATA_DIR, EmbeddedServer, ServerError
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -95,9 +97,9 @@ def parse_attr_timeout(text: str) -> float:
 
 def _parse_seconds(text: str) -> float:
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be seconds: {text!r}") from None
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,8 +109,97 @@ class _Parser(argparse.ArgumentParser):
         self.exit(1, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _split_servers(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
+def _add_connection_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The connection options every command that talks to NATS takes (one group, so that
+    ``mount``, ``seal`` and the rest accept the same); resolved by ``connect_options``."""
+    conn = p.add_argument_group(
+        "connection",
+        "Flags override a nats CLI context (--context, $NATS_CONTEXT), which overrides the "
+        "nats CLI's NATS_* environment variables (NATS_URL, NATS_USER, NATS_PASSWORD, "
+        "NATS_CREDS, NATS_NKEY, NATS_CERT, NATS_KEY, NATS_CA, NATS_TIMEOUT).",
+    )
+    conn.add_argument(
+        "--context",
+        metavar="NAME",
+        help="use the nats CLI context NAME (~/.config/nats/context/NAME.json, or under "
+        "$XDG_CONFIG_HOME): its URL, credentials, TLS and JetStream domain (default: "
+        "$NATS_CONTEXT)",
+    )
+    conn.add_argument(
+        "--server",
+        "-s",
+        metavar="URL[,URL...]",
+        action="append",
+        help="NATS server URL(s): repeat it or separate with commas (default: the context's, "
+        "else $NATS_URL; a mount with none of them starts the embedded server)",
+    )
+    conn.add_argument("--user", help="user name for NATS user/password authentication")
+    conn.add_argument(
+        "--password",
+        help="password for --user (visible to other users in the process list: prefer "
+        "--password-file or $NATS_PASSWORD)",
+    )
+    conn.add_argument(
+        "--password-file", metavar="FILE", help="read the password for --user from FILE"
+    )
+    conn.add_argument("--token", help="NATS authentication token")
+    conn.add_argument("--creds", metavar="FILE", help="NATS credentials file (JWT and NKey seed)")
+    conn.add_argument("--nkey", metavar="FILE", help="NATS nkey user seed file (SU...)")
+    conn.add_argument("--tls-ca", metavar="FILE", help="CA certificate to verify the server")
+    conn.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS")
+    conn.add_argument("--tls-key", metavar="FILE", help="client private key for mutual TLS")
+    conn.add_argument(
+        "--tlsfirst",
+        "--tls-first",
+        dest="tls_first",
+        action="store_true",
+        help="TLS handshake before the server's greeting (servers with handshake_first)",
+    )
+    conn.add_argument(
+        "--js-domain", metavar="DOMAIN", help="JetStream domain (e.g. of a leaf node's hub)"
+    )
+    conn.add_argument(
+        "--js-api-prefix",
+        metavar="PREFIX",
+        help="JetStream API subject prefix, for an imported JetStream (default: $JS.API)",
+    )
+    conn.add_argument(
+        "--inbox-prefix",
+        metavar="PREFIX",
+        help="subject prefix of reply inboxes (default: _INBOX), for accounts whose "
+        "permissions allow another",
+    )
+    conn.add_argument(
+        "--timeout",
+        type=parse_timeout,
+        metavar="DURATION",
+        help="time to reach the server at start (one pass over the servers), and for any "
+        "store request before the filesystem answers an I/O error: 10, 5s, 500ms, 2m "
+        f"(default: {ConnectOptions().timeout:g}s, or $NATS_TIMEOUT)",
+    )
+    return conn
+
+
+def connect_options(args: argparse.Namespace, data_dir: Path | None = None) -> ConnectOptions:
+    """The connection group's arguments, with a context and the environment; a missing
+    context or unreadable password file ends the command with its one-line error."""
+    from objfs.connection import SettingsError, resolve, split_servers
+
+    flags = {
+        name: getattr(args, name)
+        for name in (
+            "context", "user", "password", "password_file", "token", "creds", "nkey",
+            "tls_ca", "tls_cert", "tls_key", "tls_first", "js_domain", "js_api_prefix",
+            "inbox_prefix", "timeout",
+        )
+    }  # fmt: skip
+    if args.server:
+        flags["servers"] = split_servers(args.server)
+    try:
+        return resolve(flags, os.environ, data_dir=data_dir)
+    except SettingsError as e:
+        console(str(e), logging.ERROR)
+        raise SystemExit(1) from None
 
 
 def _add_mount_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -121,29 +212,7 @@ def _add_mount_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         "interrupted (Ctrl-C) or terminated (SIGTERM); pending uploads finish first.",
     )
     p.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path, help="an existing directory")
-    conn = p.add_argument_group("connection")
-    conn.add_argument(
-        "--server",
-        metavar="URL[,URL...]",
-        default=os.environ.get("NATS_URL", ""),
-        help="NATS server URL(s), comma separated (default: $NATS_URL; if neither is set, "
-        "start the embedded server)",
-    )
-    conn.add_argument("--user", help="user name for NATS user/password authentication")
-    conn.add_argument("--password", help="password for NATS user/password authentication")
-    conn.add_argument("--token", help="NATS authentication token")
-    conn.add_argument("--creds", metavar="FILE", help="NATS credentials file (JWT and NKey seed)")
-    conn.add_argument("--tls-ca", metavar="FILE", help="CA certificate to verify the server")
-    conn.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS")
-    conn.add_argument("--tls-key", metavar="FILE", help="client private key for mutual TLS")
-    conn.add_argument(
-        "--timeout",
-        type=parse_timeout,
-        default=ConnectOptions().timeout,
-        metavar="SECONDS",
-        help="seconds to reach the server at start, and for any store request before the "
-        "filesystem answers an I/O error (default: %(default)s)",
-    )
+    conn = _add_connection_options(p)
     conn.add_argument(
         "--data-dir",
         type=Path,
@@ -278,19 +347,7 @@ def _add_seal_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     )
     p.add_argument("bucket", metavar="BUCKET")
     p.add_argument("--yes", action="store_true", help="yes, seal it (irreversible)")
-    p.add_argument(
-        "--server",
-        metavar="URL[,URL...]",
-        default=os.environ.get("NATS_URL", ""),
-        help="NATS server URL(s) (default: $NATS_URL)",
-    )
-    p.add_argument("--user", help="user name for NATS user/password authentication")
-    p.add_argument("--password", help="password for NATS user/password authentication")
-    p.add_argument("--token", help="NATS authentication token")
-    p.add_argument("--creds", metavar="FILE", help="NATS credentials file (JWT and NKey seed)")
-    p.add_argument(
-        "--timeout", type=parse_timeout, default=ConnectOptions().timeout, metavar="SECONDS"
-    )
+    _add_connection_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,26 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _absolute(path: str | None) -> str | None:
-    return str(Path(path).expanduser().absolute()) if path else None
-
-
 def mount_options(args: argparse.Namespace) -> MountOptions:
     """The parsed ``objfs mount`` arguments as a MountOptions value."""
     fuse_options = [o.strip() for arg in args.fuse_options for o in arg.split(",") if o.strip()]
-    connect = ConnectOptions(
-        servers=_split_servers(args.server),
-        user=args.user,
-        password=args.password,
-        token=args.token,
-        # Absolute: a daemonized mount moves to / before it reads them.
-        creds=_absolute(args.creds),
-        tls_ca=_absolute(args.tls_ca),
-        tls_cert=_absolute(args.tls_cert),
-        tls_key=_absolute(args.tls_key),
-        timeout=args.timeout,
-        data_dir=args.data_dir.expanduser().absolute(),
-    )
+    connect = connect_options(args, args.data_dir.expanduser().absolute())
     return MountOptions(
         mountpoint=args.mountpoint,
         connect=connect,
@@ -387,14 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "seal":
         from objfs import seal
 
-        connect = ConnectOptions(
-            servers=_split_servers(args.server),
-            user=args.user,
-            password=args.password,
-            token=args.token,
-            creds=_absolute(args.creds),
-            timeout=args.timeout,
-        )
+        connect = connect_options(args)
         return seal.main(args.bucket, connect, yes=args.yes)
     from objfs import mount
 

@@ -19,6 +19,7 @@ or store/server errors and end as one line on stderr, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -33,10 +34,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from objfs.bridge import AsyncioThread, Bridge, TrioStore
+from objfs.connection import SettingsError, check_files
 from objfs.daemon import Reporter, daemonize
 from objfs.fs import Filesystem, spool_dir
 from objfs.log import console, level_for, setup
-from objfs.options import MountOptions
+from objfs.options import MountOptions, redact
 from objfs.sd_notify import Notifier
 from objfs.server import EmbeddedServer, ServerError
 from objfs.store.api import ObjectStore
@@ -149,27 +151,14 @@ def check_mountpoint(options: MountOptions) -> None:
 
 
 def check_connect_files(options: MountOptions) -> None:
-    """Refuse unreadable credential and TLS files before connecting (nats-py would retry a
-    connection for ever on a credentials file it cannot read)."""
-    c = options.connect
-    for flag, path in (
-        ("--creds", c.creds),
-        ("--tls-ca", c.tls_ca),
-        ("--tls-cert", c.tls_cert),
-        ("--tls-key", c.tls_key),
-    ):
-        if path is None:
-            continue
-        try:
-            with open(path, "rb") as f:
-                head = f.read(1 << 16)
-        except OSError as e:
-            raise MountError(f"{flag} {path}: {e.strerror or e}") from None
-        if flag == "--creds" and (b"NATS USER JWT" not in head or b"NKEY SEED" not in head):
-            raise MountError(
-                f"--creds {path}: not a NATS credentials file (a user JWT and NKey seed, as "
-                "made by nsc)"
-            )
+    """Refuse unreadable credential and TLS files before connecting; warn about secrets
+    that other users can read (``objfs.connection.check_files``)."""
+    try:
+        warnings = check_files(options.connect)
+    except SettingsError as e:
+        raise MountError(str(e)) from None
+    for warning in warnings:
+        console(f"warning: {warning}", logging.WARNING)
 
 
 def check_spool(options: MountOptions) -> None:
@@ -278,7 +267,7 @@ async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> in
         stack.callback(thread.stop)
         bridge = Bridge(thread)
         backend = await _connect(bridge, servers, options)
-        via = backend.connected_server or ",".join(servers)
+        via = backend.connected_server or ",".join(redact(s) for s in servers)
         stack.push_async_callback(_close_store, bridge, backend)
         limit = backend.max_chunk_size
         if limit is not None and options.chunk_size > limit:
@@ -350,12 +339,12 @@ async def _connect(
 ) -> NatsObjectStore:
     from objfs.store.nats_store import connect
 
-    c = options.connect
-    where = ",".join(servers)
+    c = dataclasses.replace(options.connect, servers=servers)
+    where = ",".join(redact(s) for s in servers)
     # The store's own timeout should fire first; this bound is the backstop.
-    with trio.move_on_after(c.timeout * 2 + 3) as scope:  # connect() gives up at 2t+1
+    with trio.move_on_after(c.timeout + 3) as scope:  # connect() gives up at the timeout
         try:
-            return await bridge.call(connect, servers, **c.client_kwargs())
+            return await bridge.call(connect, c)
         except StoreError as e:  # its message names the servers and the cause
             raise MountError(_one_line(e)) from None
         except (OSError, ValueError) as e:

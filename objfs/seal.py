@@ -5,7 +5,8 @@ Sealing cannot be undone (the server refuses to unseal a stream), so the command
 accident. The same seal can be set from a mount with
 ``setfattr -n user.objfs.sealed -v 1 DIR`` on the bucket's directory.
 
-It needs a named server (``--server`` or ``$NATS_URL``): starting an embedded server here
+It takes the connection options every command does (``objfs.connection``) and needs a named
+server (``--server``, a context or ``$NATS_URL``): starting an embedded server here
 could race a mount that is using the same store directory.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from objfs.connection import SettingsError, check_files
 from objfs.options import ConnectOptions
 from objfs.store.errors import StoreError
 from objfs.store.names import check_bucket
@@ -23,7 +25,7 @@ async def _seal(bucket: str, connect: ConnectOptions) -> bool:
     """Seal ``bucket``; returns whether it was sealed already."""
     from objfs.store.nats_store import connect as open_store
 
-    store = await open_store(connect.servers, name="objfs-seal", **connect.client_kwargs())
+    store = await open_store(connect, name="objfs-seal")
     try:
         was = (await store.bucket_status(bucket)).sealed
         if not was:
@@ -41,7 +43,13 @@ def main(bucket: str, connect: ConnectOptions, *, yes: bool) -> int:
         print(f"objfs: {e}", file=sys.stderr)
         return 1
     if not connect.servers:
-        print("objfs: seal needs --server URL (or $NATS_URL)", file=sys.stderr)
+        print("objfs: seal needs --server URL (or --context, $NATS_URL)", file=sys.stderr)
+        return 1
+    try:
+        for warning in check_files(connect):
+            print(f"objfs: warning: {warning}", file=sys.stderr)
+    except SettingsError as e:
+        print(f"objfs: {e}", file=sys.stderr)
         return 1
     if not yes:
         print(

@@ -10,7 +10,7 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 
 # Before objfs is imported: its default data dir (the embedded server's store, the spool)
@@ -66,6 +66,29 @@ def private_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
     yield srv
     srv.stop()
     if srv in _servers:
+        _servers.remove(srv)
+
+
+@pytest.fixture
+def server_with(tmp_path: Path) -> Iterator[Callable[..., EmbeddedServer]]:
+    """Start private servers with extra config (``secure_nats.ConfiguredServer``: auth, TLS,
+    no JetStream...); all stopped at the end."""
+    from secure_nats import ConfiguredServer
+
+    started: list[EmbeddedServer] = []
+
+    def start(extra: str, *, jetstream: bool = True, tls_first: bool = False) -> EmbeddedServer:
+        need(_server_binary_ok(), "nats-server binary not installed")
+        srv = ConfiguredServer(
+            tmp_path / f"nats{len(started)}", extra, jetstream=jetstream, tls_first=tls_first
+        )
+        _servers.append(srv)
+        started.append(srv.start())
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
         _servers.remove(srv)
 
 

@@ -22,13 +22,15 @@ client protocol itself, for one job only:
   It cost nats-server less CPU than batch direct gets, so a large ``read_stream`` uses it;
 - chunks hashed as they are copied out, while still in the CPU cache (``HashChain``).
 
-It authenticates with user/password or a token, like the main connection. Anything else (TLS,
-creds/nkeys/JWT, a server that demands TLS or a nonce signature) raises ``Unsupported`` and the
-store keeps using nats-py for reads. Errors are objfs errors: a lost connection is Unavailable,
-a batch that does not end within the timeout is Timeout, a status is the error
-``nats_protocol`` says it is (the same as on nats-py's path). Nothing here verifies chunks
-against a layout: the caller does (sequence and size of every chunk), so a missing chunk is
-Corrupt, never a hang.
+It connects with the options the main connection uses (``nats_auth``): user/password, token,
+an nkey seed or credentials file (the server's nonce signed), TLS with a custom CA and client
+certificate, TLS first, the inbox and JetStream API prefixes. The receive buffer stays the
+same under TLS (asyncio's SSL transport feeds a buffered protocol). Credentials the server
+refuses raise ``Unsupported`` and the store keeps using nats-py for reads. Errors are objfs
+errors: a lost connection is Unavailable, a batch that does not end within the timeout is
+Timeout, a status is the error ``nats_protocol`` says it is (the same as on nats-py's path).
+Nothing here verifies chunks against a layout: the caller does (sequence and size of every
+chunk), so a missing chunk is Corrupt, never a hang.
 """
 
 from __future__ import annotations
@@ -39,13 +41,15 @@ import ctypes
 import ctypes.util
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any, cast
 
 from nats.nuid import NUID
 
+from objfs.options import ConnectOptions
 from objfs.store import errors
+from objfs.store.nats_auth import CredentialsError, connect_fields, signs, tls_context
 from objfs.store.nats_protocol import (
+    API,
     FLOW_CONTROL,
     STALLED,
     ack_tokens,
@@ -101,16 +105,8 @@ def tune_malloc() -> bool:
 
 
 class Unsupported(Exception):
-    """The connection options need something this reader does not speak (TLS, nkeys...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BulkAuth:
-    """Credentials the main connection uses, for the bulk connection's CONNECT."""
-
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
+    """The lean connection cannot be used with these options (credentials refused, a nonce
+    and no seed): reads stay on nats-py's connection."""
 
 
 class HashChain:
@@ -282,6 +278,7 @@ class BulkConnection:
         self._end = 0  # end of received bytes
         self._need = 0  # bytes the frame at _pos needs in all (0: unknown / fits)
         self._prefix = b""
+        self._api = f"{API}.DIRECT.GET.".encode()
         self._reqs: dict[bytes, Batch] = {}
         self._pushes: dict[bytes, PushRead] = {}
         self._next = 0
@@ -298,34 +295,61 @@ class BulkConnection:
         host: str,
         port: int,
         *,
-        auth: BulkAuth | None = None,
+        auth: ConnectOptions | None = None,
         timeout: float = 5.0,
         name: str = "objfs-bulk",
+        secure: bool = False,
     ) -> BulkConnection:
-        """Connect, authenticate and subscribe to the reply inbox.
+        """Connect, authenticate and subscribe to the reply inbox, with the connection options
+        nats-py's connection uses (``nats_auth``): TLS when the server requires it, the URL
+        says ``tls://`` (``secure``) or the options ask for it first, and a signed nonce for
+        an nkey or credentials file.
 
         Unavailable if the server cannot be reached or refuses us in time; Unsupported if it
-        wants TLS or a signed nonce (nkeys/JWT), which only nats-py speaks here.
+        wants a signed nonce and the options hold no seed to sign it with.
         """
         tune_malloc()
+        auth = auth or ConnectOptions()
         self = cls(timeout)
+        self._api = (auth.api_prefix + ".DIRECT.GET.").encode()
         loop = asyncio.get_running_loop()
         self._info = loop.create_future()
+        protocol = _Protocol(self)
         try:
+            tls = tls_context(auth) if auth.tls_first else None
             await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(self), host, port), timeout
+                loop.create_connection(
+                    lambda: protocol, host, port, ssl=tls, server_hostname=host if tls else None
+                ),
+                timeout,
             )
             info = await asyncio.wait_for(asyncio.shield(self._info), timeout)
             self.server_info = info
-            if info.get("tls_required"):
-                raise Unsupported("the server requires TLS")
-            auth = auth or BulkAuth()
-            if info.get("nonce") and info.get("auth_required") and not (auth.user or auth.token):
-                raise Unsupported("the server wants a signed nonce (nkeys/JWT)")
+            secured = tls is not None
+            # As nats-py decides (its connection and this one must agree): the server's word or
+            # a tls:// URL, not merely a CA given for a server that speaks plain TCP.
+            if not secured and (info.get("tls_required") or secure):
+                assert self._transport is not None
+                secured = True
+                self._transport = cast(
+                    asyncio.Transport,
+                    await asyncio.wait_for(
+                        loop.start_tls(
+                            self._transport, protocol, tls_context(auth), server_hostname=host
+                        ),
+                        timeout,
+                    ),
+                )
+            if (
+                info.get("nonce")
+                and info.get("auth_required")
+                and not (auth.user or auth.token or signs(auth))
+            ):
+                raise Unsupported("the server wants a signed nonce and no seed was given")
             connect: dict[str, Any] = {
                 "verbose": False,
                 "pedantic": False,
-                "tls_required": False,
+                "tls_required": secured,
                 "name": name,
                 "lang": "python3",
                 "version": "objfs-bulk",
@@ -333,13 +357,9 @@ class BulkConnection:
                 "headers": True,
                 "no_responders": True,
                 "echo": False,
+                **connect_fields(auth, info),
             }
-            if auth.user is not None:
-                connect["user"] = auth.user
-                connect["pass"] = auth.password or ""
-            if auth.token is not None:
-                connect["auth_token"] = auth.token
-            self._prefix = f"_INBOX.{NUID().next().decode()}.".encode()
+            self._prefix = f"{auth.inbox}.{NUID().next().decode()}.".encode()
             pong = loop.create_future()
             self._pongs.append(pong)
             self._write(
@@ -356,6 +376,9 @@ class BulkConnection:
         except errors.StoreError:
             self.close()
             raise
+        except CredentialsError as e:
+            self.close()
+            raise Unsupported(str(e)) from None
         except (TimeoutError, OSError) as e:
             self.close()
             raise errors.Unavailable(f"bulk connection to {host}:{port}: {e!r}") from None
@@ -401,7 +424,8 @@ class BulkConnection:
             req["max_bytes"] = max_bytes
         body = json.dumps(req).encode()
         self._write(
-            b"PUB $JS.API.DIRECT.GET."
+            b"PUB "
+            + self._api
             + stream.encode()
             + b" "
             + reply

@@ -1,10 +1,17 @@
 """Connecting to NATS: ``connect`` opens the connection a ``NatsObjectStore`` lives on.
 
-It turns objfs's connection options (servers, user/password, token, creds, TLS) into nats-py's,
-reconnecting for ever (a mount outlives server restarts), and decides whether the lean bulk
-reader of ``nats_bulk`` may open its own second connection: it speaks plain TCP with
-user/password or token only, so TLS or creds leave reads on nats-py's connection. nats-py's
-socket reads are raised to ``READ_BUFFER`` (its 32 KiB default measured slow for large reads).
+It turns objfs's ``ConnectOptions`` into nats-py's (``nats_auth`` writes down the credentials
+and TLS for both connections) and hands the same options to the lean bulk reader of
+``nats_bulk``, which opens its own second connection with them. nats-py's socket reads are
+raised to ``READ_BUFFER`` (its 32 KiB default measured slow for large reads).
+
+The first connect is one pass over the server list, as the nats CLI and nats.go do: a server
+that refuses the credentials ends it at once ("authorization violation"), otherwise it ends
+when every server has failed once or ``timeout`` has passed, with the last cause in words
+(connection refused, TLS handshake failed, ...). nats-py itself would retry a failed first
+connect for ever with reconnects allowed, so ``connect`` watches its attempts through the
+error callback and stops it. Once connected, the connection reconnects for ever (a mount
+outlives server restarts).
 
 nats-py reports the connection's life through callbacks; ``ConnectionEvents`` logs them at a
 level that matches what they mean, so an outage is told once, not once per reconnect attempt.
@@ -13,17 +20,22 @@ level that matches what they mean, so an outage is told once, not once per recon
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
+import socket
 import ssl
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-import nats
 import nats.aio.client as nats_client
 import nats.errors
 
+from objfs.options import ConnectOptions, redact
 from objfs.store import errors
-from objfs.store.nats_bulk import BulkAuth
+from objfs.store.nats_auth import CredentialsError, nats_py_options
 
 if TYPE_CHECKING:
     from objfs.store.nats_store import NatsObjectStore
@@ -34,87 +46,153 @@ log = logging.getLogger("objfs.store.nats_store")
 READ_BUFFER = 1 << 20
 """Socket read size and reader buffer limit of the connection (see connect)."""
 
+SCHEMES = ("nats", "tls", "ws", "wss")
+"""URL schemes nats-py speaks (a URL without one is ``nats://``)."""
+
 
 async def connect(
-    servers: list[str],
+    servers: Sequence[str] | ConnectOptions,
     *,
-    timeout: float = 5.0,
+    timeout: float | None = None,
     user: str | None = None,
     password: str | None = None,
     token: str | None = None,
-    creds: str | None = None,
-    tls_ca: str | None = None,
-    tls_cert: str | None = None,
-    tls_key: str | None = None,
     name: str = "objfs",
 ) -> NatsObjectStore:
     """Connect to NATS; the store reconnects by itself for as long as it lives.
 
-    Unavailable if no server answers within ``timeout``.
+    ``servers``: the connection options, or just the server URLs (then ``timeout``, ``user``,
+    ``password`` and ``token`` are the rest; a shorthand for tests and tools). Unavailable
+    (with the cause in words) if no server accepts us within the timeout.
     """
-    events = ConnectionEvents()
+    if isinstance(servers, ConnectOptions):
+        options = servers
+    else:
+        options = ConnectOptions(
+            servers=[servers] if isinstance(servers, str) else list(servers),
+            user=user,
+            password=password,
+            token=token,
+            timeout=5.0 if timeout is None else timeout,
+        )
+    where = ",".join(redact(s) for s in options.servers)
+    for url in options.servers:
+        scheme = urlsplit(url).scheme if "://" in url else "nats"
+        if scheme not in SCHEMES:
+            raise errors.Unavailable(
+                f"cannot connect to {redact(url)}: unknown URL scheme {scheme!r} "
+                "(use nats://, tls://, ws:// or wss://)"
+            )
+    try:
+        auth = nats_py_options(options)
+    except (CredentialsError, OSError) as e:  # a TLS file: ssl reads them here
+        raise errors.Unavailable(f"cannot connect to {where}: {describe(e)}") from None
+    events = ConnectionEvents(first_pass=len(options.servers))
     opts: dict[str, Any] = {
-        "servers": servers,
+        "servers": options.servers,
         "name": name,
-        "connect_timeout": timeout,
+        "connect_timeout": options.timeout,
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,  # a mount outlives server restarts
         "reconnect_time_wait": 0.5,
         "error_cb": events.error,
         "disconnected_cb": events.disconnected,
         "reconnected_cb": events.reconnected,
+        **auth,
     }
-    if user is not None:
-        opts["user"] = user
-        opts["password"] = password
-    if token is not None:
-        opts["token"] = token
-    # The lean bulk reader speaks plain TCP with these credentials only (see nats_bulk).
-    bulk: BulkAuth | None = BulkAuth(user, password, token)
-    if creds is not None:
-        opts["user_credentials"] = creds
-        bulk = None
-    if tls_ca or tls_cert:
-        bulk = None
-        ctx = ssl.create_default_context(cafile=tls_ca)
-        if tls_cert:
-            ctx.load_cert_chain(tls_cert, tls_key)
-        opts["tls"] = ctx
     # nats-py reads the socket 32 KiB at a time into a 32 KiB-limit StreamReader, so a
     # 256 MiB read pauses/resumes the transport ~8,000 times; 1 MiB reads measured 15-25%
     # faster. The value is a module global read at connect and on each read.
     nats_client.DEFAULT_BUFFER_SIZE = max(nats_client.DEFAULT_BUFFER_SIZE, READ_BUFFER)
+    nc = nats_client.Client()
+    attempt = asyncio.ensure_future(nc.connect(**opts))
+    gave_up = asyncio.ensure_future(events.gave_up.wait())
     try:
-        # The initial connect does not retry for ever (only reconnects do), but bound it anyway.
-        nc = await asyncio.wait_for(nats.connect(**opts), timeout * 2 + 1)
-    except (TimeoutError, OSError, nats.errors.Error) as e:
-        # A timeout says nothing; the last attempt's error (e.g. connection refused) does.
-        cause = events.last_error if isinstance(e, TimeoutError) and events.last_error else e
-        text = str(cause).strip() or f"no answer within {timeout * 2 + 1:g}s"
-        where = ",".join(servers)
-        raise errors.Unavailable(f"cannot connect to {where}: {text}") from None
+        await asyncio.wait({attempt, gave_up}, timeout=options.timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gave_up.cancel()
+    if not attempt.done() or attempt.cancelled() or attempt.exception() is not None:
+        failed = attempt.exception() if attempt.done() and not attempt.cancelled() else None
+        attempt.cancel()
+        with contextlib.suppress(BaseException):
+            await attempt
+        with contextlib.suppress(Exception):
+            await nc.close()
+        cause = events.refused or events.last_error or failed
+        text = describe(cause) if cause is not None else f"no answer in {options.timeout:g}s"
+        raise errors.Unavailable(f"cannot connect to {where}: {text}")
     events.connected = True
     # Imported here: nats_store imports this module (it re-exports connect).
     from objfs.store.nats_store import NatsObjectStore
 
-    return NatsObjectStore(nc, timeout, bulk=bulk, events=events)
+    return NatsObjectStore(nc, options.timeout, options=options, events=events)
+
+
+def is_auth_error(e: BaseException) -> bool:
+    """Whether the server refused the credentials (retrying cannot help)."""
+    low = str(e).lower()
+    return isinstance(e, nats.errors.AuthorizationError) or any(
+        w in low for w in ("authorization violation", "authentication expired",
+                           "authentication revoked", "user authentication")
+    )
+
+
+def describe(e: BaseException) -> str:
+    """Why a connection attempt failed, in words a user acts on."""
+    text = str(e).strip().strip("'")
+    if is_auth_error(e):
+        return (
+            "authorization violation: the server refused the credentials (user/password, "
+            "token, nkey or creds)"
+        )
+    if isinstance(e, CredentialsError):
+        return str(e)
+    if isinstance(e, ssl.SSLCertVerificationError):
+        why = str(e.verify_message or e.reason).rstrip(".")
+        return f"TLS handshake failed: {why} (certificate name or CA: --tls-ca)"
+    if isinstance(e, ssl.SSLError):
+        if "CERTIFICATE_REQUIRED" in str(e.reason):
+            return "TLS handshake failed: the server requires a client certificate (--tls-cert)"
+        return f"TLS handshake failed: {e.reason or text}"
+    if isinstance(e, ConnectionRefusedError) or (
+        isinstance(e, OSError) and e.errno == errno.ECONNREFUSED
+    ) or "connect call failed" in text.lower():
+        return "connection refused"
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve the host name: {e.strerror}"
+    if isinstance(e, (TimeoutError, nats.errors.TimeoutError)):
+        return "no answer (timed out)"
+    if isinstance(e, FileNotFoundError | PermissionError) and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return _cause(e)
 
 
 class ConnectionEvents:
     """nats-py's connection callbacks, logged at a level that matches what they mean.
 
-    Failed attempts of the initial connect are debug (``connect`` raises one Unavailable with
-    the cause); a disconnect caused by ``close()`` is debug. A live store that loses its server
+    Failed attempts of the initial connect are debug and counted (``connect`` gives up on
+    ``gave_up`` and raises one Unavailable with the cause); a disconnect caused by ``close()``
+    is debug. A live store that loses its server
     says so once (warning, with the cause), then every ``REPEAT`` seconds while reconnect
     attempts keep failing (nats-py tries twice a second), and once more when it is back.
     """
 
     REPEAT = 60.0
 
-    def __init__(self) -> None:
+    def __init__(self, first_pass: int = 1) -> None:
         self.connected = False
         self.closing = False
         self.last_error: Exception | None = None
+        self._first_pass = first_pass
+        self._failures = 0
+        self.gave_up = asyncio.Event()
+        """Set during the first connect on an auth error or when every server failed once."""
+        self.refused: Exception | None = None
+        """The first connect's auth error: its cause, whatever nats-py reports after it
+        before it is stopped (a reset of the connection the server closed)."""
         self._down_since: float | None = None
         self._last_said = 0.0
 
@@ -123,6 +201,12 @@ class ConnectionEvents:
 
     async def error(self, e: Exception) -> None:
         self.last_error = e
+        if not self.connected:
+            self._failures += 1
+            if is_auth_error(e) and self.refused is None:
+                self.refused = e
+            if self.refused is not None or self._failures >= self._first_pass:
+                self.gave_up.set()
         now = time.monotonic()
         loud = not self._quiet() and (
             self._down_since is None or now - self._last_said >= self.REPEAT
@@ -150,6 +234,6 @@ class ConnectionEvents:
         self._down_since = None
 
 
-def _cause(e: Exception) -> str:
+def _cause(e: BaseException) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text}" if text else type(e).__name__

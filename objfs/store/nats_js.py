@@ -51,20 +51,23 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def mapped(
-    what: str, *, no_responders: type[errors.StoreError] = errors.Unavailable
+    what: str,
+    *,
+    no_responders: type[errors.StoreError] = errors.Unavailable,
+    nobody: str = "no responders",
 ) -> Iterator[None]:
     """Turn nats-py and asyncio exceptions raised inside the block into objfs errors.
 
     ``no_responders``: what "nobody listens on that subject" means here. For a publish or
     direct get on a bucket's own subjects it is NotFound (the stream does not exist); for an
-    API request it means JetStream is off (Unavailable).
+    API request it means JetStream is off (Unavailable), which ``nobody`` then says.
     """
     try:
         yield
     except errors.StoreError:
         raise
     except nats.errors.NoRespondersError:
-        raise no_responders(f"{what}: no responders") from None
+        raise no_responders(f"{what}: {nobody}") from None
     except (TimeoutError, nats.errors.TimeoutError):
         raise errors.Timeout(f"{what}: timed out") from None
     except (
@@ -113,9 +116,12 @@ def _stored(msg: Msg) -> StoredMsg:
 class JetStream:
     """JSON API, publish and direct get on one connection, with one timeout."""
 
-    def __init__(self, nc: Client, timeout: float) -> None:
+    def __init__(self, nc: Client, timeout: float, *, api_prefix: str = API) -> None:
+        """``api_prefix``: where the JetStream API listens (``$JS.API``, a domain's
+        ``$JS.<domain>.API`` or an imported prefix)."""
         self.nc = nc
         self.timeout = timeout
+        self.api_prefix = api_prefix
 
     def _check_open(self, what: str) -> None:
         if self.nc.is_closed:
@@ -125,8 +131,10 @@ class JetStream:
         """One JetStream API request (``subject`` after ``$JS.API.``); its JSON answer."""
         self._check_open(subject)
         payload = json.dumps(body).encode() if body is not None else b""
-        with mapped(subject):
-            msg = await self.nc.request(f"{API}.{subject}", payload, timeout=self.timeout)
+        with mapped(subject, nobody=self._no_jetstream()):
+            msg = await self.nc.request(
+                f"{self.api_prefix}.{subject}", payload, timeout=self.timeout
+            )
         try:
             resp = json.loads(msg.data)
         except ValueError:
@@ -136,6 +144,11 @@ class JetStream:
         if "error" in resp:
             raise_api_error(resp["error"], subject)
         return resp
+
+    def _no_jetstream(self) -> str:
+        """What nobody answering the API means: JetStream is off for us there."""
+        where = "" if self.api_prefix == API else f" (API prefix {self.api_prefix})"
+        return f"JetStream is not enabled on this server or account{where}"
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
@@ -157,7 +170,7 @@ class JetStream:
         self._check_open(subject)
         with mapped(f"get {subject}", no_responders=errors.NotFound):
             msg = await self.nc.request(
-                f"{API}.DIRECT.GET.{stream}.{subject}", b"", timeout=self.timeout
+                f"{self.api_prefix}.DIRECT.GET.{stream}.{subject}", b"", timeout=self.timeout
             )
         return self._direct_answer(msg, subject)
 
@@ -167,7 +180,9 @@ class JetStream:
         self._check_open(what)
         with mapped(what, no_responders=errors.NotFound):
             msg = await self.nc.request(
-                f"{API}.DIRECT.GET.{stream}", json.dumps(req).encode(), timeout=self.timeout
+                f"{self.api_prefix}.DIRECT.GET.{stream}",
+                json.dumps(req).encode(),
+                timeout=self.timeout,
             )
         return self._direct_answer(msg, what)
 
@@ -262,7 +277,7 @@ class BatchGetter:
         self.js._check_open(what)
         with mapped(what):
             await self.js.nc.publish(
-                f"{API}.DIRECT.GET.{stream}", body, reply=f"{self._prefix}.{token}"
+                f"{self.js.api_prefix}.DIRECT.GET.{stream}", body, reply=f"{self._prefix}.{token}"
             )
         return asyncio.ensure_future(self._wait(token, req, what))
 
@@ -367,7 +382,7 @@ class OrderedConsumer:
     def _drop_consumer(self) -> None:
         if self.name and not self.js.nc.is_closed:
             # Fire and forget: the inactive threshold removes it anyway if this is lost.
-            subject = consumer_delete(self.stream, self.name)
+            subject = consumer_delete(self.stream, self.name, self.js.api_prefix)
             task = asyncio.ensure_future(self.js.nc.publish(subject, b""))
             _background.add(task)
             task.add_done_callback(_background.discard)

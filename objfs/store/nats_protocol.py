@@ -21,6 +21,8 @@ from typing import Any, NamedTuple, NoReturn
 from objfs.store import errors
 
 API = "$JS.API"
+"""The JetStream API's default subject prefix; a domain or an imported API moves it
+(``objfs.options.ConnectOptions.api_prefix``), so subjects are built with the connection's."""
 
 # Status codes of JetStream control messages (a ``NATS/1.0 <code>`` header line, no payload).
 FLOW_CONTROL = "100"
@@ -93,9 +95,9 @@ def consumer_create(stream: str, config: dict[str, Any]) -> tuple[str, dict[str,
     return f"CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": config}
 
 
-def consumer_delete(stream: str, name: str) -> str:
-    """The full subject that deletes consumer ``name`` of ``stream``."""
-    return f"{API}.CONSUMER.DELETE.{stream}.{name}"
+def consumer_delete(stream: str, name: str, api: str = API) -> str:
+    """The full subject that deletes consumer ``name`` of ``stream`` (``api``: the prefix)."""
+    return f"{api}.CONSUMER.DELETE.{stream}.{name}"
 
 
 class AckTokens(NamedTuple):

@@ -13,10 +13,10 @@ it through ``remember``) and the read connections.
   against the layout, so a missing chunk is Corrupt at once instead of a hang. ``read_stream``
   of a large object uses an ephemeral push consumer instead (its pending count at creation
   tells a missing chunk up front), and checks the digest at the end.
-- Both go through ``nats_bulk``'s lean reader on a second connection when the connection
-  options allow (plain TCP, no auth, user/password or token): nats-py's receive path cost more
-  CPU than the server sending the data. With TLS or creds (or if the lean connection cannot be
-  opened) reads use nats-py's connection, the same requests. Either is a ``ChunkSource``
+- Both go through ``nats_bulk``'s lean reader on a second connection, opened with the same
+  options as nats-py's (credentials, TLS, prefixes): nats-py's receive path cost more CPU than
+  the server sending the data. Over websockets (or if the lean connection cannot be opened)
+  reads use nats-py's connection, the same requests. Either is a ``ChunkSource``
   (``nats_sources``); the protocol rules both follow are ``nats_protocol``'s.
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -34,9 +35,10 @@ from typing import Protocol
 from cachetools import LRUCache
 from nats.aio.client import Client
 
+from objfs.options import ConnectOptions
 from objfs.store import errors
 from objfs.store.api import ChunkLayout, ObjectInfo
-from objfs.store.nats_bulk import BulkAuth, BulkConnection, HashChain, Unsupported
+from objfs.store.nats_bulk import BulkConnection, HashChain, Unsupported
 from objfs.store.nats_js import BatchGetter, JetStream, StoredMsg, consume_snapshot
 from objfs.store.nats_protocol import consumer_create, consumer_delete, push_consumer_config
 from objfs.store.nats_sources import BulkSource, ChunkSource, NatsPySource, PendingChunks
@@ -69,7 +71,14 @@ class OpenBulk(Protocol):
     """How the reader opens its lean connection (``BulkConnection.open``)."""
 
     def __call__(
-        self, host: str, port: int, *, auth: BulkAuth | None, timeout: float, name: str
+        self,
+        host: str,
+        port: int,
+        *,
+        auth: ConnectOptions | None,
+        timeout: float,
+        name: str,
+        secure: bool = False,
     ) -> Awaitable[BulkConnection]: ...
 
 
@@ -82,10 +91,11 @@ class NatsReader:
         js: JetStream,
         timeout: float,
         *,
-        bulk_auth: BulkAuth | None,
+        bulk_auth: ConnectOptions | None,
         open_bulk: OpenBulk = BulkConnection.open,
     ) -> None:
-        """``bulk_auth``: credentials for the lean reader; None reads through ``nc`` only."""
+        """``bulk_auth``: how the lean reader connects (the options ``nc`` was connected
+        with); None reads through ``nc`` only."""
         self.nc = nc
         self.js = js
         self.timeout = timeout
@@ -189,16 +199,16 @@ class NatsReader:
             url = self.nc.connected_url
             if url is None or self.nc.is_closed or not self.nc.is_connected:
                 return None  # nats-py is reconnecting: its own path reports the outage
-            if url.scheme not in ("nats", "") or self.nc.options.get("tls"):
-                self._no_bulk(f"{url.scheme}:// needs TLS")
+            if url.scheme in ("ws", "wss"):
+                self._no_bulk(f"{url.scheme}:// is a websocket; the lean reader speaks TCP")
                 return None
             auth = self._bulk_auth
             if not (auth.user or auth.token) and url.username:
                 # Credentials in the server URL, as nats-py reads them.
                 auth = (
-                    BulkAuth(url.username, url.password or "")
+                    dataclasses.replace(auth, user=url.username, password=url.password or "")
                     if url.password is not None
-                    else BulkAuth(token=url.username)
+                    else dataclasses.replace(auth, token=url.username)
                 )
             try:
                 self._bulk = await self._open_bulk(
@@ -207,6 +217,7 @@ class NatsReader:
                     auth=auth,
                     timeout=self.timeout,
                     name=f"{self.nc.options.get('name') or 'objfs'}-bulk",
+                    secure=url.scheme == "tls",
                 )
             except Unsupported as e:
                 self._no_bulk(str(e))
@@ -344,7 +355,7 @@ class NatsReader:
             if name and not self.nc.is_closed:
                 # Fire and forget: the inactive threshold removes it anyway if this is lost.
                 with contextlib.suppress(Exception):
-                    await self.nc.publish(consumer_delete(stream, name), b"")
+                    await self.nc.publish(consumer_delete(stream, name, self.js.api_prefix), b"")
 
     async def read_chunks(self, layout: ChunkLayout, first: int, count: int) -> list[bytes]:
         count = min(count, layout.chunks - first)

@@ -42,6 +42,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.nuid import NUID
 
+from objfs.options import ConnectOptions
 from objfs.store import errors
 from objfs.store.api import (
     DEFAULT_CHUNK_SIZE,
@@ -58,7 +59,7 @@ from objfs.store.api import (
     pieces,
 )
 from objfs.store.names import check_bucket, check_object
-from objfs.store.nats_bulk import BulkAuth, BulkConnection
+from objfs.store.nats_bulk import BulkConnection
 from objfs.store.nats_connect import ConnectionEvents
 from objfs.store.nats_connect import connect as connect
 from objfs.store.nats_js import JetStream, Publisher, StoredMsg, consume_snapshot
@@ -138,18 +139,23 @@ class NatsObjectStore(ObjectStore):
         nc: Client,
         timeout: float = 5.0,
         *,
-        bulk: BulkAuth | None = None,
+        options: ConnectOptions | None = None,
+        lean: bool = True,
         events: ConnectionEvents | None = None,
         open_bulk: OpenBulk = BulkConnection.open,
     ) -> None:
-        """``bulk``: credentials for the lean bulk reader (user/password from the server URL
-        are used when it has none); None reads through ``nc`` only. ``open_bulk``: how the
-        reader opens its lean connection."""
+        """``options``: how ``nc`` was connected (credentials, TLS, prefixes), which the lean
+        bulk reader connects with too (user/password from the server URL are used when they
+        name none); ``lean`` False reads through ``nc`` only. ``open_bulk``: how the reader
+        opens its lean connection."""
+        options = options or ConnectOptions()
         self.nc = nc
         self.timeout = timeout
-        self.js = JetStream(nc, timeout)
+        self.js = JetStream(nc, timeout, api_prefix=options.api_prefix)
         self._publisher = Publisher(self.js)
-        self.reader = NatsReader(nc, self.js, timeout, bulk_auth=bulk, open_bulk=open_bulk)
+        self.reader = NatsReader(
+            nc, self.js, timeout, bulk_auth=options if lean else None, open_bulk=open_bulk
+        )
         self.watcher = NatsWatcher(nc, self.js)
         self._nuid = NUID()
         self._chunk_sizes: dict[str, int] = {}

@@ -59,8 +59,12 @@ class Mount:
         args: tuple[str, ...] = (),
         log_dir: Path,
         create: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``server_url`` empty: no ``--server`` (a context or the environment names it);
+        ``env``: the child's environment (default: the test's)."""
         self.mountpoint = mountpoint
+        self.env = env
         self.server_url = server_url
         self.bucket = bucket
         self.args = args
@@ -75,7 +79,9 @@ class Mount:
     # -- lifecycle ---------------------------------------------------------------------------
     def command(self) -> list[str]:
         # -v: the mount's INFO log lands in the failure report of a test.
-        cmd = objfs_command("mount", "-v", "--server", self.server_url, "--timeout", "10")
+        cmd = objfs_command("mount", "-v", "--timeout", "10")
+        if self.server_url:
+            cmd += ["--server", self.server_url]
         if not any(a in ("--spool-dir", "--data-dir") for a in self.args):
             cmd += ["--spool-dir", str(self.log_dir / "spool")]  # not the user's DATA_DIR
         if self.bucket is not None:
@@ -96,6 +102,7 @@ class Mount:
                 stdout=err,
                 stderr=err,
                 cwd=REPO,
+                env=self.env,
             )
         try:
             self._wait_ready()

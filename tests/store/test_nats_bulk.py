@@ -18,82 +18,24 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import nats
 import pytest
+from nats_helpers import Run, bulk_in_use, read_all
+from secure_nats import ServerWith
 from store_bounds import HANG_TIMEOUT, assert_no_timeout_waited, assert_within
 
-from objfs.bridge import AsyncioThread, Bridge
-from objfs.server import EmbeddedServer, ServerError, find_binary
+from objfs.options import ConnectOptions
+from objfs.server import EmbeddedServer
 from objfs.store import errors, nats_bulk, nats_reads
-from objfs.store.api import BucketConfig, ObjectInfo
-from objfs.store.nats_bulk import BulkAuth, BulkConnection, Unsupported
+from objfs.store.api import BucketConfig
+from objfs.store.nats_bulk import BulkConnection, Unsupported
 from objfs.store.nats_store import NatsObjectStore, connect
-
-T = TypeVar("T")
-Run = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
-
-
-@pytest.fixture
-async def run(asyncio_thread: AsyncioThread) -> Run[Any]:
-    """Run an asyncio coroutine function on the asyncio thread, from the trio test."""
-    bridge = Bridge(asyncio_thread)
-
-    async def run(fn: Callable[[], Awaitable[T]]) -> T:
-        return await bridge.call(fn)
-
-    return run
-
-
-class ConfiguredServer(EmbeddedServer):
-    """The embedded server with extra configuration text (auth, ping interval)."""
-
-    def __init__(self, data_dir: Path, extra: str) -> None:
-        super().__init__(data_dir)
-        self.extra = extra
-
-    def _config(self, port: int) -> str:
-        return super()._config(port) + self.extra + "\n"
-
-
-@pytest.fixture
-def server_with(tmp_path: Path) -> Iterator[Callable[[str], EmbeddedServer]]:
-    """Start private servers with extra config; all stopped at the end."""
-    started: list[EmbeddedServer] = []
-
-    def start(extra: str) -> EmbeddedServer:
-        try:
-            find_binary()
-        except ServerError:
-            if os.environ.get("OBJFS_REQUIRE_REAL") == "1":
-                pytest.fail("nats-server binary not installed (required in CI)")
-            pytest.skip("nats-server binary not installed")
-        srv = ConfiguredServer(tmp_path / f"nats{len(started)}", extra).start()
-        started.append(srv)
-        return srv
-
-    yield start
-    for srv in started:
-        srv.stop()
 
 
 def host_port(srv: EmbeddedServer) -> tuple[str, int]:
     return srv.host, srv.port
-
-
-async def read_all(store: NatsObjectStore, info: ObjectInfo, window: int = 64) -> bytes:
-    out = bytearray()
-    async for batch in store.read_stream(info, window=window):
-        for chunk in batch:
-            out += chunk
-    return bytes(out)
-
-
-def bulk_in_use(store: NatsObjectStore) -> bool:
-    return store.reader._bulk is not None and store.reader._bulk.is_open
 
 
 # -- the frame parser, no server -----------------------------------------------------------
@@ -246,7 +188,7 @@ async def test_fallback_without_bulk_reads_the_same(
 
     async def body() -> None:
         nc = await nats.connect(nats_server.url)
-        store = NatsObjectStore(nc, 5.0, bulk=None)
+        store = NatsObjectStore(nc, 5.0, lean=False)
         try:
             await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
             info = await store.put(bucket_name, "obj", data, chunk_size=32 * 1024)
@@ -272,8 +214,8 @@ async def test_read_of_a_deleted_bucket_is_not_found_on_both_paths(
     async def body() -> None:
         if path == "lean":
             store = await connect([nats_server.url], timeout=5.0)
-        else:  # the read path of TLS or creds connections
-            store = NatsObjectStore(await nats.connect(nats_server.url), 5.0, bulk=None)
+        else:  # the read path of websocket connections
+            store = NatsObjectStore(await nats.connect(nats_server.url), 5.0, lean=False)
         try:
             await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
             info = await store.put(bucket_name, "obj", data, chunk_size=64 * 1024)
@@ -583,7 +525,7 @@ async def test_push_read_holds_flow_control_for_a_slow_reader(
 
 
 async def test_ping_is_answered(
-    run: Run[None], server_with: Callable[[str], EmbeddedServer]
+    run: Run[None], server_with: ServerWith
 ) -> None:
     """A server pinging every 100 ms closes a client that leaves 10 pings unanswered.
 
@@ -624,14 +566,16 @@ async def test_ping_is_answered(
 
 
 async def test_user_password_auth(
-    run: Run[None], server_with: Callable[[str], EmbeddedServer]
+    run: Run[None], server_with: ServerWith
 ) -> None:
     srv = server_with('authorization { user: "reader", password: "s3cr3t-pass" }')
     data = os.urandom(600 * 1024)
 
     async def body() -> None:
         with pytest.raises(Unsupported):
-            await BulkConnection.open(*host_port(srv), auth=BulkAuth("reader", "wrong"))
+            await BulkConnection.open(
+                *host_port(srv), auth=ConnectOptions(user="reader", password="wrong")
+            )
         with pytest.raises(Unsupported):
             await BulkConnection.open(*host_port(srv))
         store = await connect([srv.url], user="reader", password="s3cr3t-pass")
@@ -654,13 +598,13 @@ async def test_user_password_auth(
     await run(body)
 
 
-async def test_token_auth(run: Run[None], server_with: Callable[[str], EmbeddedServer]) -> None:
+async def test_token_auth(run: Run[None], server_with: ServerWith) -> None:
     srv = server_with('authorization { token: "t0ken" }')
     data = os.urandom(300 * 1024)
 
     async def body() -> None:
         with pytest.raises(Unsupported):
-            await BulkConnection.open(*host_port(srv), auth=BulkAuth(token="nope"))
+            await BulkConnection.open(*host_port(srv), auth=ConnectOptions(token="nope"))
         store = await connect([srv.url], token="t0ken")
         try:
             await store.create_bucket(BucketConfig("tok", storage="memory"))
@@ -674,7 +618,7 @@ async def test_token_auth(run: Run[None], server_with: Callable[[str], EmbeddedS
 
 
 async def test_refused_credentials_fall_back_to_nats_py(
-    run: Run[None], server_with: Callable[[str], EmbeddedServer]
+    run: Run[None], server_with: ServerWith
 ) -> None:
     """If the lean connection is refused, reads still work, through nats-py's connection."""
     srv = server_with('authorization { user: "u", password: "p" }')
@@ -682,7 +626,9 @@ async def test_refused_credentials_fall_back_to_nats_py(
 
     async def body() -> None:
         nc = await nats.connect(srv.url, user="u", password="p")
-        store = NatsObjectStore(nc, 5.0, bulk=BulkAuth("u", "not the password"))
+        store = NatsObjectStore(
+            nc, 5.0, options=ConnectOptions(user="u", password="not the password")
+        )
         try:
             await store.create_bucket(BucketConfig("fb", storage="memory"))
             info = await store.put("fb", "obj", data)

@@ -1,0 +1,231 @@
+"""``objfs mount`` (and ``objfs seal``) against secured servers, as an operator runs them.
+
+Real mounts as child processes: through a nats CLI context chosen by ``NATS_CONTEXT``, with
+``NATS_USER``/``NATS_PASSWORD``, over mutual TLS with the reads served by the lean reader
+(seen from the server's own connection list, not from objfs), with ``--server`` repeated and
+comma-separated; and the failures a user must understand at once: wrong credentials, a refused
+port, a missing credentials file from ``NATS_CREDS``. Every stderr of these runs is searched
+for the secrets they used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import nats
+from helpers import data
+from mounting import Mount, objfs_command
+from secure_nats import ServerWith, closed_port, make_pki
+
+from objfs.server import free_port
+
+PASSWORD = "pa55-w0rd-xyz"
+TOKEN = "t0k3n-abc-123"
+
+
+def assert_no_secrets(text: str, *secrets: str) -> None:
+    for secret in (PASSWORD, TOKEN, *secrets):
+        assert secret not in text, f"secret {secret[:4]}... in:\n{text}"
+
+
+def objfs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        objfs_command(*args), capture_output=True, text=True, timeout=180, env=env
+    )
+
+
+def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("objfs")]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def nats_py(url: str, fn: Any, **connect: Any) -> Any:
+    """Run ``fn(nc)`` on a fresh nats-py connection (a client that is not objfs)."""
+
+    async def main() -> Any:
+        nc = await nats.connect(url, connect_timeout=10, max_reconnect_attempts=0, **connect)
+        try:
+            return await fn(nc)
+        finally:
+            await nc.close()
+
+    return asyncio.run(main())
+
+
+def test_context_mount_and_seal(
+    fuse: None, server_with: ServerWith, tmp_path: Path, bucket_name: str
+) -> None:
+    """NATS_CONTEXT names a context file: its URL and credentials are used (no --server, and
+    no embedded server); ``objfs seal`` takes the same context."""
+    srv = server_with(f'authorization {{ user: "ops", password: "{PASSWORD}" }}')
+    config = tmp_path / "config"
+    ctx = config / "nats" / "context" / "prod.json"
+    ctx.parent.mkdir(parents=True)
+    ctx.write_text(json.dumps({"url": srv.url, "user": "ops", "password": PASSWORD}))
+    env = {**os.environ, "XDG_CONFIG_HOME": str(config), "NATS_CONTEXT": "prod"}
+    m = Mount(tmp_path / "mnt", "", bucket_name, log_dir=tmp_path, env=env).start()
+    try:
+        content = data(300 * 1024, 7)
+        (m.mountpoint / "f.bin").write_bytes(content)
+        assert (m.mountpoint / "f.bin").read_bytes() == content
+    finally:
+        m.stop()
+    assert f"via {srv.url}" in m.stderr(), m.stderr()
+    assert_no_secrets(m.stderr())
+
+    async def get(nc: Any) -> bytes:
+        store = await nc.jetstream().object_store(bucket_name)
+        return bytes((await store.get("f.bin")).data)
+
+    assert nats_py(srv.url, get, user="ops", password=PASSWORD) == content
+    r = objfs("seal", bucket_name, "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+
+    async def sealed(nc: Any) -> bool:
+        msg = await nc.request(f"$JS.API.STREAM.INFO.OBJ_{bucket_name}", b"", timeout=10)
+        return bool(json.loads(msg.data)["config"].get("sealed"))
+
+    assert nats_py(srv.url, sealed, user="ops", password=PASSWORD)
+
+
+def test_missing_context_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "NATS_CONTEXT": "nope"}
+    line = one_error_line(objfs("mount", str(tmp_path / "mnt"), env=env))
+    assert f"{tmp_path}/nats/context/nope.json" in line, line
+
+
+def test_tls_mount_reads_through_the_lean_reader(
+    fuse: None, server_with: ServerWith, tmp_path: Path, bucket_name: str
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    monitor = free_port()
+    srv = server_with(pki.server_tls(verify=True) + f"\nhttp: 127.0.0.1:{monitor}")
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    ctx.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    content = data(5 << 20, 3)
+
+    async def put(nc: Any) -> None:
+        js = nc.jetstream()
+        store = await js.create_object_store(bucket_name)
+        await store.put("big.bin", content)
+
+    nats_py(srv.url, put, tls=ctx)
+    tls = ("--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert))
+    m = Mount(
+        tmp_path / "mnt", srv.url, bucket_name, log_dir=tmp_path, create=False,
+        args=(*tls, "--tls-key", str(pki.client_key)),
+    ).start()  # fmt: skip
+    try:
+        assert (m.mountpoint / "big.bin").read_bytes() == content
+        with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/connz", timeout=30) as r:
+            conns = json.loads(r.read())["connections"]
+        lean = [c for c in conns if c.get("name") == "objfs-bulk"]
+        assert lean and all(c.get("tls_version") for c in lean), conns
+    finally:
+        m.stop()
+
+
+def test_auth_failures_fail_at_once_in_words(server_with: ServerWith, tmp_path: Path) -> None:
+    tok = server_with(f'authorization {{ token: "{TOKEN}" }}')
+    pw = server_with(f'authorization {{ user: "ops", password: "{PASSWORD}" }}')
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    timeout = 60  # a connect that retried would take all of it
+    for args, env in (
+        (["--server", tok.url, "--token", "wr0ng-t0ken"], {}),
+        (["--server", tok.url], {}),
+        (["--server", pw.url, "--user", "ops", "--password", "wr0ng-pa55"], {}),
+        (["--server", pw.url], {"NATS_USER": "ops", "NATS_PASSWORD": "wr0ng-pa55"}),
+    ):
+        start = time.monotonic()
+        r = objfs("mount", *args, "--timeout", str(timeout), str(mp), env={**os.environ, **env})
+        took = time.monotonic() - start
+        line = one_error_line(r)
+        assert "authorization violation" in line, line
+        assert took < timeout, f"took {took:.0f}s"
+        assert_no_secrets(r.stderr, "wr0ng-t0ken", "wr0ng-pa55")
+
+
+def test_refused_port_fails_within_the_timeout(tmp_path: Path) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    url = f"nats://127.0.0.1:{closed_port()}"
+    start = time.monotonic()
+    line = one_error_line(objfs("mount", "--server", url, "--timeout", "10", str(mp)))
+    assert "connection refused" in line and url in line, line
+    # Python start-up on a loaded machine is not the connect's: a generous margin over 10 s,
+    # far below the 21.6 s (2 x timeout + 1) it took before.
+    assert time.monotonic() - start < 10 + 10
+
+
+def test_nats_environment(
+    fuse: None, server_with: ServerWith, tmp_path: Path, bucket_name: str
+) -> None:
+    """NATS_USER/NATS_PASSWORD are used; a missing NATS_CREDS file is named."""
+    srv = server_with(f'authorization {{ user: "ops", password: "{PASSWORD}" }}')
+    env = {**os.environ, "NATS_USER": "ops", "NATS_PASSWORD": PASSWORD}
+    m = Mount(tmp_path / "mnt", srv.url, bucket_name, log_dir=tmp_path, env=env).start()
+    try:
+        (m.mountpoint / "x").write_bytes(b"env auth\n")
+        assert (m.mountpoint / "x").read_bytes() == b"env auth\n"
+    finally:
+        m.stop()
+    assert_no_secrets(m.stderr())
+    missing = tmp_path / "gone.creds"
+    r = objfs(
+        "mount", "--server", srv.url, str(tmp_path / "mnt"),
+        env={**os.environ, "NATS_CREDS": str(missing)},
+    )  # fmt: skip
+    line = one_error_line(r)
+    assert f"NATS_CREDS {missing}" in line and "No such file" in line, line
+
+
+def test_servers_repeated_and_comma_lists(
+    fuse: None, server_with: ServerWith, tmp_path: Path, bucket_name: str
+) -> None:
+    srv = server_with("")
+    dead1, dead2 = (f"nats://127.0.0.1:{closed_port()}" for _ in range(2))
+    # The good server comes first: a mount that kept only the last --server would fail.
+    m = Mount(
+        tmp_path / "mnt", srv.url, bucket_name, log_dir=tmp_path,
+        args=("--server", f"{dead1},{dead2}"),
+    ).start()  # fmt: skip
+    try:
+        (m.mountpoint / "y").write_bytes(b"y")
+    finally:
+        m.stop()
+    assert f"via {srv.url}" in m.stderr(), m.stderr()
+
+
+def test_password_file_instead_of_argv(
+    fuse: None, server_with: ServerWith, tmp_path: Path, bucket_name: str
+) -> None:
+    """The password can stay out of the process list: --password-file."""
+    srv = server_with(f'authorization {{ user: "ops", password: "{PASSWORD}" }}')
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD + "\n")
+    pw.chmod(0o600)
+    m = Mount(
+        tmp_path / "mnt", srv.url, bucket_name, log_dir=tmp_path,
+        args=("--user", "ops", "--password-file", str(pw)),
+    ).start()  # fmt: skip
+    try:
+        assert m.proc is not None
+        cmdline = Path(f"/proc/{m.proc.pid}/cmdline").read_bytes().decode()
+        assert PASSWORD not in cmdline
+        (m.mountpoint / "z").write_bytes(b"z")
+    finally:
+        m.stop()
+    assert_no_secrets(m.stderr())

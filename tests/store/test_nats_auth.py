@@ -1,0 +1,345 @@
+"""Connecting with every kind of NATS auth, on both connections, and failing in words.
+
+Each test writes a server configuration with its own keys (``secure_nats``): TLS with a CA and
+a client certificate, TLS handshake first, nkey users, an operator/account/user JWT chain for
+a credentials file, a JetStream domain with an inbox prefix its permissions require, and a
+server without JetStream. Reads must go through the lean reader (``bulk_in_use``) and return
+the bytes written; failed first connects must name the cause and end long before the timeout
+when retrying cannot help (a bound from the timeout the test passed, not from the machine's
+speed). No secret may appear in a log line or an error message of these runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats_helpers import Run, bulk_in_use
+from secure_nats import ServerWith, closed_port, make_operator, make_pki, new_nkey
+
+from objfs.options import ConnectOptions
+from objfs.store import errors
+from objfs.store.api import BucketConfig
+from objfs.store.nats_connect import ConnectionEvents, describe
+from objfs.store.nats_store import NatsObjectStore, connect
+
+LONG = 60.0
+"""--timeout of the fail-at-once tests: a connect that retried would take all of it."""
+
+
+@pytest.fixture
+def secrets(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
+    """Secrets the test uses; none may appear in any log record of the test."""
+    caplog.set_level(logging.DEBUG)
+    found: list[str] = []
+    yield found
+    text = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    for secret in found:
+        assert secret not in text, f"secret {secret[:4]}... in the log"
+
+
+async def roundtrip(store: NatsObjectStore, bucket: str, size: int = 3 << 20) -> None:
+    """Write, then read back through the lean reader (batch gets and a push read)."""
+    data = os.urandom(size)
+    await store.create_bucket(BucketConfig(bucket, storage="memory"))
+    info = await store.put(bucket, "obj", data)
+    layout = await store.layout(info)
+    assert b"".join(await store.read_chunks(layout, 0, layout.chunks)) == data
+    out = bytearray()
+    async for batch in store.read_stream(info):
+        for chunk in batch:
+            out += chunk
+    assert bytes(out) == data
+    assert bulk_in_use(store)
+
+
+async def refused(options: ConnectOptions) -> tuple[str, float]:
+    """The error message of a connect that must fail, and how long it took."""
+    start = time.monotonic()
+    with pytest.raises(errors.Unavailable) as e:
+        store = await connect(options)
+        await store.close()
+    return str(e.value), time.monotonic() - start
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+async def test_mutual_tls_on_both_connections(
+    run: Run[None], server_with: ServerWith, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    srv = server_with(pki.server_tls(verify=True))
+    options = ConnectOptions(
+        servers=[srv.url], tls_ca=str(pki.ca), tls_cert=str(pki.client_cert),
+        tls_key=str(pki.client_key), timeout=10,
+    )  # fmt: skip
+
+    async def body() -> None:
+        store = await connect(options)
+        try:
+            await roundtrip(store, "tls")
+            bulk = store.reader._bulk
+            assert bulk is not None and bulk._transport is not None
+            assert bulk._transport.get_extra_info("ssl_object") is not None  # really TLS
+        finally:
+            await store.close()
+        # Without the client certificate the server refuses the handshake.
+        message, _ = await refused(
+            ConnectOptions(servers=[srv.url], tls_ca=str(pki.ca), timeout=LONG)
+        )
+        assert "TLS handshake failed" in message and "client certificate" in message, message
+
+    await run(body)
+
+
+async def test_tls_first(run: Run[None], server_with: ServerWith, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    srv = server_with(pki.server_tls(verify=False, handshake_first=True), tls_first=True)
+
+    async def body() -> None:
+        store = await connect(
+            ConnectOptions(servers=[srv.url], tls_ca=str(pki.ca), tls_first=True, timeout=10)
+        )
+        try:
+            await roundtrip(store, "tlsfirst")
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+async def test_tls_failures_name_the_cause(
+    run: Run[None], server_with: ServerWith, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    other = make_pki(tmp_path / "other")
+    localhost_only = make_pki(tmp_path / "named", server_names=("localhost",))
+    srv = server_with(pki.server_tls(verify=False))
+    named = server_with(localhost_only.server_tls(verify=False))
+
+    async def body() -> None:
+        message, _ = await refused(
+            ConnectOptions(servers=[srv.url], tls_ca=str(other.ca), timeout=LONG)
+        )
+        assert "TLS handshake failed" in message and "certificate" in message, message
+        message, _ = await refused(
+            ConnectOptions(servers=[named.url], tls_ca=str(localhost_only.ca), timeout=LONG)
+        )
+        assert "TLS handshake failed" in message, message
+        assert "mismatch" in message, message
+
+    await run(body)
+
+
+# -- nkeys and credentials ---------------------------------------------------------------------
+
+
+async def test_nkey_seed_file(
+    run: Run[None], server_with: ServerWith, tmp_path: Path, secrets: list[str]
+) -> None:
+    user = new_nkey()
+    intruder = new_nkey()
+    secrets += [user.seed.decode(), intruder.seed.decode()]
+    srv = server_with(f'authorization {{ users: [ {{ nkey: "{user.public}" }} ] }}')
+    seed = user.write(tmp_path / "user.nk")
+
+    async def body() -> None:
+        store = await connect(ConnectOptions(servers=[srv.url], nkey=str(seed), timeout=10))
+        try:
+            await roundtrip(store, "nkey")
+        finally:
+            await store.close()
+        wrong = intruder.write(tmp_path / "intruder.nk")
+        message, took = await refused(
+            ConnectOptions(servers=[srv.url], nkey=str(wrong), timeout=LONG)
+        )
+        assert "authorization violation" in message and took < LONG, (message, took)
+
+    await run(body)
+
+
+async def test_credentials_file(
+    run: Run[None], server_with: ServerWith, tmp_path: Path, secrets: list[str]
+) -> None:
+    """Decentralized auth: an operator, an account with JetStream, a user's creds file."""
+    op = make_operator(tmp_path / "op")
+    secrets.append(op.user.seed.decode())
+    srv = server_with(op.config)
+
+    async def body() -> None:
+        store = await connect(ConnectOptions(servers=[srv.url], creds=str(op.creds), timeout=10))
+        try:
+            await roundtrip(store, "creds")
+        finally:
+            await store.close()
+        # Seen by a client that is not objfs: nats-py with the same file.
+        nc = await nats.connect(srv.url, user_credentials=str(op.creds))
+        try:
+            msg = await nc.request("$JS.API.STREAM.INFO.OBJ_creds", b"", timeout=10)
+            assert b'"OBJ_creds"' in msg.data
+        finally:
+            await nc.close()
+        message, took = await refused(ConnectOptions(servers=[srv.url], timeout=LONG))
+        assert "authorization violation" in message and took < LONG, (message, took)
+
+    await run(body)
+
+
+# -- fail fast, in words -----------------------------------------------------------------------
+
+
+async def test_wrong_credentials_fail_at_once(
+    run: Run[None], server_with: ServerWith, secrets: list[str]
+) -> None:
+    secrets += ["t0ken-right", "t0ken-wrong", "pa55-right", "pa55-wrong"]
+    tok = server_with('authorization { token: "t0ken-right" }')
+    pw = server_with('authorization { user: "reader", password: "pa55-right" }')
+
+    async def body() -> None:
+        for options in (
+            ConnectOptions(servers=[tok.url], token="t0ken-wrong", timeout=LONG),
+            ConnectOptions(servers=[tok.url], timeout=LONG),
+            ConnectOptions(servers=[pw.url], user="reader", password="pa55-wrong", timeout=LONG),
+            ConnectOptions(
+                servers=[f"nats://reader:pa55-wrong@{pw.host}:{pw.port}"], timeout=LONG
+            ),
+        ):
+            message, took = await refused(options)
+            assert "authorization violation" in message, message
+            assert took < LONG, f"took {took:.1f}s: retried instead of failing at once"
+            for secret in secrets:
+                assert secret not in message, message
+        store = await connect(ConnectOptions(servers=[tok.url], token="t0ken-right"))
+        try:
+            await roundtrip(store, "tok", 300 << 10)
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+async def test_refused_ports_one_pass_then_fail(run: Run[None]) -> None:
+    servers = [f"nats://127.0.0.1:{closed_port()}", f"nats://127.0.0.1:{closed_port()}"]
+
+    async def body() -> None:
+        message, took = await refused(ConnectOptions(servers=servers, timeout=LONG))
+        assert "connection refused" in message, message
+        assert took < LONG, f"took {took:.1f}s: not one pass over the servers"
+        assert all(s in message for s in servers), message
+
+    await run(body)
+
+
+async def test_silent_server_fails_within_the_timeout(run: Run[None]) -> None:
+    """A port that accepts but never greets: the connect ends at --timeout, not later."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"nats://127.0.0.1:{listener.getsockname()[1]}"
+        timeout = 2.0
+
+        async def body() -> None:
+            message, took = await refused(ConnectOptions(servers=[url], timeout=timeout))
+            assert url in message, message
+            # Bounded by the timeout (generous slack for a loaded machine, far below the
+            # 2 x timeout + 1 the connect took before).
+            assert took < timeout + 30, took
+
+        await run(body)
+
+
+async def test_unknown_url_scheme(run: Run[None]) -> None:
+    async def body() -> None:
+        message, _ = await refused(ConnectOptions(servers=["http://127.0.0.1:4222"]))
+        assert "unknown URL scheme 'http'" in message, message
+
+    await run(body)
+
+
+async def test_server_without_jetstream(run: Run[None], server_with: ServerWith) -> None:
+    srv = server_with("", jetstream=False)
+
+    async def body() -> None:
+        store = await connect(ConnectOptions(servers=[srv.url], timeout=5))
+        try:
+            with pytest.raises(errors.Unavailable, match="JetStream is not enabled"):
+                await store.list_buckets()
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+# -- JetStream domain, API and inbox prefixes --------------------------------------------------
+
+
+async def test_domain_and_inbox_prefix_on_both_connections(
+    run: Run[None], server_with: ServerWith, tmp_path: Path
+) -> None:
+    """The user may only subscribe under its own inbox prefix (as accounts that share a
+    server are set up), and JetStream lives in domain ``hub``: both connections must use
+    both, or reads fail (nats-py) or leave the lean reader (bulk_in_use)."""
+    store_dir = tmp_path / "js"
+    srv = server_with(
+        f'jetstream {{ store_dir: "{store_dir}", domain: "hub" }}\n'
+        'authorization { users: [ { user: "app", password: "pw", permissions: {\n'
+        '  publish: ">", subscribe: { allow: ["_APP.>", "$JS.EVENT.>"] } } } ] }'
+    )
+    options = ConnectOptions(
+        servers=[srv.url], user="app", password="pw", js_domain="hub", inbox_prefix="_APP",
+        timeout=10,
+    )  # fmt: skip
+    assert options.api_prefix == "$JS.hub.API"
+
+    async def body() -> None:
+        store = await connect(options)
+        try:
+            await roundtrip(store, "dom")
+            assert store.reader._bulk is not None
+            assert store.reader._bulk._prefix.startswith(b"_APP.")
+        finally:
+            await store.close()
+        # The bucket is there, seen through the domain's API by nats-py itself.
+        nc = await nats.connect(srv.url, user="app", password="pw", inbox_prefix="_APP")
+        try:
+            msg = await nc.request("$JS.hub.API.STREAM.INFO.OBJ_dom", b"", timeout=10)
+            assert b'"OBJ_dom"' in msg.data
+        finally:
+            await nc.close()
+
+    await run(body)
+
+
+async def test_url_credentials_are_not_in_messages(run: Run[None], secrets: list[str]) -> None:
+    secrets.append("hunter2-secret")
+    url = f"nats://admin:hunter2-secret@127.0.0.1:{closed_port()}"
+
+    async def body() -> None:
+        message, _ = await refused(ConnectOptions(servers=[url], timeout=LONG))
+        assert "hunter2-secret" not in message and "connection refused" in message, message
+        assert "hunter2-secret" not in repr(ConnectOptions(servers=[url], password="x"))
+
+    await run(body)
+
+
+
+async def test_an_auth_error_stays_the_cause(run: Run[None]) -> None:
+    """nats-py may report the reset of the connection the server closed after refusing us,
+    before the connect is stopped: the message must still say why (seen in a loaded run)."""
+
+    async def body() -> None:
+        events = ConnectionEvents(first_pass=3)
+        await events.error(nats.errors.Error("nats: 'Authorization Violation'"))
+        assert events.gave_up.is_set()
+        await events.error(ConnectionResetError(104, "Connection reset by peer"))
+        assert events.refused is not None and "Authorization" in str(events.refused)
+        assert describe(events.refused).startswith("authorization violation")
+
+    await run(body)
