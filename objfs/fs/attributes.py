@@ -28,7 +28,7 @@ from objfs.fs.tree import NAME_MAX
 from objfs.fs.values import SetAttr, Stat, StatFs
 from objfs.fs.watcher import Watcher
 from objfs.options import MountOptions
-from objfs.store.api import BucketStatus, ObjectMeta
+from objfs.store.api import AccountUsage, BucketStatus, ObjectMeta
 
 UNLIMITED_BYTES = 1 << 50
 """Free space statfs reports for a bucket without max_bytes (1 PiB: "plenty")."""
@@ -137,7 +137,10 @@ class Attributes:
             self.note_status(status)
         used = sum(s.size for s in statuses)
         limits = [s.config.max_bytes for s in statuses]
-        total = sum(limits) if limits and all(m > 0 for m in limits) else used + UNLIMITED_BYTES
+        if limits and all(m > 0 for m in limits):
+            total = sum(limits)
+        else:  # the account's limit bounds the buckets (and every other stream it holds)
+            total = account_total(used, await self.store.account_usage())
         bsize = self.options.chunk_size
         free = max(0, total - used) // bsize
         files = sum(s.objects for s in statuses)
@@ -152,3 +155,12 @@ class Attributes:
             favail=UNLIMITED_FILES,
             namemax=NAME_MAX,
         )
+
+
+def account_total(used: int, account: AccountUsage) -> int:
+    """The size df shows for buckets without limits: what the account may still store (its
+    limit less what its other streams use) on top of ``used``; with no account limit,
+    ``UNLIMITED_BYTES`` more (the server's own limit is not told to its clients)."""
+    if account.limit is None:
+        return used + UNLIMITED_BYTES
+    return used + max(0, account.limit - account.used)

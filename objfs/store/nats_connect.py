@@ -115,6 +115,7 @@ class ConnectionEvents:
         self.connected = False
         self.closing = False
         self.last_error: Exception | None = None
+        self.reconnects = 0  # for objfs status and the metrics
         self._down_since: float | None = None
         self._last_said = 0.0
 
@@ -143,6 +144,7 @@ class ConnectionEvents:
         log.warning("nats: disconnected from the server; reconnecting")
 
     async def reconnected(self) -> None:
+        self.reconnects += 1
         if self._down_since is not None:
             log.warning("nats: reconnected after %.1fs", time.monotonic() - self._down_since)
         else:
