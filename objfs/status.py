@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 Status = dict[str, Any]
 
+SOCKET_PATH_MAX = 107
+"""Longest unix socket path (sun_path is 108 bytes with its NUL)."""
+
 
 def runtime_dir() -> Path:
     """Where this user's mounts put their status sockets (see the module docstring)."""
@@ -63,9 +66,11 @@ def socket_path(mountpoint: Path | str, directory: Path | None = None) -> Path:
     # The parent resolved, not the mount point itself: asking a hung mount would hang.
     full = os.path.abspath(mountpoint)
     text = os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full))
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/"))[:48] or "root"
+    directory = directory or runtime_dir()
     digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    return (directory or runtime_dir()) / f"{readable}-{digest}.sock"
+    room = SOCKET_PATH_MAX - len(os.fsencode(directory)) - len(f"/-{digest}.sock")
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/"))[-min(48, max(room, 0)) :]
+    return directory / (f"{readable.lstrip('_')}-{digest}.sock" if room > 0 else f"{digest}.sock")
 
 
 # -- the document ----------------------------------------------------------------------------

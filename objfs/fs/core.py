@@ -126,7 +126,7 @@ class Filesystem:
     def _pending(self) -> list[tuple[str, int]]:
         """Files whose changes are not uploaded yet (for ``Stats``), by displayed path."""
         return [
-            (display_path(n, multi_bucket=self.multi_bucket), n.spool.size)
+            (display_path(n, multi_bucket=self.options.bucket is None), n.spool.size)
             for n in self.table.nodes()
             if n.spool is not None and n.spool.dirty and n.attached
         ]
