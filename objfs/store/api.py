@@ -159,8 +159,9 @@ class BucketStatus:
 
 @dataclass(frozen=True, slots=True)
 class AccountUsage:
-    """The storage of the account the store lives in: bytes its streams use (every bucket,
-    and any other stream of the account), and its limit (None: the account has none)."""
+    """The file storage of the account the store lives in: bytes its file-backed streams use
+    (every such bucket, and any other stream of the account), and its limit (None: the
+    account has none). Memory buckets count against the account's memory, not this."""
 
     used: int
     limit: int | None

@@ -274,7 +274,9 @@ class MemoryObjectStore(ObjectStore):
 
     async def account_usage(self) -> AccountUsage:
         await self._enter("account_usage")
-        return AccountUsage(sum(b.size() for b in self._buckets.values()), self.account_limit)
+        # File storage, as JetStream's account "storage" (memory buckets count elsewhere).
+        used = sum(b.size() for b in self._buckets.values() if b.config.storage == "file")
+        return AccountUsage(used, self.account_limit)
 
     # -- objects: metadata -----------------------------------------------------------------
     async def info(self, bucket: str, name: str, *, deleted: bool = False) -> ObjectInfo:
