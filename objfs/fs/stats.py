@@ -183,9 +183,12 @@ class RecentErrors(logging.Handler):
         self.stats = stats
 
     def emit(self, record: logging.LogRecord) -> None:
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        message = record.getMessage().splitlines()[0] if record.msg else ""
-        self.stats.recent_errors.append(f"{stamp} {record.levelname.lower()}: {message}")
+        try:
+            stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+            message = (record.getMessage().splitlines() or [""])[0]
+            self.stats.recent_errors.append(f"{stamp} {record.levelname.lower()}: {message}")
+        except Exception:
+            self.handleError(record)
 
 
 def size_text(n: float) -> str:
