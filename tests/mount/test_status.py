@@ -14,8 +14,8 @@ import errno
 import json
 import os
 import re
-import signal
 import shutil
+import signal
 import socket
 import stat
 import subprocess
