@@ -147,7 +147,10 @@ def check_mountpoint(options: MountOptions) -> None:
         if e.errno != errno.ENOTCONN:
             raise MountError(f"cannot use mount point {mp}: {e.strerror}") from None
         clear_dead_mount(mp)
-        st = os.stat(mp)
+        try:
+            st = os.stat(mp)
+        except OSError as again:  # e.g. another dead mount under the one cleared
+            raise MountError(f"cannot use mount point {mp}: {again.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mount point {mp} is not a directory")
     real = os.path.realpath(mp)
@@ -310,7 +313,6 @@ async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> in
         store = TrioStore(backend, bridge)
 
         fs = Filesystem(store, options)
-        fs.stats.connection = backend.connection_state
         errors = RecentErrors(fs.stats)
         logging.getLogger().addHandler(errors)
         stack.callback(logging.getLogger().removeHandler, errors)
@@ -378,7 +380,7 @@ def _start_metrics(
     def snapshot() -> metrics.Snapshot:
         # On the trio thread: the numbers (the inode table among them) are its own.
         def take() -> metrics.Snapshot:
-            return document(), dict(fs.stats.ops)
+            return document(), {op: s.copy() for op, s in fs.stats.ops.items()}
 
         return trio.from_thread.run_sync(take, trio_token=token)
 

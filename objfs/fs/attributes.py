@@ -15,6 +15,7 @@ the view fresh in practice.
 from __future__ import annotations
 
 import errno
+import logging
 import stat
 import time
 from collections.abc import Callable
@@ -29,9 +30,13 @@ from objfs.fs.values import SetAttr, Stat, StatFs
 from objfs.fs.watcher import Watcher
 from objfs.options import MountOptions
 from objfs.store.api import AccountUsage, BucketStatus, ObjectMeta
+from objfs.store.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 UNLIMITED_BYTES = 1 << 50
-"""Free space statfs reports for a bucket without max_bytes (1 PiB: "plenty")."""
+"""Free space statfs reports when neither the buckets nor the account have a limit (1 PiB:
+"plenty"; a server's own max_file_store is not told to its clients)."""
 UNLIMITED_FILES = 1 << 32
 
 
@@ -140,7 +145,12 @@ class Attributes:
         if limits and all(m > 0 for m in limits):
             total = sum(limits)
         else:  # the account's limit bounds the buckets (and every other stream it holds)
-            total = account_total(used, await self.store.account_usage())
+            try:
+                account = await self.store.account_usage()
+            except StoreError as e:  # e.g. a user allowed the streams but not $JS.API.INFO
+                log.debug("account info: %s", e)
+                account = AccountUsage(used, None)
+            total = account_total(used, account)
         bsize = self.options.chunk_size
         free = max(0, total - used) // bsize
         files = sum(s.objects for s in statuses)

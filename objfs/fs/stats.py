@@ -80,6 +80,9 @@ class OpStats:
     seconds: float = 0.0
     buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
 
+    def copy(self) -> OpStats:
+        return OpStats(self.count, self.errors, self.seconds, list(self.buckets))
+
 
 class Stats:
     """The counters of one mount (see the module docstring)."""
@@ -108,8 +111,6 @@ class Stats:
         self.watch_events = 0
         self.watch_lag = 0.0
         """Seconds between the last live change's store time and its arrival here."""
-        # the connection (set by the mount: the store's connection events)
-        self.connection: Callable[[], dict[str, object]] = dict
         self.recent_errors: collections.deque[str] = collections.deque(maxlen=RECENT_ERRORS)
         self._ids = itertools.count()
 

@@ -17,6 +17,7 @@ from objfs.bridge import AsyncioThread, Bridge, TrioStore
 from objfs.fs.attributes import UNLIMITED_BYTES
 from objfs.fs.inodes import ROOT_INO
 from objfs.status import collect, format_status
+from objfs.store.errors import Unavailable
 from objfs.store.memory import MemoryObjectStore
 
 
@@ -130,3 +131,7 @@ async def test_df_takes_the_account_limit(mem, bucket_name, make_fs):
     used = (await mem.bucket_status(bucket_name)).size
     assert st.blocks * st.frsize == 64 * CHUNK
     assert st.bavail == (64 * CHUNK - used) // CHUNK
+    # An account whose info cannot be read (a user allowed its streams, not $JS.API.INFO):
+    # df still answers, as if no limit were known.
+    mem.store.fail_next("account_usage", Unavailable("$JS.API.INFO: no answer"))
+    assert (await fs.statfs()).blocks * CHUNK > UNLIMITED_BYTES
