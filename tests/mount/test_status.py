@@ -3,15 +3,19 @@ Prometheus metrics over HTTP, ``objfs info`` against the xattrs, systemd's STATU
 log options, df from the JetStream account's limit, and a mount point left dead by a killed
 daemon cleared at the next start.
 
-Upload progress while an upload runs is checked in tests/fs/test_stats.py, where the store's
-put is held at known positions; here a completed upload's counters are checked on a real mount.
+An upload in progress is seen moving through a real mount (``test_status_shows_an_upload_moving``):
+the mount reaches the server through a relay that passes client bytes only as the test grants
+them, so the put advances step by step, whatever the machine's speed; tests/fs/test_stats.py
+holds the store's put at exact chunk positions on the memory store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -20,6 +24,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -343,3 +348,128 @@ def test_a_killed_mount_is_cleared_at_the_next_start(
 
     wait_for(kept, "the file through the new mount")
     assert status.query(status.socket_path(m.mountpoint))["pid"] == m.proc.pid
+
+
+class GatedRelay:
+    """A TCP relay to a server whose client-to-server direction passes only the bytes the
+    test grants (all of them until ``hold``): an upload through it advances exactly as far as
+    the test lets it, whatever the machine's speed."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"nats://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.budget = math.inf
+        self.cond = threading.Condition()
+        self.closed = False
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(self.target)
+            except OSError:
+                return
+            self.sockets += [client, server]
+            for src, dst, gated in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pump, args=(src, dst, gated), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, gated: bool) -> None:
+        try:
+            while True:
+                n = 1 << 16
+                if gated:
+                    with self.cond:
+                        self.cond.wait_for(lambda: self.budget > 0 or self.closed)
+                        if self.closed:
+                            return
+                        n = int(min(n, self.budget))
+                data = src.recv(n)
+                if not data:
+                    return
+                if gated:
+                    with self.cond:
+                        self.budget -= len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def hold(self) -> None:
+        with self.cond:
+            self.budget = 0
+
+    def grant(self, n: float) -> None:
+        with self.cond:
+            self.budget += n
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        self.listener.close()
+        for s in self.sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def test_status_shows_an_upload_moving(
+    fuse: None, runtime_dir: Path, nats_server: EmbeddedServer, tmp_path: Path, bucket_name: str
+) -> None:
+    relay = GatedRelay(nats_server.host, nats_server.port)
+    # A long --timeout: the put's requests wait for the test's grants (and its objfs status).
+    m = Mount(tmp_path / "mnt", relay.url, bucket_name, args=("--timeout", "120"),
+              log_dir=tmp_path)  # fmt: skip
+    try:
+        m.start()
+        sock = status.socket_path(m.mountpoint)
+        data = os.urandom(8 << 20)
+        relay.hold()  # from here the server gets only what the test grants
+        writer = threading.Thread(target=(m.mountpoint / "big.bin").write_bytes, args=(data,))
+        writer.start()  # the write goes to the spool; the close uploads, through the relay
+
+        def upload() -> dict[str, Any] | None:
+            doc = status.query(sock)
+            flying = doc["uploads"]["in_flight"]
+            return flying[0] if flying else None
+
+        first = wait_for(lambda: upload(), "the upload in flight")
+        assert first is not None
+        seen = [upload()]
+        assert seen[0] is not None and seen[0]["path"] == "/big.bin"
+        assert seen[0]["size"] == len(data) and seen[0]["done"] < len(data)
+        text = objfs("status", str(m.mountpoint)).stdout
+        assert re.search(r"^ {12}/big\.bin: [\d.]+ \w+ of 8\.0 MiB \(\d+%\), [\d.]+ \w+/s$", text,
+                         re.M), text  # fmt: skip
+        # Each grant lets more chunks reach the server, their acks let the put read on: the
+        # status follows. Once the put has read the whole file, the rest is let through.
+        while seen[-1] is not None and seen[-1]["done"] < len(data):
+            relay.grant(1 << 20)
+            last = seen[-1]["done"]
+
+            def moved(last: int = last) -> bool:
+                u = upload()
+                if u is None or u["done"] > last:
+                    seen.append(u)
+                    return True
+                return False
+
+            wait_for(moved, f"progress beyond {last} bytes")
+        partial = [u["done"] for u in seen if u is not None]
+        assert len(set(partial)) >= 3 and partial == sorted(partial), partial
+        relay.grant(math.inf)
+        writer.join(120)
+        assert not writer.is_alive()
+        doc = status.query(sock)
+        assert doc["uploads"]["done"] >= 1 and doc["uploads"]["bytes"] >= len(data)
+        assert (m.mountpoint / "big.bin").read_bytes() == data
+    finally:
+        relay.grant(math.inf)
+        m.stop(check=False)
+        relay.close()
