@@ -294,12 +294,15 @@ def test_log_file_and_levels(runtime_dir: Path, mounts: MountFactory, tmp_path: 
     assert (tmp_path / "quiet.log").read_text() == ""
 
 
+SECRET = "s3cret-Pa55word-7f3a"
+
+
 def test_df_reports_the_account_limit(fuse: None, runtime_dir: Path, tmp_path: Path) -> None:
     class Limited(EmbeddedServer):
         def _config(self, port: int) -> str:
             return super()._config(port) + (
                 "accounts { A: { jetstream: { max_file: 64M, max_mem: 64M },"
-                " users: [{user: a, password: pw}] } }\n"
+                f" users: [{{user: a, password: {SECRET}}}] }} }}\n"
             )
 
     srv = Limited(tmp_path / "nats")
@@ -309,7 +312,7 @@ def test_df_reports_the_account_limit(fuse: None, runtime_dir: Path, tmp_path: P
             tmp_path / "mnt",
             srv.url,
             "limited",
-            args=("--user", "a", "--password", "pw"),
+            args=("--user", "a", "--password", SECRET),
             log_dir=tmp_path,
         ).start()
         try:
@@ -318,6 +321,11 @@ def test_df_reports_the_account_limit(fuse: None, runtime_dir: Path, tmp_path: P
             assert st.f_blocks * st.f_frsize == 64_000_000 - 64_000_000 % st.f_frsize
             used = 64_000_000 - st.f_bavail * st.f_frsize
             assert 1 << 20 <= used < 2 << 20  # the file, chunk overheads, the meta
+            # The password is in no status output.
+            for args in (("status",), ("status", "--json", str(m.mountpoint))):
+                r = objfs(*args)
+                assert r.returncode == 0 and SECRET not in r.stdout + r.stderr, r.stdout
+            assert SECRET not in m.stderr()  # nor in the mount's log
         finally:
             m.stop()
     finally:
