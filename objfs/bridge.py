@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 import trio
 
 from objfs.store.api import (
+    AccountUsage,
     BucketConfig,
     BucketEvent,
     BucketStatus,
@@ -271,6 +272,9 @@ class TrioStore:
 
     async def seal_bucket(self, name: str) -> BucketStatus:
         return await self.bridge.call(self.store.seal_bucket, name)
+
+    async def account_usage(self) -> AccountUsage:
+        return await self.bridge.call(self.store.account_usage)
 
     # -- objects: metadata -----------------------------------------------------------------
     async def info(self, bucket: str, name: str, *, deleted: bool = False) -> ObjectInfo:

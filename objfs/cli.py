@@ -2,9 +2,12 @@
 
 ``objfs mount`` builds an ``objfs.options.MountOptions`` and hands it to ``objfs.mount.main``
 (which owns the mount's lifetime and its one-line errors); ``objfs server`` runs the embedded
-nats-server in the foreground, small enough to live here; ``objfs seal`` is ``objfs.seal``.
+nats-server in the foreground, small enough to live here; ``objfs seal`` is ``objfs.seal``,
+``objfs status`` is ``objfs.status``, ``objfs info`` is ``objfs.info``; ``objfs completion``
+(shtab) and ``objfs man`` (argparse-manpage) are generated from this parser.
 Bad option values are checked here, before anything starts, and reported like every other
-objfs error: one line, exit code 1.
+objfs error: one line; the exit code is 2 for a wrong command line, 1 for everything that
+fails later (``EXIT_CODES``).
 """
 
 from __future__ import annotations
@@ -102,11 +105,54 @@ def _parse_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+USAGE_ERROR = 2
+EXIT_CODES = """exit codes:
+  0  success
+  1  runtime error (the server, the mount point, the store, an upload failed)
+  2  usage error (unknown option, missing or malformed argument)"""
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help layout, but the exit code table keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text == EXIT_CODES:
+            return "".join(indent + line + "\n" for line in text.splitlines())
+        return super()._fill_text(text, width, indent)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and exit code 1 like every objfs error."""
+    """argparse, but a usage error is one line (exit code 2, as argparse and getopt tools)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(1, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(USAGE_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def parse_metrics_addr(text: str) -> str:
+    """``HOST:PORT`` or ``PORT`` (loopback); the mount parses it again when it starts."""
+    from objfs.metrics import parse_address
+
+    try:
+        return str(parse_address(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_parser(
+    sub: argparse._SubParsersAction[_Parser], name: str, *, help: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand, with ``--version`` and the exit codes in its help like every other."""
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=EXIT_CODES,
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--version", action="version", version=f"objfs {__version__}")
+    return p
 
 
 def _add_connection_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -203,7 +249,8 @@ def connect_options(args: argparse.Namespace, data_dir: Path | None = None) -> C
 
 
 def _add_mount_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
-    p = sub.add_parser(
+    p = _add_parser(
+        sub,
         "mount",
         help="mount a NATS Object Store (one bucket, or every bucket) as a filesystem",
         description="Mount NATS JetStream Object Store buckets at MOUNTPOINT. Without "
@@ -311,12 +358,38 @@ def _add_mount_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="log at debug level (objfs, pyfuse3, nats), for troubleshooting",
     )
     run.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log more (repeat for more)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more: -v each upload's start and end with size and rate, -vv debug",
+    )
+    run.add_argument("-q", "--quiet", action="store_true", help="log errors only")
+    run.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        help=f"log at this level ({', '.join(LOG_LEVELS)}; overrides -v, -q and --debug)",
+    )
+    run.add_argument(
+        "--log-file",
+        type=Path,
+        metavar="FILE",
+        help="log to FILE (appended) instead of stderr; with --daemon instead of "
+        "DATA_DIR/objfs.log",
+    )
+    run.add_argument(
+        "--metrics-addr",
+        type=parse_metrics_addr,
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (a PORT alone: on "
+        "127.0.0.1; name another address to listen there)",
     )
 
 
 def _add_server_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
-    p = sub.add_parser(
+    p = _add_parser(
+        sub,
         "server",
         help="run the embedded nats-server in the foreground and print its URL",
         description="Run objfs's embedded nats-server (JetStream, loopback only) until "
@@ -339,7 +412,8 @@ def _add_server_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _add_seal_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
-    p = sub.add_parser(
+    p = _add_parser(
+        sub,
         "seal",
         help="make a bucket read-only for ever (irreversible)",
         description="Seal BUCKET: every later change is refused (EROFS through a mount). "
@@ -350,9 +424,59 @@ def _add_seal_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     _add_connection_options(p)
 
 
+def _add_status_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = _add_parser(
+        sub,
+        "status",
+        help="show what running mounts are doing (uploads, cache, connection, errors)",
+        description="Ask the mount at MOUNTPOINT (default: every objfs mount of yours) for "
+        "its status: the server and connection, buckets, cache use and hit ratio, uploads "
+        "pending and in flight with progress, spool leftovers, recent errors.",
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path, nargs="?")
+    p.add_argument("--json", action="store_true", help="print JSON (stable keys)")
+
+
+def _add_info_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = _add_parser(
+        sub,
+        "info",
+        help="show the object behind a file of an objfs mount",
+        description="Show the object facts of FILE on an objfs mount (bucket, name, nuid, "
+        "digest, size, chunks, revision, headers, metadata, link): the user.objfs.* "
+        "extended attributes, read through the mount.",
+    )
+    p.add_argument("file", metavar="FILE", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_completion_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = _add_parser(
+        sub,
+        "completion",
+        help="print a shell completion script",
+        description="Print the completion script for SHELL, e.g. "
+        "objfs completion bash > /etc/bash_completion.d/objfs, or in ~/.zshrc: "
+        "eval \"$(objfs completion zsh)\"",
+    )
+    p.add_argument("shell", metavar="SHELL", choices=("bash", "zsh", "tcsh"))
+
+
+def _add_man_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    _add_parser(
+        sub,
+        "man",
+        help="print the manual page (roff)",
+        description="Print objfs(1) in roff, e.g. objfs man | man -l -",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="objfs", description="Mount NATS JetStream Object Store buckets as a filesystem."
+        prog="objfs",
+        description="Mount NATS JetStream Object Store buckets as a filesystem.",
+        epilog=EXIT_CODES,
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"objfs {__version__}")
     sub = parser.add_subparsers(
@@ -361,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mount_parser(sub)
     _add_server_parser(sub)
     _add_seal_parser(sub)
+    _add_status_parser(sub)
+    _add_info_parser(sub)
+    _add_completion_parser(sub)
+    _add_man_parser(sub)
     return parser
 
 
@@ -385,7 +513,17 @@ def mount_options(args: argparse.Namespace) -> MountOptions:
         fuse_options=fuse_options,
         daemon=args.daemon,
         debug=args.debug,
+        log_level=log_level(args),
+        log_file=args.log_file.expanduser().absolute() if args.log_file else None,
+        metrics_addr=args.metrics_addr,
     )
+
+
+def log_level(args: argparse.Namespace) -> int | None:
+    """The level --log-level or -q choose (None: -v and --debug decide)."""
+    if args.log_level is not None:
+        return int(getattr(logging, args.log_level.upper()))
+    return logging.ERROR if args.quiet else None
 
 
 def run_server(data_dir: Path, *, port: int = 0, max_payload: int | None = None) -> int:
@@ -422,7 +560,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the command's own parser, which knows its --help
         prog = f"objfs {args.command}"
-        parser.exit(1, f"{prog}: unrecognized arguments: {' '.join(extra)} (see {prog} --help)\n")
+        parser.exit(
+            USAGE_ERROR,
+            f"{prog}: unrecognized arguments: {' '.join(extra)} (see {prog} --help)\n",
+        )
     if args.command == "server":
         return run_server(args.data_dir.expanduser(), port=args.port, max_payload=args.max_payload)
     if args.command == "seal":
@@ -430,9 +571,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         connect = connect_options(args)
         return seal.main(args.bucket, connect, yes=args.yes)
+    if args.command == "status":
+        from objfs import status
+
+        return status.main(args.mountpoint, as_json=args.json)
+    if args.command == "info":
+        from objfs import info
+
+        return info.main(args.file, as_json=args.json)
+    if args.command == "completion":
+        import shtab
+
+        print(shtab.complete(parser, args.shell))
+        return 0
+    if args.command == "man":
+        print(manual_page(parser), end="")
+        return 0
     from objfs import mount
 
     return mount.main(mount_options(args), verbose=args.verbose)
+
+
+def manual_page(parser: argparse.ArgumentParser) -> str:
+    """objfs(1) in roff, generated from the parser (argparse-manpage)."""
+    from argparse_manpage.manpage import Manpage  # type: ignore[import-untyped]
+
+    page = Manpage(
+        parser,
+        _data={
+            "project_name": "objfs",
+            "version": __version__,
+            "description": "mount NATS JetStream Object Store buckets as a filesystem",
+            "manual_title": "objfs manual",
+        },
+    )
+    return str(page)
 
 
 if __name__ == "__main__":

@@ -21,22 +21,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import signal
 import stat
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
+from objfs import mountinfo, status
 from objfs.bridge import AsyncioThread, Bridge, TrioStore
 from objfs.connection import SettingsError, check_files
 from objfs.daemon import Reporter, daemonize
 from objfs.fs import Filesystem, spool_dir
+from objfs.fs.stats import RecentErrors
 from objfs.log import console, level_for, setup
 from objfs.options import MountOptions, redact
 from objfs.sd_notify import Notifier
@@ -50,6 +54,9 @@ if TYPE_CHECKING:  # the backend module is imported when connecting, not at star
 
 log = logging.getLogger("objfs.mount")
 
+STATUS_INTERVAL = 0.3
+"""Least seconds between two STATUS= lines to systemd."""
+
 # FUSE options objfs handles itself instead of passing them to libfuse 3, which rejects them.
 _OWN_FUSE_OPTIONS = frozenset({"nonempty"})
 
@@ -60,8 +67,14 @@ class MountError(Exception):
 
 def main(options: MountOptions, *, verbose: int = 0) -> int:
     """``objfs mount``: check, maybe daemonize, mount until unmounted. Returns the exit code."""
-    level = level_for(verbose, options.debug)
-    setup(level)
+    level = options.log_level
+    if level is None:
+        level = level_for(verbose, options.debug)
+    try:
+        setup(level, options.log_file)
+    except OSError as e:
+        console(f"cannot write the log file {options.log_file}: {e.strerror or e}", logging.ERROR)
+        return 1
     try:
         check_mountpoint(options)
         check_spool(options)
@@ -77,7 +90,7 @@ def main(options: MountOptions, *, verbose: int = 0) -> int:
     notifier = Notifier()
     reporter = Reporter(None, notifier)
     if options.daemon:
-        log_file = options.connect.data_dir / "objfs.log"
+        log_file = options.log_file or options.connect.data_dir / "objfs.log"
         child = daemonize(log_file, notifier)
         if isinstance(child, int):
             return child  # the parent: the child reported ready, or its error was printed
@@ -133,11 +146,13 @@ def check_mountpoint(options: MountOptions) -> None:
     except FileNotFoundError:
         raise MountError(f"mount point {mp} does not exist") from None
     except OSError as e:
-        if e.errno == errno.ENOTCONN:
-            raise MountError(
-                f"{mp} is a dead FUSE mount; clear it with: fusermount3 -uz {mp}"
-            ) from None
-        raise MountError(f"cannot use mount point {mp}: {e.strerror}") from None
+        if e.errno != errno.ENOTCONN:
+            raise MountError(f"cannot use mount point {mp}: {e.strerror}") from None
+        clear_dead_mount(mp)
+        try:
+            st = os.stat(mp)
+        except OSError as again:  # e.g. another dead mount under the one cleared
+            raise MountError(f"cannot use mount point {mp}: {again.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mount point {mp} is not a directory")
     real = os.path.realpath(mp)
@@ -148,6 +163,28 @@ def check_mountpoint(options: MountOptions) -> None:
     if "nonempty" not in options.fuse_options and os.listdir(real):
         raise MountError(f"mount point {mp} is not empty (mount over it with -o nonempty)")
     options.mountpoint = Path(real)  # absolute: a daemon moves to /
+
+
+def clear_dead_mount(mp: Path) -> None:
+    """Unmount the dead objfs mount at ``mp`` (its daemon was killed), or refuse.
+
+    ENOTCONN: the FUSE connection is gone, so no process serves it any more. Only a mount of
+    objfs's own type is cleared; another FUSE filesystem's dead mount is its owner's to clear.
+    """
+    path = mountinfo.absolute(mp)
+    entry = mountinfo.at(path)
+    if entry is None or entry.fstype != mountinfo.OBJFS_TYPE:
+        what = f"a dead {entry.fstype} mount" if entry is not None else "a dead FUSE mount"
+        raise MountError(f"{mp} is {what}, not objfs's; clear it with: fusermount3 -uz {mp}")
+    command = ["fusermount3", "-uz", path] if os.geteuid() != 0 else ["umount", "-l", path]
+    try:
+        r = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise MountError(f"{mp} is a dead objfs mount and clearing it failed: {e}") from None
+    if r.returncode != 0:
+        why = (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
+        raise MountError(f"{mp} is a dead objfs mount and {command[0]} failed: {why}")
+    log.warning("%s was a dead objfs mount (its process was killed): unmounted it", mp)
 
 
 def check_connect_files(options: MountOptions) -> None:
@@ -174,21 +211,8 @@ def check_spool(options: MountOptions) -> None:
 
 
 def mounted_paths() -> set[str]:
-    """Mount points of this mount namespace (from /proc/self/mountinfo, unescaped)."""
-    paths: set[str] = set()
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            fields = line.split(" ")
-            if len(fields) > 4:
-                # The kernel escapes space, tab, newline and backslash as \ooo.
-                paths.add(_unescape(fields[4]))
-    return paths
-
-
-def _unescape(path: str) -> str:
-    if "\\" not in path:
-        return path
-    return path.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "replace")
+    """Mount points of this mount namespace."""
+    return {m.path for m in mountinfo.mounts()}
 
 
 def check_fuse() -> None:
@@ -278,11 +302,19 @@ async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> in
         store = TrioStore(backend, bridge)
 
         fs = Filesystem(store, options)
+        errors = RecentErrors(fs.stats)
+        logging.getLogger().addHandler(errors)
+        stack.callback(logging.getLogger().removeHandler, errors)
+        document = functools.partial(status.collect, fs, backend.connection_state)
+        if options.metrics_addr is not None:
+            _start_metrics(options.metrics_addr, fs, document, stack)
         # Normally shut down below, before the kernel mount goes; this covers a start-up that
         # fails half-way: the watches stop before the store and the asyncio thread do.
         stack.push_async_callback(_shutdown_quietly, fs)
         await _start_fs(fs, options)
         fuse_opts = {o for o in fs.fuse_options() if o not in _OWN_FUSE_OPTIONS}
+        # Before the mount: resolving the path afterwards would ask this very process.
+        status_socket = status.socket_path(options.mountpoint)
         before = os.stat(options.mountpoint).st_dev
         log.debug("FUSE options: %s", ",".join(sorted(fuse_opts)))
         try:
@@ -297,6 +329,8 @@ async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> in
                 nursery.start_soon(fs.run_background)
                 nursery.start_soon(_announce, options, before, reporter, via)
                 nursery.start_soon(reporter.notifier.watchdog)
+                nursery.start_soon(status.serve, status_socket, document)
+                nursery.start_soon(_report_uploads, fs, reporter)
                 await pyfuse3.main()
                 log.debug("FUSE main loop ended")
                 nursery.cancel_scope.cancel()
@@ -320,6 +354,48 @@ async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> in
             )
         return 1 if failures else 0
     raise AssertionError("unreachable")
+
+
+def _start_metrics(
+    address: str,
+    fs: Filesystem,
+    document: Callable[[], status.Status],
+    stack: contextlib.AsyncExitStack,
+) -> None:
+    from objfs import metrics
+
+    token = trio.lowlevel.current_trio_token()
+
+    def snapshot() -> metrics.Snapshot:
+        # On the trio thread: the numbers (the inode table among them) are its own.
+        def take() -> metrics.Snapshot:
+            return document(), {op: s.copy() for op, s in fs.stats.ops.items()}
+
+        return trio.from_thread.run_sync(take, trio_token=token)
+
+    try:
+        server = metrics.MetricsServer(metrics.parse_address(address), snapshot)
+    except (OSError, ValueError) as e:
+        raise MountError(f"--metrics-addr {address}: {getattr(e, 'strerror', None) or e}") from None
+    stack.callback(server.stop)
+
+
+async def _report_uploads(fs: Filesystem, reporter: Reporter) -> None:
+    """Keep systemd's STATUS= line on what waits to be uploaded, as uploads start and end
+    (at most a few lines a second: a tree of small files starts thousands)."""
+    if not reporter.notifier.enabled:
+        return
+    changed = trio.Event()
+
+    def note() -> None:
+        changed.set()
+
+    fs.stats.on_upload = note
+    while True:
+        await changed.wait()
+        changed = trio.Event()
+        reporter.notifier.status(fs.stats.status_line())
+        await trio.sleep(STATUS_INTERVAL)
 
 
 async def _start_embedded_server(options: MountOptions, stack: contextlib.AsyncExitStack) -> str:

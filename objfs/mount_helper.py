@@ -59,7 +59,7 @@ def _mount_actions() -> dict[str, argparse.Action]:
                 s[2:]: a
                 for a in mount._actions
                 for s in a.option_strings
-                if s.startswith("--") and s not in ("--help", "--daemon")
+                if s.startswith("--") and s not in ("--help", "--daemon", "--version")
             }
     raise AssertionError("objfs has no mount command")
 

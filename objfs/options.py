@@ -141,3 +141,9 @@ class MountOptions:
     fuse_options: list[str] = field(default_factory=list)
     daemon: bool = False
     debug: bool = False
+    log_level: int | None = None
+    """A logging level chosen by --log-level or -q (None: from -v and --debug)."""
+    log_file: Path | None = None
+    """Log here instead of stderr (a daemon: instead of DATA_DIR/objfs.log)."""
+    metrics_addr: str | None = None
+    """Serve Prometheus metrics at HOST:PORT (checked by objfs.metrics.parse_address)."""

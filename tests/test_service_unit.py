@@ -7,6 +7,7 @@ its sandboxing. The score may only improve on the one docs/operations.md states.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -49,13 +50,17 @@ def test_install_service_lays_out_unit_helper_and_docs(installed: Path) -> None:
     helper = installed / "sbin/mount.fuse.objfs"
     assert helper.is_symlink() and helper.resolve().name == "mount.fuse.objfs"
     assert (installed / "usr/local/share/doc/objfs/operations.md").is_file()
+    page = (installed / "usr/local/share/man/man1/objfs.1").read_text()
+    assert page.startswith('.TH OBJFS "1"') and "objfs status" in page
     assert (installed / "etc/objfs").stat().st_mode & 0o077 == 0
 
 
 def test_unit_verifies(installed: Path, tmp_path: Path) -> None:
+    # verify runs man(1) for Documentation=man:objfs(1): the page installed under --root.
+    env = {**os.environ, "MANPATH": f"{installed}/usr/local/share/man:"}
     r = subprocess.run(
         ["systemd-analyze", "verify", str(_instance(installed, tmp_path))],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=env,
     )
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
 

@@ -15,6 +15,7 @@ the view fresh in practice.
 from __future__ import annotations
 
 import errno
+import logging
 import stat
 import time
 from collections.abc import Callable
@@ -28,10 +29,14 @@ from objfs.fs.tree import NAME_MAX
 from objfs.fs.values import SetAttr, Stat, StatFs
 from objfs.fs.watcher import Watcher
 from objfs.options import MountOptions
-from objfs.store.api import BucketStatus, ObjectMeta
+from objfs.store.api import AccountUsage, BucketStatus, ObjectMeta
+from objfs.store.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 UNLIMITED_BYTES = 1 << 50
-"""Free space statfs reports for a bucket without max_bytes (1 PiB: "plenty")."""
+"""Free space statfs reports when neither the buckets nor the account have a limit (1 PiB:
+"plenty"; a server's own max_file_store is not told to its clients)."""
 UNLIMITED_FILES = 1 << 32
 
 
@@ -137,7 +142,15 @@ class Attributes:
             self.note_status(status)
         used = sum(s.size for s in statuses)
         limits = [s.config.max_bytes for s in statuses]
-        total = sum(limits) if limits and all(m > 0 for m in limits) else used + UNLIMITED_BYTES
+        if limits and all(m > 0 for m in limits):
+            total = sum(limits)
+        else:  # the account's limit bounds the buckets (and every other stream it holds)
+            try:
+                account = await self.store.account_usage()
+            except StoreError as e:  # e.g. a user allowed the streams but not $JS.API.INFO
+                log.debug("account info: %s", e)
+                account = AccountUsage(used, None)
+            total = account_total(used, account)
         bsize = self.options.chunk_size
         free = max(0, total - used) // bsize
         files = sum(s.objects for s in statuses)
@@ -152,3 +165,12 @@ class Attributes:
             favail=UNLIMITED_FILES,
             namemax=NAME_MAX,
         )
+
+
+def account_total(used: int, account: AccountUsage) -> int:
+    """The size df shows for buckets without limits: what the account may still store (its
+    limit less what its other streams use) on top of ``used``; with no account limit,
+    ``UNLIMITED_BYTES`` more (the server's own limit is not told to its clients)."""
+    if account.limit is None:
+        return used + UNLIMITED_BYTES
+    return used + max(0, account.limit - account.used)

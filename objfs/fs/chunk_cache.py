@@ -23,6 +23,7 @@ import trio
 from cachetools import LRUCache
 
 from objfs.bridge import TrioStore
+from objfs.fs.stats import Stats
 from objfs.store.api import ChunkLayout, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,17 @@ READAHEAD_BYTES = 4 * 1024 * 1024
 
 class ChunkCache:
     def __init__(
-        self, store: TrioStore, capacity: int, *, readahead_bytes: int = READAHEAD_BYTES
+        self,
+        store: TrioStore,
+        capacity: int,
+        stats: Stats,
+        *,
+        readahead_bytes: int = READAHEAD_BYTES,
     ) -> None:
         self.store = store
         self._chunks: LRUCache[Key, bytes] = LRUCache(maxsize=max(capacity, 1), getsizeof=len)
+        self.stats = stats
+        stats.cache_bytes = lambda: (int(self._chunks.currsize), int(self._chunks.maxsize))
         self._layouts: LRUCache[tuple[str, str], ChunkLayout] = LRUCache(maxsize=4096)
         self._inflight: dict[Key, trio.Event] = {}
         self._next_expected: LRUCache[tuple[str, str], int] = LRUCache(maxsize=1024)
@@ -82,11 +90,13 @@ class ChunkCache:
                 data = self._chunks.get(key)
                 if data is not None:
                     got[i] = data
+                    self.stats.cache_hits += 1
                 elif key in self._inflight:
                     waits.append(self._inflight[key])
                 else:
                     missing.append(i)
             if missing:
+                self.stats.cache_misses += len(missing)
                 got.update(await self._fetch(layout, missing))
             for event in waits:
                 await event.wait()

@@ -40,7 +40,9 @@ from objfs.fs.inodes import ROOT_INO, InodeTable, Kind, Node
 from objfs.fs.invalidation import InvalidationQueue, Invalidator
 from objfs.fs.links import Links
 from objfs.fs.names import Names
+from objfs.fs.naming import display_path
 from objfs.fs.posix_attrs import Attrs, Defaults
+from objfs.fs.stats import Stats
 from objfs.fs.tree import Tree
 from objfs.fs.values import Caller, SetAttr, Stat, StatFs
 from objfs.fs.watcher import Watcher
@@ -59,9 +61,11 @@ class Filesystem:
         self.table = InodeTable()
         self.tree = Tree(self.table, self.defaults)
         self.handles = HandleTable()
-        self.cache = ChunkCache(store, options.cache_size)
+        self.stats = Stats()
+        self.stats.pending = self._pending
+        self.cache = ChunkCache(store, options.cache_size, self.stats)
         self.queue = InvalidationQueue()
-        self.watcher = Watcher(self.table, self.tree, self.queue, self.cache)
+        self.watcher = Watcher(self.table, self.tree, self.queue, self.cache, self.stats)
         self.spool_dir = spool_dir.create(spool_dir.base_for(options))
         self.root = self.table.add_root(self._root_node())
         self.guard = WriteGuard(options.read_only, self.table, self.handles)
@@ -77,6 +81,7 @@ class Filesystem:
             self.spool_dir,
             self.watcher,
             self.coherence.directory,
+            self.stats,
         )
         self.names = Names(
             store, options, self.table, self.tree, self.root, self.watcher, self.coherence
@@ -117,6 +122,14 @@ class Filesystem:
         root = Node(ROOT_INO, Kind.DIR, "", ROOT_INO, self.options.bucket, "", attrs)
         root.lookups = 1  # the kernel always knows the root
         return root
+
+    def _pending(self) -> list[tuple[str, int]]:
+        """Files whose changes are not uploaded yet (for ``Stats``), by displayed path."""
+        return [
+            (display_path(n, multi_bucket=self.options.bucket is None), n.spool.size)
+            for n in self.table.nodes()
+            if n.spool is not None and n.spool.dirty and n.attached
+        ]
 
     # -- state the adapter and the tests reach -------------------------------------------------
     @property
@@ -287,11 +300,15 @@ class Filesystem:
         return await self.files.open(ino, flags, caller)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        return await self.files.read(fh, offset, size)
+        data = await self.files.read(fh, offset, size)
+        self.stats.bytes_read += len(data)
+        return data
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         self.guard.write(fh)
-        return await self.files.write(fh, offset, data)
+        written = await self.files.write(fh, offset, data)
+        self.stats.bytes_written += written
+        return written
 
     async def flush(self, fh: int) -> None:
         await self.files.flush(fh)

@@ -42,6 +42,7 @@ from objfs.fs.inodes import InodeTable, Kind, Node
 from objfs.fs.naming import display_path, in_bucket, new_attrs, object_name, touch
 from objfs.fs.posix_attrs import attrs_to_headers
 from objfs.fs.spool import Spool
+from objfs.fs.stats import Progress, Stats
 from objfs.fs.values import Caller
 from objfs.fs.watcher import Watcher
 from objfs.options import MountOptions
@@ -67,6 +68,7 @@ class Files:
         spool_dir: Path,
         watcher: Watcher,
         directory: Callable[[int], Awaitable[Node]],
+        stats: Stats,
     ) -> None:
         self.store = store
         self.options = options
@@ -77,6 +79,7 @@ class Files:
         self.watcher = watcher
         self.directory = directory
         """``Coherence.directory``: a directory by inode, its bucket loaded."""
+        self.stats = stats
 
     # -- opening -------------------------------------------------------------------------------
     async def open(self, ino: int, flags: int, caller: Caller | None = None) -> tuple[Handle, bool]:
@@ -251,13 +254,14 @@ class Files:
             assert bucket is not None
             try:
                 await spool.fill(self.store)
-                info = await self.store.put(
-                    bucket,
-                    node.path,
-                    spool.rewind(),
-                    meta=meta,
-                    chunk_size=self.options.chunk_size,
-                )
+                with self.stats.upload(self._display(node), spool.size) as progress:
+                    info = await self.store.put(
+                        bucket,
+                        node.path,
+                        Progress(spool.rewind(), progress).as_file(),
+                        meta=meta,
+                        chunk_size=self.options.chunk_size,
+                    )
             except StoreError as e:
                 spool.last_error = f"{type(e).__name__}: {e}"
                 log.error("upload of %s failed, data kept in %s: %s", node.path, spool.path, e)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -54,8 +55,12 @@ def errnos(fn: Handler[P, R]) -> Handler[P, R]:
 
     @functools.wraps(fn)
     async def wrapper(self: FuseOperations, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        started = time.perf_counter()
+        failed = True
         try:
-            return await fn(self, *args, **kwargs)
+            result = await fn(self, *args, **kwargs)
+            failed = False
+            return result
         except pyfuse3.FUSEError:
             raise
         except (FsError, StoreError) as e:
@@ -64,6 +69,8 @@ def errnos(fn: Handler[P, R]) -> Handler[P, R]:
         except Exception:
             log.exception("unexpected error in %s%r", fn.__name__, args[:3])
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:  # requests and latency per operation (objfs status, metrics)
+            self.fs.stats.op(fn.__name__, time.perf_counter() - started, failed)
 
     return wrapper
 

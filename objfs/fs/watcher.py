@@ -48,6 +48,7 @@ from objfs.bridge import TrioStore
 from objfs.fs.chunk_cache import ChunkCache
 from objfs.fs.inodes import ROOT_INO, InodeTable, Node
 from objfs.fs.invalidation import InvalidateEntry, InvalidateInode, InvalidationQueue
+from objfs.fs.stats import Stats
 from objfs.fs.tree import Tree, kind_of
 from objfs.store.api import ObjectInfo, WatchEvent
 from objfs.store.errors import NotFound, StoreError
@@ -62,9 +63,15 @@ class Watcher:
     """Applies watch events of any bucket to the tree."""
 
     def __init__(
-        self, table: InodeTable, tree: Tree, queue: InvalidationQueue, cache: ChunkCache
+        self,
+        table: InodeTable,
+        tree: Tree,
+        queue: InvalidationQueue,
+        cache: ChunkCache,
+        stats: Stats,
     ) -> None:
         self.table = table
+        self.stats = stats
         self.tree = tree
         self.queue = queue
         self.cache = cache
@@ -308,6 +315,8 @@ class BucketWatch:
                     assert self._iter is not None
                     async for event in self._iter:
                         self.watcher.apply(self.root, event)
+                        if event.info is not None:
+                            self.watcher.stats.watched(event.info.mtime_ns)
                     log.warning("watch of bucket %s ended; restarting", self.bucket)
                 except NotFound:
                     log.warning("bucket %s is gone; its watch stops", self.bucket)

@@ -158,6 +158,16 @@ class BucketStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountUsage:
+    """The file storage of the account the store lives in: bytes its file-backed streams use
+    (every such bucket, and any other stream of the account), and its limit (None: the
+    account has none). Memory buckets count against the account's memory, not this."""
+
+    used: int
+    limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class WatchEvent:
     """One item of a bucket watch.
 
@@ -227,6 +237,10 @@ class ObjectStore(Protocol):
     @abc.abstractmethod
     async def seal_bucket(self, name: str) -> BucketStatus:
         """Make a bucket read-only for ever; later writes raise ReadOnly."""
+
+    @abc.abstractmethod
+    async def account_usage(self) -> AccountUsage:
+        """The account's storage use and limit (NATS: JetStream account info), for df."""
 
     # -- objects: metadata -----------------------------------------------------------------
     @abc.abstractmethod

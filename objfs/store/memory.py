@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from objfs.store.api import (
+    AccountUsage,
     BucketConfig,
     BucketEvent,
     BucketStatus,
@@ -159,8 +160,10 @@ class MemoryObjectStore(ObjectStore):
     bucket_poll_interval = 0.05
     """Seconds between the listings of ``watch_buckets``: listing is cheap in memory."""
 
-    def __init__(self, *, delay: float = 0.0) -> None:
+    def __init__(self, *, delay: float = 0.0, account_limit: int | None = None) -> None:
         self.delay = delay
+        self.account_limit = account_limit
+        """What ``account_usage`` reports as the account's storage limit."""
         self.calls: Counter[str] = Counter()
         self._buckets: dict[str, _Bucket] = {}
         self._seq = 0
@@ -268,6 +271,12 @@ class MemoryObjectStore(ObjectStore):
         b = self._bucket(name)
         b.sealed = True
         return self._status(b)
+
+    async def account_usage(self) -> AccountUsage:
+        await self._enter("account_usage")
+        # File storage, as JetStream's account "storage" (memory buckets count elsewhere).
+        used = sum(b.size() for b in self._buckets.values() if b.config.storage == "file")
+        return AccountUsage(used, self.account_limit)
 
     # -- objects: metadata -----------------------------------------------------------------
     async def info(self, bucket: str, name: str, *, deleted: bool = False) -> ObjectInfo:

@@ -193,6 +193,7 @@ class ConnectionEvents:
         self.refused: Exception | None = None
         """The first connect's auth error: its cause, whatever nats-py reports after it
         before it is stopped (a reset of the connection the server closed)."""
+        self.reconnects = 0  # for objfs status and the metrics
         self._down_since: float | None = None
         self._last_said = 0.0
 
@@ -227,6 +228,7 @@ class ConnectionEvents:
         log.warning("nats: disconnected from the server; reconnecting")
 
     async def reconnected(self) -> None:
+        self.reconnects += 1
         if self._down_since is not None:
             log.warning("nats: reconnected after %.1fs", time.monotonic() - self._down_since)
         else:

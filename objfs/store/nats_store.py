@@ -46,6 +46,7 @@ from objfs.options import ConnectOptions
 from objfs.store import errors
 from objfs.store.api import (
     DEFAULT_CHUNK_SIZE,
+    AccountUsage,
     BucketConfig,
     BucketEvent,
     BucketStatus,
@@ -166,6 +167,18 @@ class NatsObjectStore(ObjectStore):
         """The server's max_payload: a larger chunk is refused by the server."""
         return int(self.nc.max_payload) or None
 
+    def connection_state(self) -> dict[str, object]:
+        """For objfs status and the metrics: the server (no credentials), whether the
+        connection is up, how often it came back, the last connection error."""
+        events = self._events
+        last = events.last_error if events is not None else None
+        return {
+            "url": self.connected_server,
+            "connected": self.nc.is_connected,
+            "reconnects": events.reconnects if events is not None else 0,
+            "last_error": f"{type(last).__name__}: {last}".rstrip(": ") if last else None,
+        }
+
     @property
     def connected_server(self) -> str | None:
         """The URL of the server this connection is on, without credentials (for logs)."""
@@ -235,6 +248,12 @@ class NatsObjectStore(ObjectStore):
         infos = await self.js.bucket_streams()
         statuses = await asyncio.gather(*(self._status(si) for si in infos))
         return sorted(statuses, key=lambda s: s.name)
+
+    async def account_usage(self) -> AccountUsage:
+        info = await self.js.api("INFO")
+        limit = int(info.get("limits", {}).get("max_storage", -1))
+        # -1: no account limit (the server's own max_file_store is not told to accounts).
+        return AccountUsage(int(info.get("storage", 0)), limit if limit > 0 else None)
 
     async def seal_bucket(self, name: str) -> BucketStatus:
         cur = await self._stream_info(name)

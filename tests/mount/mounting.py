@@ -10,6 +10,7 @@ lazy unmount so that no test leaves a mount behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -91,7 +92,11 @@ class Mount:
         return [*cmd, *self.args, str(self.mountpoint)]
 
     def start(self) -> Mount:
-        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        try:
+            self.mountpoint.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if e.errno != errno.ENOTCONN:  # a dead mount point: there, objfs clears it
+                raise
         self.stderr_path = self.log_dir / f"objfs-{self.mountpoint.name}-{len(self.runs)}.stderr"
         self.runs.append(self.stderr_path)
         self.returncode = None

@@ -1,4 +1,5 @@
-"""``objfs`` command-line behaviour: help, version, and one-line errors with exit code 1.
+"""``objfs`` command-line behaviour: help, version, completion, the manual, and one-line errors
+with exit code 2 for a wrong command line, 1 for what fails later.
 
 Errors must be one line naming the cause, never a traceback: users see them in a terminal,
 in ``mount -a`` output and in systemd's journal. Most checks need no mount; the
@@ -47,7 +48,13 @@ MOUNT_OPTIONS = [
     "--daemon",
     "--debug",
     "--verbose",
+    "--quiet",
+    "--log-level",
+    "--log-file",
+    "--metrics-addr",
 ]
+
+COMMANDS = ("mount", "server", "seal", "status", "info", "completion", "man")
 
 
 def objfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -55,8 +62,10 @@ def objfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(objfs_command(*args), capture_output=True, text=True, timeout=timeout)
 
 
-def assert_one_line_error(r: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert r.returncode == 1, (r.returncode, r.stderr)
+def assert_one_line_error(
+    r: subprocess.CompletedProcess[str], *words: str, code: int = 1
+) -> None:
+    assert r.returncode == code, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("objfs")]
@@ -77,9 +86,57 @@ def test_help_mentions_every_option() -> None:
 
 
 def test_version() -> None:
-    r = objfs("--version")
-    assert r.returncode == 0
-    assert re.fullmatch(r"objfs \d+\.\d+\.\d+\S*\n", r.stdout), r.stdout
+    for args in (["--version"], *([c, "--version"] for c in COMMANDS)):
+        r = objfs(*args)
+        assert r.returncode == 0, (args, r.stderr)
+        assert re.fullmatch(r"objfs \d+\.\d+\.\d+\S*\n", r.stdout), (args, r.stdout)
+
+
+def test_usage_errors_exit_2_and_are_documented(tmp_path: Path) -> None:
+    for args, word in [
+        (["mount"], "MOUNTPOINT"),
+        (["mount", "--no-such-option", str(tmp_path)], "--no-such-option"),
+        (["no-such-command"], "no-such-command"),
+        (["mount", "--log-level", "loud", str(tmp_path)], "--log-level"),
+        (["completion", "fish"], "fish"),
+        ([], "COMMAND"),
+    ]:
+        assert_one_line_error(objfs(*args), word, code=2)
+    for args in ([], ["mount"], ["status"]):
+        r = objfs(*args, "--help")
+        assert "exit codes:" in r.stdout and "  2  usage error" in r.stdout, r.stdout
+
+
+def test_completion_scripts(tmp_path: Path) -> None:
+    r = objfs("completion", "bash")
+    assert r.returncode == 0, r.stderr
+    script = tmp_path / "objfs.bash"
+    script.write_text(r.stdout)
+    check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    # Loaded into bash, it completes objfs's subcommands and mount's options.
+    probe = (
+        f"source {script}; COMP_WORDS=(objfs mount --log-l); COMP_CWORD=2; "
+        "_shtab_objfs; printf '%s\\n' \"${COMPREPLY[@]}\""
+    )
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "--log-level" in done.stdout.split(), (done.stdout, done.stderr)
+    r = objfs("completion", "zsh")
+    assert r.returncode == 0 and "#compdef objfs" in r.stdout
+
+
+def test_manual_page_renders() -> None:
+    r = objfs("man")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith('.TH OBJFS "1"'), r.stdout[:200]
+    rendered = subprocess.run(
+        ["groff", "-man", "-Tutf8", "-ww"], input=r.stdout, capture_output=True, text=True
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    assert "warning" not in rendered.stderr, rendered.stderr
+    text = re.sub(r".\x08", "", rendered.stdout)  # overstrike bold/underline
+    for word in ("NAME", "objfs mount", "--metrics-addr", "objfs status", "exit codes"):
+        assert word in text, word
 
 
 def test_missing_mountpoint(tmp_path: Path) -> None:
@@ -107,7 +164,7 @@ def test_bad_option_values(tmp_path: Path) -> None:
         (["--uid", "no-such-user-xyz"], "--uid"),
     ]:
         r = objfs("mount", *args, str(tmp_path))
-        assert_one_line_error(r, word)
+        assert_one_line_error(r, word, code=2)
 
 
 def test_invalid_bucket_name(tmp_path: Path) -> None:

@@ -703,3 +703,17 @@ async def test_watch_missing_bucket(store: TrioStore, bucket: str) -> None:
     with pytest.raises(NotFound):
         async for _ in store.watch(bucket + "-missing"):
             pass
+
+
+async def test_account_usage_counts_what_is_stored(
+    store: TrioStore, make_bucket: MakeBucket
+) -> None:
+    # Neither the memory store nor the session's server sets an account limit (the NATS
+    # account limit itself: tests/mount/test_status.py::test_df_reports_the_account_limit).
+    bucket = await make_bucket(storage="file")
+    before = await store.account_usage()
+    assert before.limit is None
+    await store.put(bucket, "sized", os.urandom(100_000))
+    after = await store.account_usage()
+    assert after.used >= before.used + 100_000
+    assert after.limit is None
