@@ -19,6 +19,7 @@ or store/server errors and end as one line on stderr, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -287,6 +288,7 @@ async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> in
                 f"({limit} bytes): use a smaller chunk size or raise max_payload on the server"
             )
         store = TrioStore(backend, bridge)
+        options = dataclasses.replace(options, max_name_bytes=backend.max_name_bytes)
 
         fs = Filesystem(store, options)
         # Normally shut down below, before the kernel mount goes; this covers a start-up that

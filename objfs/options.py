@@ -13,6 +13,7 @@ from typing import TypedDict
 
 from objfs.server import DEFAULT_DATA_DIR
 from objfs.store.api import DEFAULT_CHUNK_SIZE
+from objfs.store.names import MAX_NAME_BYTES
 
 
 class ClientKwargs(TypedDict):
@@ -80,6 +81,9 @@ class MountOptions:
     spool_dir: Path | None = None
     """Where write spool files live; None: a private directory under the system temp dir."""
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_name_bytes: int = MAX_NAME_BYTES
+    """Longest object name (a path inside the bucket); the mount sets it from the server
+    it reached (``store.names.safe_name_limit``)."""
     fuse_options: list[str] = field(default_factory=list)
     daemon: bool = False
     debug: bool = False

@@ -23,6 +23,7 @@ from objfs.bridge import TrioStore
 from objfs.fs.errors import FsError
 from objfs.fs.files import Files
 from objfs.fs.inodes import InodeTable, Kind, Node
+from objfs.fs.limits import check_size
 from objfs.fs.posix_attrs import attrs_to_headers
 from objfs.fs.tree import NAME_MAX
 from objfs.fs.values import SetAttr, Stat, StatFs
@@ -33,6 +34,12 @@ from objfs.store.api import BucketStatus, ObjectMeta
 UNLIMITED_BYTES = 1 << 50
 """Free space statfs reports for a bucket without max_bytes (1 PiB: "plenty")."""
 UNLIMITED_FILES = 1 << 32
+def nlink(node: Node) -> int:
+    """``st_nlink``: a directory has ``.``, its entry and each subdirectory's ``..``; a file
+    one name (objfs has no hard links), none once unlinked (still open)."""
+    if node.is_dir:
+        return 2 + node.subdirs
+    return 1 if node.attached else 0
 
 
 class Attributes:
@@ -63,7 +70,7 @@ class Attributes:
         return Stat(
             ino=node.ino,
             mode=node.attrs.mode,
-            nlink=2 if node.is_dir else 1,
+            nlink=nlink(node),
             uid=node.attrs.uid,
             gid=node.attrs.gid,
             rdev=node.attrs.rdev,
@@ -89,6 +96,7 @@ class Attributes:
                 raise FsError(errno.EISDIR)
             if node.kind is not Kind.FILE:
                 raise FsError(errno.EINVAL)
+            check_size(changes.size)
             await self.files.truncate(node, changes.size)
             node.attrs.mtime_ns = now
         if changes.mode is not None:

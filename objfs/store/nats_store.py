@@ -57,7 +57,7 @@ from objfs.store.api import (
     WatchEvent,
     pieces,
 )
-from objfs.store.names import check_bucket, check_object
+from objfs.store.names import check_bucket, check_object, safe_name_limit
 from objfs.store.nats_bulk import BulkAuth, BulkConnection
 from objfs.store.nats_connect import ConnectionEvents
 from objfs.store.nats_connect import connect as connect
@@ -159,6 +159,12 @@ class NatsObjectStore(ObjectStore):
     def max_chunk_size(self) -> int | None:
         """The server's max_payload: a larger chunk is refused by the server."""
         return int(self.nc.max_payload) or None
+
+    @property
+    def max_name_bytes(self) -> int:
+        """The longest object name this server takes (``names.safe_name_limit``)."""
+        info: dict[str, Any] = getattr(self.nc, "_server_info", None) or {}
+        return safe_name_limit(info.get("server_name"))
 
     @property
     def connected_server(self) -> str | None:
