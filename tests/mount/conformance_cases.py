@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 Obs = list[Any]
+EXCL = os.O_CREAT | os.O_EXCL | os.O_WRONLY
 
 
 def attempt(fn: Callable[[], object]) -> str:
@@ -83,8 +84,7 @@ def special_files(root: Path) -> Obs:
         out.append(["over", name, attempt(lambda n=name: os.mkfifo(n))])  # type: ignore[misc]
         out.append(["over", name, attempt(lambda n=name: os.mkdir(n))])  # type: ignore[misc]
         out.append(["over", name, attempt(lambda n=name: os.symlink("x", n))])  # type: ignore[misc]
-        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
-        out.append(["over", name, attempt(lambda n=name: os.open(n, flags))])  # type: ignore[misc]
+        out.append(["over", name, attempt(lambda n=name: os.open(n, EXCL))])  # type: ignore[misc]
         out.append(["over", name, bind(Path(name))])
         # A path through a non-directory.
         out.append(["below", name, attempt(lambda n=name: os.stat(f"{n}/x"))])  # type: ignore[misc]
