@@ -67,7 +67,7 @@ class ChunkCache:
         first = layout.chunk_at(offset)
         last = layout.chunk_at(end - 1)
         chunks = await self.chunks(layout, first, last - first + 1)
-        self.digests.feed(info, layout, first, chunks)
+        await self.digests.feed(info, layout, first, chunks)
         self._maybe_readahead(layout, first, last)
         data = b"".join(chunks)
         start = offset - layout.offsets[first]
