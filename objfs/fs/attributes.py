@@ -89,6 +89,10 @@ class Attributes:
         if changes.only_atime:
             if changes.atime_ns is not None:
                 node.attrs.atime_ns = changes.atime_ns  # atime is not persisted
+            # Any setattr is a change of the inode, even one of nothing (chown(f, -1, -1)):
+            # ctime moves, in memory only (semantics.md). The kernel sends its own ctime only
+            # with the writeback cache.
+            node.attrs.ctime_ns = changes.ctime_ns or time.time_ns()
             return node
         now = time.time_ns()
         if changes.size is not None:

@@ -260,6 +260,7 @@ def times(root: Path) -> Obs:
     step("truncate", lambda: os.truncate(f, 1), f, d)
     step("chmod", lambda: os.chmod(f, 0o600), f, d)
     step("chown", lambda: os.chown(f, os.getuid(), os.getgid()), f, d)
+    step("chown -1 -1", lambda: os.chown(f, -1, -1), f, d)
     step("mkdir", lambda: os.mkdir(d / "sub"), d)
     step("rename", lambda: os.rename(f, d / "sub" / "g"), f, d, d / "sub", new=d / "sub" / "g")
     step("symlink", lambda: os.symlink("target", d / "ln"), d)
