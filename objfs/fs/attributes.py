@@ -34,6 +34,8 @@ from objfs.store.api import BucketStatus, ObjectMeta
 UNLIMITED_BYTES = 1 << 50
 """Free space statfs reports for a bucket without max_bytes (1 PiB: "plenty")."""
 UNLIMITED_FILES = 1 << 32
+
+
 def nlink(node: Node) -> int:
     """``st_nlink``: a directory has ``.``, its entry and each subdirectory's ``..``; a file
     one name (objfs has no hard links), none once unlinked (still open)."""

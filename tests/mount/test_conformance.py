@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import walkable_by_others
 from mounting import Mount
 from test_nats_client import with_store
 
@@ -60,19 +61,10 @@ def shared(mounts, tmp_path: Path) -> Iterator[tuple[Mount, Path]]:  # type: ign
     m = mounts("--allow-other")
     local = tmp_path / "local"
     local.mkdir()
-    restore = []
-    for d in m.mountpoint.parents:  # pytest's directories are 0700: let others walk down
-        if d in (Path("/tmp"), Path("/")):
-            break
-        restore.append((d, stat.S_IMODE(os.stat(d).st_mode)))
-        os.chmod(d, restore[-1][1] | 0o011)
     for d in (local, m.mountpoint):
         os.chmod(d, 0o777)
-    try:
+    with walkable_by_others(m.mountpoint):
         yield m, local
-    finally:
-        for d, mode in restore:
-            os.chmod(d, mode)
 
 
 @pytest.mark.parametrize("uid", [0, NOBODY, OTHER])
