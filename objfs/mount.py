@@ -300,6 +300,7 @@ async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> in
                 f"({limit} bytes): use a smaller chunk size or raise max_payload on the server"
             )
         store = TrioStore(backend, bridge)
+        options = dataclasses.replace(options, max_name_bytes=backend.max_name_bytes)
 
         fs = Filesystem(store, options)
         errors = RecentErrors(fs.stats)

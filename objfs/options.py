@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from objfs.server import DEFAULT_DATA_DIR
 from objfs.store.api import DEFAULT_CHUNK_SIZE
+from objfs.store.names import MAX_NAME_BYTES
 from objfs.store.nats_protocol import API as DEFAULT_API_PREFIX
 
 DEFAULT_INBOX_PREFIX = "_INBOX"
@@ -138,6 +139,9 @@ class MountOptions:
     spool_dir: Path | None = None
     """Where write spool files live; None: a private directory under the system temp dir."""
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_name_bytes: int = MAX_NAME_BYTES
+    """Longest object name (a path inside the bucket); the mount sets it from the server
+    it reached (``store.names.safe_name_limit``)."""
     fuse_options: list[str] = field(default_factory=list)
     daemon: bool = False
     debug: bool = False

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from objfs.store.names import CONTROL_LINE, EMBEDDED_SERVER_NAME
+
 DEFAULT_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "objfs"
 
 
@@ -116,7 +118,9 @@ class EmbeddedServer:
         lines = [
             f'listen: "{self.host}:{port}"',
             f'jetstream {{ store_dir: "{store}" }}',
-            'server_name: "objfs-embedded"',
+            f'server_name: "{EMBEDDED_SERVER_NAME}"',
+            # Long object names: their base64 meta subjects must fit (store/names.py).
+            f"max_control_line: {CONTROL_LINE}",
         ]
         if self.max_payload:
             lines.append(f"max_payload: {self.max_payload}")

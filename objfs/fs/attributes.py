@@ -24,6 +24,7 @@ from objfs.bridge import TrioStore
 from objfs.fs.errors import FsError
 from objfs.fs.files import Files
 from objfs.fs.inodes import InodeTable, Kind, Node
+from objfs.fs.limits import check_size
 from objfs.fs.posix_attrs import attrs_to_headers
 from objfs.fs.tree import NAME_MAX
 from objfs.fs.values import SetAttr, Stat, StatFs
@@ -38,6 +39,14 @@ UNLIMITED_BYTES = 1 << 50
 """Free space statfs reports when neither the buckets nor the account have a limit (1 PiB:
 "plenty"; a server's own max_file_store is not told to its clients)."""
 UNLIMITED_FILES = 1 << 32
+
+
+def nlink(node: Node) -> int:
+    """``st_nlink``: a directory has ``.``, its entry and each subdirectory's ``..``; a file
+    one name (objfs has no hard links), none once unlinked (still open)."""
+    if node.is_dir:
+        return 2 + node.subdirs
+    return 1 if node.attached else 0
 
 
 class Attributes:
@@ -68,7 +77,7 @@ class Attributes:
         return Stat(
             ino=node.ino,
             mode=node.attrs.mode,
-            nlink=2 if node.is_dir else 1,
+            nlink=nlink(node),
             uid=node.attrs.uid,
             gid=node.attrs.gid,
             rdev=node.attrs.rdev,
@@ -87,6 +96,10 @@ class Attributes:
         if changes.only_atime:
             if changes.atime_ns is not None:
                 node.attrs.atime_ns = changes.atime_ns  # atime is not persisted
+            # Any setattr is a change of the inode, even one of nothing (chown(f, -1, -1)):
+            # ctime moves, in memory only (semantics.md). The kernel sends its own ctime only
+            # with the writeback cache.
+            node.attrs.ctime_ns = changes.ctime_ns or time.time_ns()
             return node
         now = time.time_ns()
         if changes.size is not None:
@@ -94,6 +107,7 @@ class Attributes:
                 raise FsError(errno.EISDIR)
             if node.kind is not Kind.FILE:
                 raise FsError(errno.EINVAL)
+            check_size(changes.size)
             await self.files.truncate(node, changes.size)
             node.attrs.mtime_ns = now
         if changes.mode is not None:

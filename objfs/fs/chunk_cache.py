@@ -23,6 +23,7 @@ import trio
 from cachetools import LRUCache
 
 from objfs.bridge import TrioStore
+from objfs.fs.digests import DigestCheck
 from objfs.fs.stats import Stats
 from objfs.store.api import ChunkLayout, ObjectInfo
 
@@ -52,6 +53,8 @@ class ChunkCache:
         self._next_expected: LRUCache[tuple[str, str], int] = LRUCache(maxsize=1024)
         self.readahead_bytes = readahead_bytes
         self.spawn: Spawner | None = None
+        self.digests = DigestCheck()
+        """Whole-file sequential reads are checked against the object's digest."""
 
     async def layout(self, info: ObjectInfo) -> ChunkLayout:
         key = (info.bucket, info.nuid)
@@ -72,6 +75,7 @@ class ChunkCache:
         first = layout.chunk_at(offset)
         last = layout.chunk_at(end - 1)
         chunks = await self.chunks(layout, first, last - first + 1)
+        await self.digests.feed(info, layout, first, chunks)
         self._maybe_readahead(layout, first, last)
         data = b"".join(chunks)
         start = offset - layout.offsets[first]

@@ -8,6 +8,7 @@ something (one mechanism for every such operation), then the component that owns
 - ``guard.WriteGuard``: EROFS on read-only mounts and sealed buckets;
 - ``names.Names``: lookup, readdir, mkdir, rmdir, unlink, rename, plain symlinks;
 - ``links.Links``: ``ln -s`` as NATS links, readlink;
+- ``special.Special``: mknod (regular files, fifos, sockets, device nodes);
 - ``files.Files``: handles, open/create/read/write/flush/fsync/release, uploads;
 - ``attributes.Attributes``: stat, setattr, statfs;
 - ``xattr_ops.Xattrs``: extended attributes;
@@ -42,6 +43,7 @@ from objfs.fs.links import Links
 from objfs.fs.names import Names
 from objfs.fs.naming import display_path
 from objfs.fs.posix_attrs import Attrs, Defaults
+from objfs.fs.special import Special
 from objfs.fs.stats import Stats
 from objfs.fs.tree import Tree
 from objfs.fs.values import Caller, SetAttr, Stat, StatFs
@@ -86,6 +88,7 @@ class Filesystem:
         self.names = Names(
             store, options, self.table, self.tree, self.root, self.watcher, self.coherence
         )
+        self.special = Special(store, options, self.table, self.watcher, self.coherence)
         self.links = Links(
             store,
             options,
@@ -292,7 +295,7 @@ class Filesystem:
 
     async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, caller: Caller) -> Node:
         self.guard.entry(parent_ino, name)
-        return await self.files.mknod(parent_ino, name, mode, rdev, caller)
+        return await self.special.mknod(parent_ino, name, mode, rdev, caller)
 
     async def open(self, ino: int, flags: int, caller: Caller | None = None) -> tuple[Handle, bool]:
         """Open inode ``ino``; returns the handle and whether the kernel may keep its cache."""

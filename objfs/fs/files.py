@@ -39,6 +39,7 @@ from objfs.fs.chunk_cache import ChunkCache
 from objfs.fs.errors import FsError
 from objfs.fs.handles import Handle, HandleTable
 from objfs.fs.inodes import InodeTable, Kind, Node
+from objfs.fs.limits import check_size
 from objfs.fs.naming import display_path, in_bucket, new_attrs, object_name, touch
 from objfs.fs.posix_attrs import attrs_to_headers
 from objfs.fs.spool import Spool
@@ -118,10 +119,10 @@ class Files:
         """Create and open a new regular file (visible here at once, uploaded on close)."""
         parent = await self.directory(parent_ino)
         in_bucket(parent)
-        object_name(parent, name)
+        object_name(parent, name, limit=self.options.max_name_bytes)
         if self.table.child(parent, name) is not None:
             raise FsError(errno.EEXIST)
-        attrs = new_attrs(stat.S_IFREG, mode, caller)
+        attrs = new_attrs(stat.S_IFREG, mode, caller, parent)
         node = self.table.new(Kind.FILE, parent, name, attrs)
         spool = self._spool(node)
         spool.dirty = True  # even an empty new file must reach the store
@@ -129,29 +130,6 @@ class Files:
         self.table.ref(node)
         touch(parent)
         return handle, node
-
-    async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, caller: Caller) -> Node:
-        """Only regular files: fifos, sockets and devices cannot live in an object store."""
-        if not stat.S_ISREG(mode):
-            raise FsError(errno.EPERM, "objfs stores regular files, directories and symlinks only")
-        parent = await self.directory(parent_ino)
-        bucket = in_bucket(parent)
-        full = object_name(parent, name)
-        if self.table.child(parent, name) is not None:
-            raise FsError(errno.EEXIST)
-        attrs = new_attrs(stat.S_IFREG, mode, caller)
-        with self.watcher.hold(bucket):
-            info = await self.store.put(
-                bucket,
-                full,
-                b"",
-                meta=ObjectMeta(headers=attrs_to_headers(attrs)),
-                chunk_size=self.options.chunk_size,
-            )
-            node = self.table.new(Kind.FILE, parent, name, attrs, info=info)
-        self.table.ref(node)
-        touch(parent)
-        return node
 
     # -- data ----------------------------------------------------------------------------------
     async def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -180,6 +158,7 @@ class Files:
         if not handle.writable:
             raise FsError(errno.EBADF)
         node = handle.node
+        check_size(offset + len(data))
         written = await self._spool(node).write(self.store, offset, data)
         node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
         return written

@@ -28,7 +28,7 @@ from objfs.fs.errors import FsError
 from objfs.fs.inodes import Node
 from objfs.fs.invalidation import InvalidateEntry, InvalidateInode, Request
 from objfs.fs.values import Caller, SetAttr, Stat
-from objfs.store.errors import StoreError
+from objfs.store.errors import Corrupt, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,9 @@ def errnos(fn: Handler[P, R]) -> Handler[P, R]:
         except pyfuse3.FUSEError:
             raise
         except (FsError, StoreError) as e:
-            log.debug("%s%r: %s", fn.__name__, args[:3], e)
+            # A damaged object (missing chunks, a wrong digest) is the operator's to know.
+            report = log.error if isinstance(e, Corrupt) else log.debug
+            report("%s%r: %s", fn.__name__, args[:3], e)
             raise pyfuse3.FUSEError(e.errno) from None
         except Exception:
             log.exception("unexpected error in %s%r", fn.__name__, args[:3])
@@ -153,6 +155,7 @@ class FuseOperations(pyfuse3.Operations):
             size=attr.st_size if fields.update_size else None,
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
         )
         node = await self.fs.setattr(inode, changes, fh, _caller(ctx))
         return self._attr(node)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from objfs.fs.errors import FsError
-from objfs.fs.posix_attrs import Attrs
+from objfs.fs.posix_attrs import SPECIAL_TYPES, Attrs
 from objfs.store.api import ObjectInfo
 
 if TYPE_CHECKING:
@@ -37,6 +37,15 @@ class Kind(enum.Enum):
     DIR = stat.S_IFDIR
     FILE = stat.S_IFREG
     SYMLINK = stat.S_IFLNK
+    FIFO = stat.S_IFIFO
+    SOCKET = stat.S_IFSOCK
+    CHAR = stat.S_IFCHR
+    BLOCK = stat.S_IFBLK
+
+    @property
+    def special(self) -> bool:
+        """A fifo, socket or device node: an empty object, opened by the kernel itself."""
+        return self.value in SPECIAL_TYPES
 
 
 @dataclass(eq=False, slots=True)
@@ -81,7 +90,7 @@ class Node:
     between needs no lock; where an await sits in between, the owner says what protects it.
 
     - place in the tree (``name``, ``parent``, ``path``, ``attached``, ``children``,
-      ``child_ids``, ``next_child_id``, ``listing``) and the kernel's lookup count
+      ``child_ids``, ``next_child_id``, ``subdirs``, ``listing``) and the kernel's lookup count
       (``lookups``): ``InodeTable`` alone changes them;
     - the object it shows (``kind``, ``attrs``, ``info``, ``symlink``): ``Tree`` and the
       watcher, and the operations of this mount, which change them under ``watcher.hold`` of
@@ -105,6 +114,7 @@ class Node:
         "next_child_id",
         "parent",
         "path",
+        "subdirs",
         "symlink",
     )
 
@@ -134,6 +144,8 @@ class Node:
         self.children: dict[str, int] | None = {} if dirs else None
         self.child_ids: dict[str, int] | None = {} if dirs else None
         self.next_child_id = 1
+        self.subdirs = 0
+        """How many of ``children`` are directories (``st_nlink`` is 2 + this)."""
         self.listing: Listing | None = None
         """``InodeTable.entries``' sorted snapshot of the children (a cache)."""
         self.lookups = 0
@@ -258,6 +270,10 @@ class InodeTable:
         assert parent.children is not None and parent.child_ids is not None
         node.parent = parent.ino
         node.attached = True
+        old = parent.children.get(node.name)
+        if old != node.ino:
+            replaced = self._nodes.get(old) if old is not None else None
+            parent.subdirs += int(node.is_dir) - int(replaced is not None and replaced.is_dir)
         parent.children[node.name] = node.ino
         parent.child_ids[node.name] = parent.next_child_id
         parent.next_child_id += 1
@@ -276,6 +292,8 @@ class InodeTable:
         if parent.children.get(node.name) == node.ino:
             del parent.children[node.name]
             del parent.child_ids[node.name]
+            if node.is_dir:
+                parent.subdirs -= 1
 
     def _orphan(self, node: Node) -> None:
         node.attached = False
@@ -287,6 +305,7 @@ class InodeTable:
             node.children.clear()
             assert node.child_ids is not None
             node.child_ids.clear()
+            node.subdirs = 0
         self.maybe_drop(node)
 
     def maybe_drop(self, node: Node) -> None:
@@ -403,6 +422,9 @@ class InodeTable:
         out: list[str] = []
         if set(parent.children) != set(parent.child_ids):
             out.append(f"{parent!r}: children and readdir ids name different entries")
+        dirs = sum(1 for i in parent.children.values() if (c := self._nodes.get(i)) and c.is_dir)
+        if parent.subdirs != dirs:
+            out.append(f"{parent!r} counts {parent.subdirs} subdirectories, has {dirs}")
         ids = list(parent.child_ids.values())
         if len(set(ids)) != len(ids) or any(i >= parent.next_child_id for i in ids):
             out.append(f"{parent!r}: readdir ids repeat or reach next_child_id")

@@ -71,8 +71,8 @@ class Links:
         if link is None or self.table.child(parent, name) is not None:
             return await self.plain_symlink(parent_ino, name, target, caller)
         bucket = in_bucket(parent)
-        full = object_name(parent, name)
-        attrs = new_attrs(stat.S_IFLNK, 0o777, Caller(caller.uid, caller.gid, 0))
+        full = object_name(parent, name, limit=self.options.max_name_bytes)
+        attrs = new_attrs(stat.S_IFLNK, 0o777, Caller(caller.uid, caller.gid, 0), parent)
         with self.watcher.hold(bucket):
             try:
                 if link.name is None:

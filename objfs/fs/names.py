@@ -12,7 +12,8 @@
   upload goes to the new name.
 - Symlinks: a plain symlink is an empty object whose ``Objfs-Symlink`` header holds the
   target (``links.Links`` decides when ``ln -s`` makes a NATS link instead, and reads
-  links). Hard links, fifos, sockets and device nodes are refused with EPERM.
+  links). Hard links are refused with EPERM (an object has one name). Fifos, sockets and
+  device nodes are ``special.Special``'s.
 
 Concurrency: the kernel holds the directory's lock (``i_rwsem``) for the whole of a name
 operation on it (both directories' for a rename, plus the filesystem's rename lock), so no
@@ -120,8 +121,8 @@ class Names:
             raise FsError(errno.EEXIST)
         if parent.bucket is None:
             return await self._make_bucket(name)
-        full = object_name(parent, name, directory=True)
-        attrs = new_attrs(stat.S_IFDIR, mode, caller)
+        full = object_name(parent, name, directory=True, limit=self.options.max_name_bytes)
+        attrs = new_attrs(stat.S_IFDIR, mode, caller, parent)
         with self.watcher.hold(parent.bucket):
             info = await self.store.put(
                 parent.bucket, full, b"", meta=ObjectMeta(headers=attrs_to_headers(attrs))
@@ -189,6 +190,7 @@ class Names:
                 spool.close()
             node.file.spool = None
         touch(parent)
+        node.attrs.ctime_ns = parent.attrs.ctime_ns  # its link count went to 0 (fstat shows it)
 
     async def link(
         self, ino: int, parent_ino: int, name: str, caller: Caller | None = None
@@ -198,10 +200,10 @@ class Names:
     async def symlink(self, parent_ino: int, name: str, target: str, caller: Caller) -> Node:
         parent = await self.coherence.directory(parent_ino)
         bucket = in_bucket(parent)
-        full = object_name(parent, name)
+        full = object_name(parent, name, limit=self.options.max_name_bytes)
         if self.table.child(parent, name) is not None:
             raise FsError(errno.EEXIST)
-        attrs = new_attrs(stat.S_IFLNK, 0o777, Caller(caller.uid, caller.gid, 0))
+        attrs = new_attrs(stat.S_IFLNK, 0o777, Caller(caller.uid, caller.gid, 0), parent)
         headers = attrs_to_headers(attrs, symlink=target)
         with self.watcher.hold(bucket):
             info = await self.store.put(bucket, full, b"", meta=ObjectMeta(headers=headers))
@@ -232,8 +234,11 @@ class Names:
             raise FsError(errno.EPERM, "buckets cannot be renamed")
         if new_parent.bucket != node.bucket:
             raise FsError(errno.EXDEV)
-        new_full = object_name(new_parent, new_name, directory=node.is_dir)
+        new_full = object_name(
+            new_parent, new_name, directory=node.is_dir, limit=self.options.max_name_bytes
+        )
         if node.is_dir:
+            self._check_moved_names(node, new_full)
             ancestor: Node | None = new_parent
             while ancestor is not None and not ancestor.is_bucket_root:
                 if ancestor is node:
@@ -258,6 +263,16 @@ class Names:
                 await self._rename_file(node, new_parent, new_name, new_full, target)
         touch(old_parent)
         touch(new_parent)
+        node.attrs.ctime_ns = new_parent.attrs.ctime_ns  # a rename is a change of the inode
+
+    def _check_moved_names(self, node: Node, new_prefix: str) -> None:
+        """ENAMETOOLONG if an object below directory ``node`` would get too long a name."""
+        grow = len(new_prefix.encode()) - len(node.object_name.encode())
+        if grow <= 0:
+            return
+        longest = max(len(n.object_name.encode()) for n in self.table.walk(node))
+        if longest + grow > self.options.max_name_bytes:
+            raise FsError(errno.ENAMETOOLONG, "a name below the directory would be too long")
 
     async def _rename_file(
         self, node: Node, new_parent: Node, new_name: str, new_full: str, target: Node | None
@@ -272,7 +287,6 @@ class Names:
         if target is not None:
             self.table.detach(target)
         self.table.move(node, new_parent, new_name)
-        node.attrs.ctime_ns = new_parent.attrs.mtime_ns
 
     async def _rename_object(self, node: Node, new_full: str, replace: bool) -> None:
         assert node.bucket is not None

@@ -11,6 +11,7 @@ import time
 
 from objfs.fs.errors import FsError
 from objfs.fs.inodes import Node, child_path
+from objfs.fs.permissions import new_owner
 from objfs.fs.posix_attrs import Attrs
 from objfs.fs.tree import NAME_MAX
 from objfs.fs.values import Caller
@@ -29,14 +30,17 @@ def check_component(name: str) -> None:
         raise FsError(errno.EINVAL)
 
 
-def object_name(parent: Node, name: str, *, directory: bool = False) -> str:
-    """The object name of ``parent``'s new child ``name`` (checked against the limits)."""
+def object_name(
+    parent: Node, name: str, *, directory: bool = False, limit: int = MAX_NAME_BYTES
+) -> str:
+    """The object name of ``parent``'s new child ``name`` (checked against the limits:
+    ``limit`` is the server's, ``options.max_name_bytes``)."""
     check_component(name)
     full = child_path(parent, name)
     if directory:
         full += "/"
-    if len(full.encode("utf-8")) > MAX_NAME_BYTES:
-        raise FsError(errno.ENAMETOOLONG)
+    if len(full.encode("utf-8")) > limit:
+        raise FsError(errno.ENAMETOOLONG, f"object names are at most {limit} bytes here")
     return full
 
 
@@ -47,16 +51,27 @@ def in_bucket(parent: Node) -> str:
     return parent.bucket
 
 
-def new_attrs(file_type: int, mode: int, caller: Caller) -> Attrs:
-    """The attributes of an entry ``caller`` creates now."""
+def new_attrs(
+    file_type: int, mode: int, caller: Caller, parent: Node | None = None, rdev: int = 0
+) -> Attrs:
+    """The attributes of an entry ``caller`` creates now in directory ``parent``."""
     now = time.time_ns()
+    inherit = parent is not None and parent.bucket is not None
+    gid, perm = new_owner(
+        file_type,
+        mode & 0o7777 & ~caller.umask,
+        caller,
+        parent.attrs.mode if parent is not None and inherit else None,
+        parent.attrs.gid if parent is not None else 0,
+    )
     return Attrs(
-        mode=file_type | (mode & 0o7777 & ~caller.umask),
+        mode=file_type | perm,
         uid=caller.uid,
-        gid=caller.gid,
+        gid=gid,
         mtime_ns=now,
         ctime_ns=now,
         atime_ns=now,
+        rdev=rdev,
     )
 
 

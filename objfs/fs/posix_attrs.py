@@ -3,11 +3,12 @@
 objfs keeps what ``cp -p``, ``rsync -a`` and ``tar`` care about in headers of the object
 itself, so every client sees them and a remount keeps them:
 
-- ``Objfs-Mode``: permission bits (``st_mode & 0o7777``), octal.
+- ``Objfs-Mode``: permission bits (``st_mode & 0o7777``), octal; for a fifo, socket or device
+  node the whole ``st_mode`` (type bits too), which is how such an object is recognised.
 - ``Objfs-Uid`` / ``Objfs-Gid``: decimal owner and group.
 - ``Objfs-Mtime``: modification time, decimal nanoseconds since the epoch.
 - ``Objfs-Symlink``: present on a plain symlink object; the value is the link target.
-- ``Objfs-Rdev``: reserved for device numbers (objfs refuses device nodes today).
+- ``Objfs-Rdev``: the device number (``st_rdev``, decimal) of a character or block device.
 
 Objects written by other clients carry none of these; they get the mount's defaults (owner
 and group of the mount options, ``0o666 & ~umask`` for files, ``0o777 & ~umask`` for
@@ -28,6 +29,9 @@ H_MTIME = "Objfs-Mtime"
 H_SYMLINK = "Objfs-Symlink"
 H_RDEV = "Objfs-Rdev"
 OUR_HEADERS = (H_MODE, H_UID, H_GID, H_MTIME, H_SYMLINK, H_RDEV)
+
+SPECIAL_TYPES = frozenset((stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK))
+"""File types stored as an empty object whose ``Objfs-Mode`` carries the type bits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,14 @@ def _int(value: str | None, base: int = 10) -> int | None:
         return None  # a foreign or damaged header: fall back to the default
 
 
+def special_type(info: ObjectInfo) -> int | None:
+    """The ``stat.S_IF*`` type of a fifo/socket/device object, or None for any other object."""
+    mode = _int(header(info.headers, H_MODE), 8)
+    if mode is None or stat.S_IFMT(mode) not in SPECIAL_TYPES:
+        return None
+    return stat.S_IFMT(mode)
+
+
 def symlink_target(info: ObjectInfo) -> str | None:
     """The target of a plain symlink object, or None if ``info`` is not one."""
     return header(info.headers, H_SYMLINK)
@@ -105,7 +117,7 @@ def attrs_from_info(
         perm = 0o777
     else:
         perm = defaults.file_mode
-    uid, gid, mtime = defaults.uid, defaults.gid, now_ns
+    uid, gid, mtime, rdev = defaults.uid, defaults.gid, now_ns, 0
     if info is not None:
         h = info.headers
         mode = _int(header(h, H_MODE), 8)
@@ -116,6 +128,8 @@ def attrs_from_info(
         gid = stored_gid if stored_gid is not None else gid
         stored = _int(header(h, H_MTIME))
         mtime = stored if stored is not None else (info.mtime_ns or now_ns)
+        if file_type in (stat.S_IFCHR, stat.S_IFBLK):
+            rdev = _int(header(h, H_RDEV)) or 0
     return Attrs(
         mode=file_type | perm,
         uid=uid,
@@ -123,6 +137,7 @@ def attrs_from_info(
         mtime_ns=mtime,
         ctime_ns=info.mtime_ns if info is not None and info.mtime_ns else mtime,
         atime_ns=mtime,
+        rdev=rdev,
     )
 
 
@@ -131,12 +146,15 @@ def attrs_to_headers(
 ) -> dict[str, list[str]]:
     """``base`` (foreign headers are kept) with our attribute headers set from ``attrs``."""
     out = {k: list(v) for k, v in (base or {}).items() if k.lower() not in _OURS_LOWER}
-    out[H_MODE] = [f"{attrs.perm:o}"]
+    special = stat.S_IFMT(attrs.mode) in SPECIAL_TYPES
+    out[H_MODE] = [f"{attrs.mode if special else attrs.perm:o}"]
     out[H_UID] = [str(attrs.uid)]
     out[H_GID] = [str(attrs.gid)]
     out[H_MTIME] = [str(attrs.mtime_ns)]
     if symlink is not None:
         out[H_SYMLINK] = [symlink]
+    if stat.S_IFMT(attrs.mode) in (stat.S_IFCHR, stat.S_IFBLK):
+        out[H_RDEV] = [str(attrs.rdev)]
     return out
 
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from objfs.fs.inodes import InodeTable, Kind, Node
-from objfs.fs.posix_attrs import Attrs, Defaults, attrs_from_info, symlink_target
+from objfs.fs.posix_attrs import Attrs, Defaults, attrs_from_info, special_type, symlink_target
 from objfs.store.api import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def kind_of(info: ObjectInfo) -> Kind:
         return Kind.DIR
     if info.link is not None or symlink_target(info) is not None:
         return Kind.SYMLINK
-    return Kind.FILE
+    special = special_type(info)
+    return Kind.FILE if special is None else Kind(special)
 
 
 @dataclass

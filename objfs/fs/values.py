@@ -65,9 +65,11 @@ class SetAttr:
     size: int | None = None
     atime_ns: int | None = None
     mtime_ns: int | None = None
+    ctime_ns: int | None = None
+    """The kernel's explicit ctime (``chown(f, -1, -1)`` changes nothing else)."""
 
     @property
     def only_atime(self) -> bool:
-        """Nothing but atime (which is not persisted) is set: not a change of the file."""
+        """Nothing but atime or ctime (neither is persisted) is set: nothing to store."""
         fields = (self.mode, self.uid, self.gid, self.size, self.mtime_ns)
         return all(v is None for v in fields)

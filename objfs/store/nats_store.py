@@ -59,7 +59,7 @@ from objfs.store.api import (
     WatchEvent,
     pieces,
 )
-from objfs.store.names import check_bucket, check_object
+from objfs.store.names import check_bucket, check_object, safe_name_limit
 from objfs.store.nats_bulk import BulkConnection
 from objfs.store.nats_connect import ConnectionEvents
 from objfs.store.nats_connect import connect as connect
@@ -178,6 +178,12 @@ class NatsObjectStore(ObjectStore):
             "reconnects": events.reconnects if events is not None else 0,
             "last_error": f"{type(last).__name__}: {last}".rstrip(": ") if last else None,
         }
+
+    @property
+    def max_name_bytes(self) -> int:
+        """The longest object name this server takes (``names.safe_name_limit``)."""
+        info: dict[str, Any] = getattr(self.nc, "_server_info", None) or {}
+        return safe_name_limit(info.get("server_name"))
 
     @property
     def connected_server(self) -> str | None:

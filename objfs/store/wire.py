@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from objfs.store.api import Link, ObjectInfo
 from objfs.store.errors import Corrupt
+from objfs.store.names import decode_name
 
 if TYPE_CHECKING:
     from objfs.store.nats_js import StoredMsg
@@ -118,10 +119,11 @@ def encode_info(info: ObjectInfo) -> bytes:
 
 
 def decode_info(
-    data: bytes, *, bucket: str, revision: int = 0, timestamp_ns: int = 0
+    data: bytes, *, bucket: str, revision: int = 0, timestamp_ns: int = 0, subject: str = ""
 ) -> ObjectInfo:
     """Parse a meta payload; ``timestamp_ns`` (the message's time) stands in for a missing
-    mtime. Corrupt if the payload is not an ADR-20 ObjectInfo."""
+    mtime. Corrupt if the payload is not an ADR-20 ObjectInfo; the error names the object
+    its ``subject`` is for, so a log line says which object is damaged."""
     try:
         doc = json.loads(data)
         if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
@@ -154,9 +156,21 @@ def decode_info(
             revision=revision,
         )
     except (ValueError, TypeError, AttributeError) as e:
-        raise Corrupt(f"bad object meta in bucket {bucket!r}: {e}") from None
+        where = _subject_name(subject)
+        raise Corrupt(f"bad object meta{where} in bucket {bucket!r}: {e}") from None
+
+
+def _subject_name(subject: str) -> str:
+    """`` of object 'name'`` for a meta subject ``$O.<bucket>.M.<base64 name>`` ("" if not)."""
+    token = subject.rsplit(".", 1)[-1] if ".M." in subject else ""
+    try:
+        return f" of object {decode_name(token)!r}" if token else ""
+    except (ValueError, UnicodeDecodeError):
+        return f" of subject {subject!r}"
 
 
 def decode_stored(bucket: str, m: StoredMsg) -> ObjectInfo:
     """A meta message as a direct get or a consumer delivered it: revision and time from it."""
-    return decode_info(m.data, bucket=bucket, revision=m.seq, timestamp_ns=m.timestamp_ns)
+    return decode_info(
+        m.data, bucket=bucket, revision=m.seq, timestamp_ns=m.timestamp_ns, subject=m.subject
+    )

@@ -6,11 +6,14 @@ offset or a chunk served twice changes the bytes a test compares.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import random
+import stat
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 CHUNK = 128 * 1024
@@ -66,3 +69,22 @@ def eventually(check: Callable[[], None], what: str, timeout: float = WAIT) -> f
         return True
 
     return wait_for(passes, what, timeout)
+
+
+@contextlib.contextmanager
+def walkable_by_others(path: Path) -> Iterator[None]:
+    """Let other users reach ``path``: pytest's temporary directories are 0700, so each
+    ancestor below /tmp gets search permission for group and others until the end."""
+    restore = []
+    for d in path.parents:
+        if d in (Path("/tmp"), Path("/")):
+            break
+        mode = stat.S_IMODE(os.stat(d).st_mode)
+        restore.append((d, mode))
+        os.chmod(d, mode | 0o011)
+    try:
+        yield
+    finally:
+        for d, mode in restore:
+            os.chmod(d, mode)
+

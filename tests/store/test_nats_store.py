@@ -455,3 +455,27 @@ async def test_watch_survives_server_restart(
             await store.close()
 
     await run(body)
+
+
+async def test_name_limit_follows_the_server(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str
+) -> None:
+    """objfs's own server (max_control_line raised) takes PATH_MAX-long names; the limit for
+    any other server fits nats-server's default control line."""
+    from objfs.store.names import MAX_NAME_BYTES, SAFE_NAME_BYTES, safe_name_limit
+
+    assert safe_name_limit("some-other-server") == SAFE_NAME_BYTES
+    assert safe_name_limit(None) == SAFE_NAME_BYTES
+
+    async def body() -> None:
+        async with session(nats_server.url, bucket_name) as s:
+            assert s.store.max_name_bytes == MAX_NAME_BYTES
+            await s.store.create_bucket(BucketConfig(bucket_name, storage="memory"))
+            longest = "/".join(["n" * 255] * 16)[:MAX_NAME_BYTES]
+            await s.store.put(bucket_name, longest, b"deep")
+            assert (await s.store.info(bucket_name, longest)).size == 4
+            names = [i.name for i in await s.store.list(bucket_name)]
+            assert names == [longest]
+            await s.store.delete_bucket(bucket_name)
+
+    await run(body)
