@@ -24,6 +24,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.nuid import NUID
 
 from objfs.store import errors
 from objfs.store.nats_protocol import (
@@ -43,10 +44,14 @@ from objfs.store.nats_protocol import (
     push_consumer_config,
     raise_api_error,
 )
-from objfs.store.nats_subjects import bucket_of_stream
+from objfs.store.nats_retry import NoResponders, retry
+from objfs.store.nats_subjects import bucket_of_stream, stream_of_subject
 from objfs.store.wire import parse_mtime
 
 log = logging.getLogger(__name__)
+
+MSG_ID = "Nats-Msg-Id"
+_NUID = NUID()
 
 
 @contextlib.contextmanager
@@ -94,6 +99,18 @@ class StoredMsg:
     """Consumer deliveries only: messages still to come (0 at the end of a snapshot)."""
 
 
+def _api_answer(msg: Msg, subject: str) -> dict[str, Any]:
+    try:
+        resp = json.loads(msg.data)
+    except ValueError:
+        raise errors.StoreError(f"{subject}: bad JSON answer") from None
+    if not isinstance(resp, dict):
+        raise errors.StoreError(f"{subject}: answer is not a JSON object")
+    if "error" in resp:
+        raise_api_error(resp["error"], subject)
+    return resp
+
+
 def _status(msg: Msg) -> str | None:
     h = msg.headers
     return h.get(STATUS) if h else None
@@ -121,54 +138,80 @@ class JetStream:
         if self.nc.is_closed:
             raise errors.Unavailable(f"{what}: connection closed")
 
-    async def api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One JetStream API request (``subject`` after ``$JS.API.``); its JSON answer."""
-        self._check_open(subject)
+    async def api(
+        self, subject: str, body: dict[str, Any] | None = None, *, retried: bool = True
+    ) -> dict[str, Any]:
+        """One JetStream API request (``subject`` after ``$JS.API.``); its JSON answer.
+
+        Transient failures are retried until the timeout (``nats_retry``), unless
+        ``retried`` is false (a request whose repeat would not be the same request)."""
         payload = json.dumps(body).encode() if body is not None else b""
-        with mapped(subject):
-            msg = await self.nc.request(f"{API}.{subject}", payload, timeout=self.timeout)
-        try:
-            resp = json.loads(msg.data)
-        except ValueError:
-            raise errors.StoreError(f"{subject}: bad JSON answer") from None
-        if not isinstance(resp, dict):
-            raise errors.StoreError(f"{subject}: answer is not a JSON object")
-        if "error" in resp:
-            raise_api_error(resp["error"], subject)
-        return resp
+
+        async def attempt(seconds: float) -> dict[str, Any]:
+            self._check_open(subject)
+            with mapped(subject):
+                msg = await self.nc.request(f"{API}.{subject}", payload, timeout=seconds)
+            return _api_answer(msg, subject)
+
+        if not retried:
+            return await attempt(self.timeout)
+        return await retry(subject, self.timeout, attempt)
+
+    async def _stream_exists(self, stream: str) -> None:
+        """NotFound if ``stream`` does not exist (one attempt: ``retry``'s ``settle``)."""
+        await self.api(f"STREAM.INFO.{stream}", retried=False)
 
     async def publish(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        msg_id: str | None = None,
     ) -> int:
-        """Publish into a stream and wait for the ack; the message's stream sequence."""
-        self._check_open(subject)
-        with mapped(f"publish {subject}", no_responders=errors.NotFound):
-            msg = await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
-        try:
-            resp = json.loads(msg.data)
-        except ValueError:
-            raise errors.StoreError(f"publish {subject}: bad ack") from None
-        if "error" in resp:
-            raise_api_error(resp["error"], f"publish {subject}")
-        return int(resp["seq"])
+        """Publish into a stream and wait for the ack; the message's stream sequence.
+
+        Retried until the timeout under one ``Nats-Msg-Id`` (``msg_id``, else a fresh one):
+        a repeat of a publish that had landed is answered with its original sequence."""
+        headers = dict(headers or {})
+        headers[MSG_ID] = msg_id or _NUID.next().decode()
+        what = f"publish {subject}"
+
+        async def attempt(seconds: float) -> int:
+            self._check_open(subject)
+            with mapped(what, no_responders=NoResponders):
+                msg = await self.nc.request(subject, payload, timeout=seconds, headers=headers)
+            try:
+                resp = json.loads(msg.data)
+            except ValueError:
+                raise errors.StoreError(f"{what}: bad ack") from None
+            if "error" in resp:
+                raise_api_error(resp["error"], what)
+            return int(resp["seq"])
+
+        stream = stream_of_subject(subject)
+        return await retry(what, self.timeout, attempt, settle=lambda: self._stream_exists(stream))
+
+    async def _direct(self, stream: str, subject: str, payload: bytes, what: str) -> Msg:
+        async def attempt(seconds: float) -> Msg:
+            self._check_open(what)
+            with mapped(what, no_responders=NoResponders):
+                return await self.nc.request(subject, payload, timeout=seconds)
+
+        return await retry(what, self.timeout, attempt, settle=lambda: self._stream_exists(stream))
 
     async def direct_last(self, stream: str, subject: str) -> StoredMsg | None:
         """The last message on ``subject`` (direct get); None if there is none."""
-        self._check_open(subject)
-        with mapped(f"get {subject}", no_responders=errors.NotFound):
-            msg = await self.nc.request(
-                f"{API}.DIRECT.GET.{stream}.{subject}", b"", timeout=self.timeout
-            )
-        return self._direct_answer(msg, subject)
+        what = f"get {subject}"
+        msg = await self._direct(stream, f"{API}.DIRECT.GET.{stream}.{subject}", b"", what)
+        return self._direct_answer(msg, what)
 
     async def direct_get(self, stream: str, req: dict[str, Any]) -> StoredMsg | None:
         """A single-message direct get (``seq``, ``next_by_subj``...); None if none."""
         what = f"get {stream} {req}"
-        self._check_open(what)
-        with mapped(what, no_responders=errors.NotFound):
-            msg = await self.nc.request(
-                f"{API}.DIRECT.GET.{stream}", json.dumps(req).encode(), timeout=self.timeout
-            )
+        msg = await self._direct(
+            stream, f"{API}.DIRECT.GET.{stream}", json.dumps(req).encode(), what
+        )
         return self._direct_answer(msg, what)
 
     @staticmethod
@@ -483,8 +526,8 @@ class Publisher:
         if fut is None or fut.done():
             return
         status = _status(msg)
-        if status == NO_RESPONDERS:  # the stream does not exist
-            fut.set_exception(errors.NotFound("publish: no stream for this bucket"))
+        if status == NO_RESPONDERS:  # the stream does not exist (or is not loaded yet)
+            fut.set_exception(NoResponders("publish: no stream for this bucket"))
             return
         try:
             resp = json.loads(msg.data)
@@ -518,11 +561,11 @@ class Publisher:
             raise
         return fut
 
-    async def ack(self, fut: asyncio.Future[int]) -> int:
-        """Wait for one ack within the timeout."""
+    async def ack(self, fut: asyncio.Future[int], timeout: float | None = None) -> int:
+        """Wait for one ack within ``timeout`` (default: the store's)."""
         try:
             with mapped("publish ack"):
-                return await asyncio.wait_for(fut, self.js.timeout)
+                return await asyncio.wait_for(fut, timeout or self.js.timeout)
         finally:
             if not fut.done():
                 fut.cancel()

@@ -35,7 +35,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from typing import Any, BinaryIO
 
 import nats.errors
@@ -57,13 +57,14 @@ from objfs.store.api import (
     WatchEvent,
     pieces,
 )
-from objfs.store.names import check_bucket, check_object
+from objfs.store.names import check_bucket, check_object, decode_name, encode_name
 from objfs.store.nats_bulk import BulkAuth, BulkConnection
 from objfs.store.nats_connect import ConnectionEvents
 from objfs.store.nats_connect import connect as connect
-from objfs.store.nats_js import JetStream, Publisher, StoredMsg, consume_snapshot
+from objfs.store.nats_js import MSG_ID, JetStream, Publisher, StoredMsg, consume_snapshot
 from objfs.store.nats_protocol import WrongLastSequence
 from objfs.store.nats_reads import NatsReader, OpenBulk
+from objfs.store.nats_retry import NoResponders, attempt_timeout
 from objfs.store.nats_subjects import (
     bucket_of_stream,
     bucket_stream,
@@ -83,6 +84,8 @@ PUT_WINDOW = 24
 META_CHUNK_SIZE = "objfs.chunk_size"
 ROLLUP = {"Nats-Rollup": "sub"}
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+RENAMED_FROM = "Objfs-Renamed-From"
+"""Header of a renamed meta: the old name (encoded), whose tombstone follows it."""
 
 
 def _stream_config(cfg: BucketConfig) -> dict[str, Any]:
@@ -249,10 +252,37 @@ class NatsObjectStore(ObjectStore):
     # -- objects: metadata -----------------------------------------------------------------
     async def _last_meta(self, bucket: str, name: str) -> ObjectInfo | None:
         """The name's current meta, tombstones included; None if it never existed."""
+        return (await self._last_meta_msg(bucket, name))[0]
+
+    async def _last_meta_msg(
+        self, bucket: str, name: str
+    ) -> tuple[ObjectInfo | None, dict[str, str]]:
+        """``_last_meta`` and the headers of its message."""
         check_bucket(bucket)
         check_object(name)
         m = await self.js.direct_last(bucket_stream(bucket), meta_subject(bucket, name))
-        return None if m is None else decode_stored(bucket, m)
+        return (None, {}) if m is None else (decode_stored(bucket, m), m.headers)
+
+    async def _shares_chunks(self, info: ObjectInfo, headers: dict[str, str]) -> bool:
+        """Whether the chunks of ``info`` (a meta about to go) are still another live name's:
+        the name it was renamed from, if that rename's tombstone never landed."""
+        source = headers.get(RENAMED_FROM)
+        if not source or source == info.name:
+            return False
+        try:
+            other = await self._last_meta(info.bucket, decode_name(source))
+        except errors.StoreError as e:
+            log.warning("keeping chunks %s of %s: %s", info.nuid, info.bucket, e)
+            return True  # cannot tell: keep them (a leak, not a loss)
+        if other is not None and not other.deleted and other.nuid == info.nuid:
+            log.warning(
+                "%s/%s still shares chunks %s (a rename's tombstone was lost): not purged",
+                info.bucket,
+                other.name,
+                info.nuid,
+            )
+            return True
+        return False
 
     async def info(self, bucket: str, name: str, *, deleted: bool = False) -> ObjectInfo:
         info = await self._last_meta(bucket, name)
@@ -278,9 +308,15 @@ class NatsObjectStore(ObjectStore):
         check_bucket(bucket)
         return await self._list_all(bucket, deleted=deleted)
 
-    async def _publish_meta(self, info: ObjectInfo, expected: int | None = None) -> ObjectInfo:
+    async def _publish_meta(
+        self,
+        info: ObjectInfo,
+        expected: int | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> ObjectInfo:
         """Publish ``info`` as the name's meta (rollup); returns it with its revision."""
         headers = dict(ROLLUP)
+        headers.update(extra or {})
         if expected is not None:
             headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expected)
         seq = await self.js.publish(
@@ -303,14 +339,16 @@ class NatsObjectStore(ObjectStore):
         src = await self.info(bucket, old)
         if old == new:
             return src
-        dst = await self._last_meta(bucket, new)
+        dst, dst_headers = await self._last_meta_msg(bucket, new)
         dst_live = dst is not None and not dst.deleted
         if dst_live and not replace:
             raise errors.Exists(f"{bucket}/{new} exists")
         try:
             # Expect exactly what we saw at the new name: a concurrent create fails us.
             moved = await self._publish_meta(
-                dataclasses.replace(src, name=new), expected=dst.revision if dst else 0
+                dataclasses.replace(src, name=new),
+                expected=dst.revision if dst else 0,
+                extra={RENAMED_FROM: encode_name(old)},
             )
         except WrongLastSequence:
             raise errors.Exists(f"{bucket}/{new} was created concurrently") from None
@@ -318,15 +356,23 @@ class NatsObjectStore(ObjectStore):
         # If the old name was rewritten meanwhile, that newer object stays.
         with contextlib.suppress(WrongLastSequence):
             await self._publish_meta(tomb, expected=src.revision)
-        if dst_live and dst is not None and dst.nuid != src.nuid and not dst.is_link:
+        if (
+            dst_live
+            and dst is not None
+            and dst.nuid != src.nuid
+            and not dst.is_link
+            and not await self._shares_chunks(dst, dst_headers)
+        ):
             await self._purge_chunks(bucket, dst.nuid)
         return moved
 
     async def delete(self, bucket: str, name: str) -> ObjectInfo:
-        info = await self.info(bucket, name)
+        info, headers = await self._last_meta_msg(bucket, name)
+        if info is None or info.deleted:
+            raise errors.NotFound(f"{bucket}/{name}: no such object")
         tomb = info.tombstone(mtime_ns=time.time_ns())
         tomb = await self._publish_meta(tomb)
-        if info.chunks:
+        if info.chunks and not await self._shares_chunks(info, headers):
             await self._purge_chunks(bucket, info.nuid)
         return tomb
 
@@ -334,17 +380,31 @@ class NatsObjectStore(ObjectStore):
         self.reader.forget(bucket, nuid)
         await self.js.purge(bucket_stream(bucket), chunk_subject(bucket, nuid))
 
-    async def _abandon(self, bucket: str, nuid: str, window: Sequence[asyncio.Future[int]]) -> None:
-        """Purge the chunks of a failed put. Chunks still in flight are waited for first
-        (within the timeout): the server handles a purge apart from the publishes sent
-        before it, and one stored after the purge would be left behind for ever."""
-        if window:
-            await asyncio.wait(window, timeout=self.timeout)
-        for fut in window:
-            if fut.done() and not fut.cancelled():
-                fut.exception()  # retrieved: an ack error is the put's error already
-            fut.cancel()
+    async def _abandon(
+        self, bucket: str, name: str, nuid: str, chunks: _ChunkSender, *, ambiguous: bool
+    ) -> ObjectInfo | None:
+        """Clean up after a failed put; the meta it stored if the put succeeded after all.
+
+        Chunks still in flight are waited for first (within the timeout): the server handles
+        a purge apart from the publishes sent before it, and one stored after the purge would
+        be left behind for ever. ``ambiguous``: the meta was sent and its outcome is unknown
+        (no ack): the name's meta is read back, and the chunks are purged only if no live
+        meta refers to them; if even that cannot be read, they are kept (a leak, logged,
+        rather than an object whose chunks are gone).
+        """
+        await chunks.drain()
+        if ambiguous:
+            try:
+                now = await self._last_meta(bucket, name)
+            except errors.StoreError as e:
+                log.warning(
+                    "put of %s/%s: outcome unknown (%s); keeping chunks %s", bucket, name, e, nuid
+                )
+                return None
+            if now is not None and now.nuid == nuid:
+                return None if now.deleted else now  # stored (deleted since: purged then)
         await self._purge_quietly(bucket, nuid)
+        return None
 
     async def _purge_quietly(self, bucket: str, nuid: str) -> None:
         try:
@@ -412,7 +472,7 @@ class NatsObjectStore(ObjectStore):
         check_bucket(bucket)
         check_object(name)
         size_per_chunk = chunk_size or await self._chunk_size(bucket)
-        old = await self._last_meta(bucket, name)
+        old, old_headers = await self._last_meta_msg(bucket, name)
         old_live = old if old is not None and not old.deleted else None
         expected: int | None = None
         if if_revision is not None:
@@ -425,22 +485,16 @@ class NatsObjectStore(ObjectStore):
             expected = old.revision if old is not None else 0
 
         nuid = self._nuid.next().decode()
-        subject = chunk_subject(bucket, nuid)
+        chunks = _ChunkSender(self._publisher, chunk_subject(bucket, nuid), nuid, self.timeout)
         sha = hashlib.sha256()
-        seqs: list[int] = []
         sizes: list[int] = []
-        window: collections.deque[asyncio.Future[int]] = collections.deque()
-        published = False
+        meta_sent = False
         try:
             for piece in pieces(source, size_per_chunk):
                 sha.update(piece)
                 sizes.append(len(piece))
-                window.append(await self._publisher.send(subject, piece))
-                published = True
-                if len(window) >= PUT_WINDOW:
-                    seqs.append(await self._publisher.ack(window.popleft()))
-            while window:
-                seqs.append(await self._publisher.ack(window.popleft()))
+                await chunks.send(piece)
+            seqs = await chunks.finish()
             size = sum(sizes)
             info = ObjectInfo(
                 bucket=bucket,
@@ -453,20 +507,38 @@ class NatsObjectStore(ObjectStore):
                 chunk_size=size_per_chunk,
                 **_meta_fields(meta),
             )
+            meta_sent = True
             try:
-                info = await self._publish_meta(info, expected)
+                # Shielded: once sent, the meta's outcome is settled (its retries included)
+                # before a cancelled put gives up, so the put knows whether it stored.
+                info = await asyncio.shield(self._publish_meta(info, expected))
             except WrongLastSequence:
+                meta_sent = False  # a definite refusal: nothing was stored
                 raise errors.Exists(f"{bucket}/{name} changed during the put") from None
-        except BaseException:
-            if published:
+        except BaseException as exc:
+            if chunks.started:
                 # Shielded: a cancelled put must still not leave orphan chunks behind.
-                await asyncio.shield(self._abandon(bucket, nuid, list(window)))
-            raise
+                landed = await asyncio.shield(
+                    self._abandon(bucket, name, nuid, chunks, ambiguous=meta_sent)
+                )
+                if landed is not None and isinstance(exc, errors.StoreError):
+                    # The meta was stored after all (its ack was lost): the put succeeded.
+                    log.info("put of %s/%s: stored although %s", bucket, name, exc)
+                    seqs, info = chunks.seqs, landed
+                else:
+                    raise
+            else:
+                raise
         offsets = [0]
         for s in sizes:
             offsets.append(offsets[-1] + s)
         self.reader.remember(ChunkLayout(bucket, nuid, seqs, offsets))
-        if old_live is not None and not old_live.is_link and old_live.chunks:
+        if (
+            old_live is not None
+            and not old_live.is_link
+            and old_live.chunks
+            and not await self._shares_chunks(old_live, old_headers)
+        ):
             await self._purge_quietly(bucket, old_live.nuid)
         return info
 
@@ -489,3 +561,103 @@ def _meta_fields(meta: ObjectMeta | None) -> dict[str, Any]:
         "headers": {k: list(v) for k, v in meta.headers.items()},
         "metadata": dict(meta.metadata),
     }
+
+
+class _ChunkSender:
+    """The chunks of one put, published in order with at most ``PUT_WINDOW`` unacknowledged.
+
+    Each chunk carries the Msg-Id ``<nuid>.<index>``. A lost ack or a dropped connection sends
+    the window again from its first unacknowledged chunk, under the same ids: JetStream's
+    duplicate window answers those that had landed with their original sequence. Retries go on
+    until the store's timeout has passed without progress. A chunk that landed after a later
+    one (the later one re-sent on a new connection before the earlier one's loss was known)
+    breaks the stream order readers rely on: the put fails then (Unavailable), nothing is
+    reordered.
+    """
+
+    def __init__(self, publisher: Publisher, subject: str, nuid: str, timeout: float) -> None:
+        self.publisher = publisher
+        self.subject = subject
+        self.nuid = nuid
+        self.timeout = timeout
+        self.window: collections.deque[tuple[int, bytes, asyncio.Future[int]]] = collections.deque()
+        self.seqs: list[int] = []
+        self.started = False
+        self._next = 0
+        self._deadline: float | None = None
+        """Set while a failure is being retried; cleared by the next ack (progress)."""
+
+    async def send(self, piece: bytes) -> None:
+        fut = await self._publish(self._next, piece)
+        self.window.append((self._next, piece, fut))
+        self._next += 1
+        self.started = True
+        if len(self.window) >= PUT_WINDOW:
+            await self._ack_first()
+
+    async def finish(self) -> list[int]:
+        """Every chunk's stream sequence, once all are acknowledged."""
+        while self.window:
+            await self._ack_first()
+        return self.seqs
+
+    async def drain(self) -> None:
+        """Wait (within the timeout) for the chunks still in flight, then drop them."""
+        futs = [fut for _, _, fut in self.window]
+        if futs:
+            await asyncio.wait(futs, timeout=self.timeout)
+        for fut in futs:
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: an ack error is the put's error already
+            fut.cancel()
+
+    async def _publish(self, index: int, piece: bytes) -> asyncio.Future[int]:
+        while True:
+            try:
+                return await self.publisher.send(
+                    self.subject, piece, {MSG_ID: f"{self.nuid}.{index}"}
+                )
+            except errors.Unavailable as e:
+                await self._failed(e)
+
+    async def _ack_first(self) -> None:
+        while True:
+            _, _, fut = self.window[0]
+            try:
+                seq = await self.publisher.ack(fut, attempt_timeout(self.timeout))
+            except NoResponders as e:
+                # The stream is missing (NotFound now) or not loaded yet (a restart): retry.
+                await self.publisher.js._stream_exists(bucket_stream(self.subject.split(".")[1]))
+                await self._failed(e)
+                await self._resend()
+                continue
+            except errors.Unavailable as e:
+                await self._failed(e)
+                await self._resend()
+                continue
+            self.window.popleft()
+            self._deadline = None
+            if self.seqs and seq <= self.seqs[-1]:
+                raise errors.Unavailable(
+                    f"{self.subject}: chunk {len(self.seqs)} stored out of order after a reconnect"
+                )
+            self.seqs.append(seq)
+            return
+
+    async def _failed(self, e: errors.StoreError) -> None:
+        """Raise ``e`` once the timeout has passed without progress; else pause briefly."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._deadline is None:
+            self._deadline = now + self.timeout
+        if now >= self._deadline:
+            raise e
+        log.debug("put %s: %s; sending the window again", self.nuid, e)
+        await asyncio.sleep(min(0.2, self._deadline - now))
+
+    async def _resend(self) -> None:
+        old = list(self.window)
+        self.window.clear()
+        for index, piece, fut in old:
+            fut.cancel()
+            self.window.append((index, piece, await self._publish(index, piece)))
