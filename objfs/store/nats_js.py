@@ -37,6 +37,7 @@ from objfs.store.nats_protocol import (
     SEQUENCE,
     STALLED,
     STATUS,
+    WrongLastSequence,
     ack_tokens,
     batch_end_error,
     consumer_create,
@@ -174,10 +175,13 @@ class JetStream:
         Retried until the timeout under one ``Nats-Msg-Id`` (``msg_id``, else a fresh one):
         a repeat of a publish that had landed is answered with its original sequence."""
         headers = dict(headers or {})
-        headers[MSG_ID] = msg_id or _NUID.next().decode()
+        mid = headers[MSG_ID] = msg_id or _NUID.next().decode()
         what = f"publish {subject}"
+        tries = 0
 
         async def attempt(seconds: float) -> int:
+            nonlocal tries
+            tries += 1
             self._check_open(subject)
             with mapped(what, no_responders=NoResponders):
                 msg = await self.nc.request(subject, payload, timeout=seconds, headers=headers)
@@ -186,7 +190,17 @@ class JetStream:
             except ValueError:
                 raise errors.StoreError(f"{what}: bad ack") from None
             if "error" in resp:
-                raise_api_error(resp["error"], what)
+                try:
+                    raise_api_error(resp["error"], what)
+                except WrongLastSequence:
+                    # The server checks the expected sequence before duplicates: a repeat
+                    # of a conditional publish that had landed is refused. It is ours if
+                    # the subject's last message carries our id.
+                    if tries > 1:
+                        last = await self.direct_last(stream_of_subject(subject), subject)
+                        if last is not None and last.headers.get(MSG_ID) == mid:
+                            return last.seq
+                    raise
             return int(resp["seq"])
 
         stream = stream_of_subject(subject)

@@ -95,3 +95,34 @@ async def _settled(settle: Callable[[], Awaitable[None]]) -> None:
         raise
     except errors.Unavailable:
         pass
+
+
+class Patience:
+    """The retry budget of an operation made of many requests (a put's chunks, a read's
+    batches): the timeout, counted from the first failure since the last progress, so an
+    outage shorter than the timeout is survived however long the operation runs."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.retried = False
+        """Whether anything was retried (a caller may check its result then)."""
+        self._deadline: float | None = None
+        self._pause = BACKOFF_FIRST
+
+    def progress(self) -> None:
+        """A request succeeded: a later outage gets a whole timeout again."""
+        self._deadline = None
+        self._pause = BACKOFF_FIRST
+
+    async def failed(self, e: errors.StoreError) -> None:
+        """Raise ``e`` once the timeout has passed without progress; else back off."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._deadline is None:
+            self._deadline = now + self.timeout
+        if now >= self._deadline:
+            raise e
+        self.retried = True
+        log.debug("%s; retrying", e)
+        await asyncio.sleep(min(self._pause, self._deadline - now))
+        self._pause = min(self._pause * 2, BACKOFF_MAX)

@@ -29,6 +29,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import contextlib
 import dataclasses
@@ -64,7 +65,7 @@ from objfs.store.nats_connect import connect as connect
 from objfs.store.nats_js import MSG_ID, JetStream, Publisher, StoredMsg, consume_snapshot
 from objfs.store.nats_protocol import WrongLastSequence
 from objfs.store.nats_reads import NatsReader, OpenBulk
-from objfs.store.nats_retry import NoResponders, attempt_timeout
+from objfs.store.nats_retry import NoResponders, Patience, attempt_timeout
 from objfs.store.nats_subjects import (
     bucket_of_stream,
     bucket_stream,
@@ -80,6 +81,9 @@ log = logging.getLogger(__name__)
 
 PUT_WINDOW = 24
 """Chunks published but not yet acknowledged, per put (unbounded windows get 429s)."""
+
+PUT_RESTARTS = 2
+"""Times a put starts over when the server lost or reordered its chunks in an outage."""
 
 META_CHUNK_SIZE = "objfs.chunk_size"
 ROLLUP = {"Nats-Rollup": "sub"}
@@ -157,6 +161,10 @@ class NatsObjectStore(ObjectStore):
         self._nuid = NUID()
         self._chunk_sizes: dict[str, int] = {}
         self._events = events
+        # Renames whose old name's tombstone is still to be published: (bucket, nuid) -> old
+        # name; the tasks publishing them. Changed on the event loop only.
+        self._renamed_away: dict[tuple[str, str], str] = {}
+        self._finishing: set[asyncio.Future[None]] = set()
 
     @property
     def max_chunk_size(self) -> int | None:
@@ -263,9 +271,35 @@ class NatsObjectStore(ObjectStore):
         m = await self.js.direct_last(bucket_stream(bucket), meta_subject(bucket, name))
         return (None, {}) if m is None else (decode_stored(bucket, m), m.headers)
 
+    def _finish_later(self, tomb: ObjectInfo, expected: int) -> None:
+        """Publish a rename's tombstone of the old name once the server answers again."""
+        key = (tomb.bucket, tomb.nuid)
+        self._renamed_away[key] = tomb.name
+
+        async def finish() -> None:
+            try:
+                while True:
+                    try:
+                        await self._publish_meta(tomb, expected=expected)
+                        log.info("rename of %s/%s finished", tomb.bucket, tomb.name)
+                        return
+                    except (WrongLastSequence, errors.NotFound):
+                        return  # rewritten or deleted meanwhile, or the bucket is gone
+                    except errors.Unavailable:
+                        await asyncio.sleep(1.0)
+            finally:
+                self._renamed_away.pop(key, None)
+
+        task = asyncio.ensure_future(finish())
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
     async def _shares_chunks(self, info: ObjectInfo, headers: dict[str, str]) -> bool:
         """Whether the chunks of ``info`` (a meta about to go) are still another live name's:
-        the name it was renamed from, if that rename's tombstone never landed."""
+        the name it was renamed from, if that rename's tombstone never landed, or (renamed
+        here, its tombstone not yet published) the name it was renamed to."""
+        if self._renamed_away.get((info.bucket, info.nuid)) == info.name:
+            return True
         source = headers.get(RENAMED_FROM)
         if not source or source == info.name:
             return False
@@ -353,9 +387,15 @@ class NatsObjectStore(ObjectStore):
         except WrongLastSequence:
             raise errors.Exists(f"{bucket}/{new} was created concurrently") from None
         tomb = src.tombstone()
-        # If the old name was rewritten meanwhile, that newer object stays.
-        with contextlib.suppress(WrongLastSequence):
+        try:
             await self._publish_meta(tomb, expected=src.revision)
+        except WrongLastSequence:
+            pass  # the old name was rewritten meanwhile: that newer object stays
+        except errors.Unavailable as e:
+            # The new name is stored: the rename happened. The old name's tombstone is
+            # finished in the background; until then its chunks are not purged here.
+            log.warning("rename %s/%s -> %s: the old name stays until %s", bucket, old, new, e)
+            self._finish_later(tomb, src.revision)
         if (
             dst_live
             and dst is not None
@@ -379,6 +419,62 @@ class NatsObjectStore(ObjectStore):
     async def _purge_chunks(self, bucket: str, nuid: str) -> None:
         self.reader.forget(bucket, nuid)
         await self.js.purge(bucket_stream(bucket), chunk_subject(bucket, nuid))
+
+    async def _send_chunks(
+        self, bucket: str, source: BinaryIO | bytes, size_per_chunk: int
+    ) -> tuple[_ChunkSender, Any, builtins.list[int]]:
+        """Store ``source``'s chunks under a fresh nuid; the sender (with every chunk's
+        sequence), the running hash and the chunk sizes.
+
+        After an outage during the put, the chunks are checked on the server before the meta
+        may refer to them: a server killed (not stopped) may lose messages it had
+        acknowledged, and a chunk re-sent after the loss lands out of order. The put then
+        starts over from the source's first byte under a new nuid (if the source can seek).
+        """
+        start = None if isinstance(source, bytes) or not source.seekable() else source.tell()
+        for attempt in range(1, PUT_RESTARTS + 2):
+            nuid = self._nuid.next().decode()
+            chunks = _ChunkSender(self._publisher, chunk_subject(bucket, nuid), nuid, self.timeout)
+            sha = hashlib.sha256()
+            sizes: list[int] = []
+            try:
+                for piece in pieces(source, size_per_chunk):
+                    sha.update(piece)
+                    sizes.append(len(piece))
+                    await chunks.send(piece)
+                await chunks.finish()
+                if chunks.patience.retried and not await self._chunks_intact(bucket, chunks):
+                    raise _Reordered(f"{bucket}: chunks of {nuid} lost or reordered by the server")
+                return chunks, sha, sizes
+            except BaseException as e:
+                if chunks.started:
+                    # Shielded: a cancelled put must still not leave orphan chunks behind.
+                    await asyncio.shield(self._drop_chunks(bucket, chunks))
+                retry = isinstance(e, _Reordered) and attempt <= PUT_RESTARTS
+                if not retry or not (isinstance(source, bytes) or start is not None):
+                    raise
+                log.warning("put to %s: %s; starting over", bucket, e)
+                if not isinstance(source, bytes):
+                    assert start is not None
+                    source.seek(start)
+        raise AssertionError("unreachable")
+
+    async def _chunks_intact(self, bucket: str, chunks: _ChunkSender) -> bool:
+        """Whether the server holds exactly the chunks ``chunks`` was acknowledged for."""
+        stored: builtins.list[int] = []
+        await consume_snapshot(
+            self.js,
+            bucket_stream(bucket),
+            chunks.subject,
+            headers_only=True,
+            deliver_policy="all",
+            on_msg=lambda m: stored.append(m.seq),
+        )
+        return stored == chunks.seqs
+
+    async def _drop_chunks(self, bucket: str, chunks: _ChunkSender) -> None:
+        await chunks.drain()
+        await self._purge_quietly(bucket, chunks.nuid)
 
     async def _abandon(
         self, bucket: str, name: str, nuid: str, chunks: _ChunkSender, *, ambiguous: bool
@@ -484,17 +580,11 @@ class NatsObjectStore(ObjectStore):
             # 0 means "no live object": a tombstone may be there, whose sequence we expect.
             expected = old.revision if old is not None else 0
 
-        nuid = self._nuid.next().decode()
-        chunks = _ChunkSender(self._publisher, chunk_subject(bucket, nuid), nuid, self.timeout)
-        sha = hashlib.sha256()
-        sizes: list[int] = []
+        chunks, sha, sizes = await self._send_chunks(bucket, source, size_per_chunk)
+        nuid = chunks.nuid
+        seqs = chunks.seqs
         meta_sent = False
         try:
-            for piece in pieces(source, size_per_chunk):
-                sha.update(piece)
-                sizes.append(len(piece))
-                await chunks.send(piece)
-            seqs = await chunks.finish()
             size = sum(sizes)
             info = ObjectInfo(
                 bucket=bucket,
@@ -524,7 +614,7 @@ class NatsObjectStore(ObjectStore):
                 if landed is not None and isinstance(exc, errors.StoreError):
                     # The meta was stored after all (its ack was lost): the put succeeded.
                     log.info("put of %s/%s: stored although %s", bucket, name, exc)
-                    seqs, info = chunks.seqs, landed
+                    info = landed
                 else:
                     raise
             else:
@@ -545,6 +635,9 @@ class NatsObjectStore(ObjectStore):
     async def close(self) -> None:
         if self._events is not None:
             self._events.closing = True
+        for task in list(self._finishing):
+            log.warning("closing with a rename unfinished: its old name stays")
+            task.cancel()
         await self.reader.close()
         await self._publisher.close()
         if not self.nc.is_closed:
@@ -561,6 +654,10 @@ def _meta_fields(meta: ObjectMeta | None) -> dict[str, Any]:
         "headers": {k: list(v) for k, v in meta.headers.items()},
         "metadata": dict(meta.metadata),
     }
+
+
+class _Reordered(errors.Unavailable):
+    """The server lost or reordered acknowledged chunks of a put (killed during it)."""
 
 
 class _ChunkSender:
@@ -583,9 +680,9 @@ class _ChunkSender:
         self.window: collections.deque[tuple[int, bytes, asyncio.Future[int]]] = collections.deque()
         self.seqs: list[int] = []
         self.started = False
+        self.patience = Patience(timeout)
+        """Retries of this put's chunks; if any, the chunks are checked before the meta."""
         self._next = 0
-        self._deadline: float | None = None
-        """Set while a failure is being retried; cleared by the next ack (progress)."""
 
     async def send(self, piece: bytes) -> None:
         fut = await self._publish(self._next, piece)
@@ -618,7 +715,7 @@ class _ChunkSender:
                     self.subject, piece, {MSG_ID: f"{self.nuid}.{index}"}
                 )
             except errors.Unavailable as e:
-                await self._failed(e)
+                await self.patience.failed(e)
 
     async def _ack_first(self) -> None:
         while True:
@@ -628,32 +725,21 @@ class _ChunkSender:
             except NoResponders as e:
                 # The stream is missing (NotFound now) or not loaded yet (a restart): retry.
                 await self.publisher.js._stream_exists(bucket_stream(self.subject.split(".")[1]))
-                await self._failed(e)
+                await self.patience.failed(e)
                 await self._resend()
                 continue
             except errors.Unavailable as e:
-                await self._failed(e)
+                await self.patience.failed(e)
                 await self._resend()
                 continue
             self.window.popleft()
-            self._deadline = None
+            self.patience.progress()
             if self.seqs and seq <= self.seqs[-1]:
-                raise errors.Unavailable(
+                raise _Reordered(
                     f"{self.subject}: chunk {len(self.seqs)} stored out of order after a reconnect"
                 )
             self.seqs.append(seq)
             return
-
-    async def _failed(self, e: errors.StoreError) -> None:
-        """Raise ``e`` once the timeout has passed without progress; else pause briefly."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self._deadline is None:
-            self._deadline = now + self.timeout
-        if now >= self._deadline:
-            raise e
-        log.debug("put %s: %s; sending the window again", self.nuid, e)
-        await asyncio.sleep(min(0.2, self._deadline - now))
 
     async def _resend(self) -> None:
         old = list(self.window)

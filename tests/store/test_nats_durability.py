@@ -1,0 +1,242 @@
+"""Durability of the NATS backend on real servers: requests that outlive a server restart,
+publishes made idempotent by their message ids, and renames whose tombstone was lost.
+
+Outcomes are checked with nats-py directly (the stream's messages), not only through objfs.
+Test bodies run on the asyncio thread through the bridge (the ``run`` fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import pytest
+
+from objfs.bridge import AsyncioThread, Bridge
+from objfs.server import EmbeddedServer
+from objfs.store import errors
+from objfs.store.api import BucketConfig, ObjectInfo
+from objfs.store.nats_store import NatsObjectStore, connect
+
+T = TypeVar("T")
+Run = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
+
+
+@pytest.fixture
+async def run(asyncio_thread: AsyncioThread) -> Run[Any]:
+    bridge = Bridge(asyncio_thread)
+
+    async def run(fn: Callable[[], Awaitable[T]]) -> T:
+        return await bridge.call(fn)
+
+    return run
+
+
+async def read_all(store: NatsObjectStore, info: ObjectInfo) -> bytes:
+    out = bytearray()
+    async for batch in store.read_stream(info):
+        for chunk in batch:
+            out += chunk
+    return bytes(out)
+
+
+async def nats_py_bytes(url: str, bucket: str, name: str) -> bytes:
+    """The object as nats-py's own object store client reads it (not objfs)."""
+    nc = await nats.connect(url)
+    try:
+        obs = await nc.jetstream().object_store(bucket)
+        result = await obs.get(name)
+        assert result.data is not None
+        return bytes(result.data)
+    finally:
+        await nc.close()
+
+
+def kill_and_restart(srv: EmbeddedServer, outage: float) -> None:
+    """SIGKILL the server (no clean shutdown), wait ``outage`` seconds, start it again on the
+    same port and store. Blocking: run it in an executor."""
+    proc = srv.proc
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    srv.stop()  # releases the store's lock; the process is already gone
+    time.sleep(outage)
+    srv.start()
+
+
+async def _wait_stored(store: NatsObjectStore, bucket: str, at_least: int) -> None:
+    """Until the bucket holds ``at_least`` bytes (a put is under way)."""
+    deadline = time.monotonic() + 120
+    while (await store.bucket_status(bucket)).size < at_least:
+        assert time.monotonic() < deadline, "the put never got going"
+        await asyncio.sleep(0.05)
+
+
+async def test_put_completes_across_a_server_restart(
+    run: Run[None], private_server: EmbeddedServer
+) -> None:
+    """Server killed during a large put and back within the store's timeout: the put
+    completes, and nats-py reads exactly the bytes written."""
+    data = os.urandom(64 << 20)
+    timeout = 10.0
+
+    async def body() -> None:
+        store = await connect([private_server.url], timeout=timeout)
+        try:
+            await store.create_bucket(BucketConfig("rp"))  # file storage: survives the kill
+            loop = asyncio.get_running_loop()
+            put = asyncio.ensure_future(store.put("rp", "big", data))
+            await _wait_stored(store, "rp", 8 << 20)
+            assert not put.done()
+            await loop.run_in_executor(None, kill_and_restart, private_server, 1.0)
+            info = await put
+            assert info.size == len(data)
+            got = await nats_py_bytes(private_server.url, "rp", "big")
+            assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+            assert await read_all(store, await store.info("rp", "big")) == data
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+async def test_read_completes_across_a_server_restart(
+    run: Run[None], private_server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from objfs.store import nats_reads
+
+    # Little read ahead, so most of the object is still on the server when it goes.
+    monkeypatch.setattr(nats_reads, "AHEAD_BYTES", 1 << 20)
+    data = os.urandom(16 << 20)
+
+    async def body() -> None:
+        store = await connect([private_server.url], timeout=10.0)
+        try:
+            await store.create_bucket(BucketConfig("rr"))
+            info = await store.put("rr", "obj", data)
+            store.reader.forget("rr", info.nuid)  # the layout is read too, after the restart
+            stream = store.read_stream(info, window=2)
+            got = bytearray(b"".join(await stream.__anext__()))
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, kill_and_restart, private_server, 1.0)
+            async for batch in stream:
+                got += b"".join(batch)
+            assert bytes(got) == data
+            again = await store.info("rr", "obj")  # a metadata read after the restart
+            assert again.nuid == info.nuid
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+async def test_retried_meta_publish_is_deduplicated(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A meta publish repeated under its message id (a retry after a lost ack) is answered
+    with the original sequence, and the stream holds it once, even with a rollup header."""
+
+    async def body() -> None:
+        store = await connect([nats_server.url], timeout=5.0)
+        try:
+            await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
+            subject = f"$O.{bucket_name}.M.eA"
+            rollup = {"Nats-Rollup": "sub"}
+            first = await store.js.publish(subject, b"{}", rollup, msg_id="same-id")
+            again = await store.js.publish(subject, b"{}", rollup, msg_id="same-id")
+            assert again == first
+            si = await store.js.api(f"STREAM.INFO.OBJ_{bucket_name}")
+            assert si["state"]["messages"] == 1
+            # A conditional (exclusive) publish: the server checks the expected sequence
+            # before duplicates, so its repeat is refused; the store recognises its own id
+            # as the subject's last message (what a retry after a lost ack needs).
+            subject = f"$O.{bucket_name}.M.eB"
+            excl = {"Nats-Rollup": "sub", "Nats-Expected-Last-Subject-Sequence": "0"}
+            calls = 0
+            real = store.nc.request
+
+            async def request(*args: Any, **kwargs: Any) -> Any:
+                nonlocal calls
+                calls += 1
+                msg = await real(*args, **kwargs)
+                if calls == 1:  # stored, then the ack is lost
+                    raise nats.errors.TimeoutError
+                return msg
+
+            monkeypatch.setattr(store.nc, "request", request)
+            won = await store.js.publish(subject, b"{}", excl, msg_id="excl-id")
+            monkeypatch.undo()
+            assert calls >= 2
+            si = await store.js.api(f"STREAM.INFO.OBJ_{bucket_name}")
+            assert si["state"]["messages"] == 2 and si["state"]["last_seq"] == won
+            with pytest.raises(errors.Exists):  # someone else's id: a real loss
+                await store.js.publish(subject, b"{}", excl, msg_id="other-id")
+            await store.delete_bucket(bucket_name)
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+async def test_rename_whose_tombstone_was_lost_keeps_both_names_whole(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename's new name is stored but the old name's tombstone cannot be (the server went
+    away): both names stay live for a while. Deleting either must not purge the chunks the
+    other still uses: from another client (the new name), or here (the old name)."""
+    b = bucket_name
+    data1, data2 = os.urandom(300_000), os.urandom(200_000)
+
+    async def body() -> None:
+        s1 = await connect([nats_server.url], timeout=2.0)
+        s2 = await connect([nats_server.url], timeout=2.0)
+        real = s1.js.publish
+        blocked = asyncio.Event()
+        blocked.set()
+
+        async def publish(
+            subject: str, payload: bytes, headers: dict[str, str] | None = None, **kwargs: Any
+        ) -> int:
+            # A rename's tombstone: conditional on the old name's revision (a delete's is not).
+            conditional = "Nats-Expected-Last-Subject-Sequence" in (headers or {})
+            if blocked.is_set() and conditional and b'"deleted":true' in payload:
+                raise errors.Timeout(f"injected: {subject} unreachable")
+            return await real(subject, payload, headers, **kwargs)
+
+        monkeypatch.setattr(s1.js, "publish", publish)
+        try:
+            await s1.create_bucket(BucketConfig(b, storage="memory"))
+            one = await s1.put(b, "one", data1)
+            two = await s1.put(b, "two", data2)
+            moved1 = await s1.rename(b, "one", "one-new")
+            moved2 = await s1.rename(b, "two", "two-new")
+            assert (moved1.nuid, moved2.nuid) == (one.nuid, two.nuid)
+            for name in ("one", "one-new", "two", "two-new"):
+                assert not (await s2.info(b, name)).deleted  # both names live
+            # Another client deletes the new name: the old one keeps its chunks.
+            await s2.delete(b, "one-new")
+            assert await read_all(s2, await s2.info(b, "one")) == data1
+            # This client deletes the old name while its tombstone is pending: the new one
+            # keeps its chunks.
+            await s1.delete(b, "two")
+            assert await read_all(s2, await s2.info(b, "two-new")) == data2
+            blocked.clear()  # the server answers again: the pending tombstone lands
+            deadline = time.monotonic() + 60
+            while s1._finishing:
+                assert time.monotonic() < deadline, "the rename's tombstone never landed"
+                await asyncio.sleep(0.05)
+            assert (await s2.info(b, "one", deleted=True)).deleted
+            assert await nats_py_bytes(nats_server.url, b, "two-new") == data2
+            await s1.delete_bucket(b)
+        finally:
+            await s1.close()
+            await s2.close()
+
+    await run(body)
