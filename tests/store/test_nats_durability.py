@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import time
@@ -23,6 +24,7 @@ from objfs.bridge import AsyncioThread, Bridge
 from objfs.server import EmbeddedServer
 from objfs.store import errors
 from objfs.store.api import BucketConfig, ObjectInfo
+from objfs.store.names import encode_name
 from objfs.store.nats_store import NatsObjectStore, connect
 
 T = TypeVar("T")
@@ -48,13 +50,25 @@ async def read_all(store: NatsObjectStore, info: ObjectInfo) -> bytes:
 
 
 async def nats_py_bytes(url: str, bucket: str, name: str) -> bytes:
-    """The object as nats-py's own object store client reads it (not objfs)."""
+    """The object as plain nats-py reads it (not objfs): the meta's last message, then its
+    chunks in stream order by non-direct gets (nats-py's ObjectStore.get stalls on big ones)."""
     nc = await nats.connect(url)
     try:
-        obs = await nc.jetstream().object_store(bucket)
-        result = await obs.get(name)
-        assert result.data is not None
-        return bytes(result.data)
+        js = nc.jetstream()
+        stream = f"OBJ_{bucket}"
+        meta = await js.get_msg(stream, subject=f"$O.{bucket}.M.{encode_name(name)}", direct=False)
+        doc = json.loads(meta.data or b"{}")
+        assert not doc.get("deleted")
+        subject = f"$O.{bucket}.C.{doc['nuid']}"
+        out = bytearray()
+        seq = 1
+        for _ in range(int(doc.get("chunks", 0))):
+            m = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+            assert m.seq is not None
+            out += m.data or b""
+            seq = m.seq + 1
+        assert len(out) == int(doc["size"])
+        return bytes(out)
     finally:
         await nc.close()
 
