@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import json
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 import nats
 import nats.errors
 import pytest
+from server_faults import kill_and_restart
 
 from objfs.bridge import AsyncioThread, Bridge
 from objfs.server import EmbeddedServer
@@ -71,18 +71,6 @@ async def nats_py_bytes(url: str, bucket: str, name: str) -> bytes:
         return bytes(out)
     finally:
         await nc.close()
-
-
-def kill_and_restart(srv: EmbeddedServer, outage: float) -> None:
-    """SIGKILL the server (no clean shutdown), wait ``outage`` seconds, start it again on the
-    same port and store. Blocking: run it in an executor."""
-    proc = srv.proc
-    assert proc is not None
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    srv.stop()  # releases the store's lock; the process is already gone
-    time.sleep(outage)
-    srv.start()
 
 
 async def _wait_stored(store: NatsObjectStore, bucket: str, at_least: int) -> None:
