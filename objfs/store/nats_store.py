@@ -86,6 +86,7 @@ PUT_RESTARTS = 2
 """Times a put starts over when the server lost or reordered its chunks in an outage."""
 
 META_CHUNK_SIZE = "objfs.chunk_size"
+META_CREATOR = "objfs.creator"
 ROLLUP = {"Nats-Rollup": "sub"}
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 RENAMED_FROM = "Objfs-Renamed-From"
@@ -122,6 +123,7 @@ def _stream_config(cfg: BucketConfig) -> dict[str, Any]:
 def _bucket_config(sc: dict[str, Any]) -> BucketConfig:
     md = dict(sc.get("metadata") or {})
     chunk_size = int(md.pop(META_CHUNK_SIZE, DEFAULT_CHUNK_SIZE))
+    md.pop(META_CREATOR, None)
     user_md = {k: v for k, v in md.items() if not k.startswith("_nats")}
     return BucketConfig(
         name=bucket_of_stream(sc["name"]),
@@ -209,7 +211,12 @@ class NatsObjectStore(ObjectStore):
             pass
         else:
             raise errors.Exists(f"bucket {config.name!r} exists")
-        si = await self.js.api(f"STREAM.CREATE.{stream}", _stream_config(config))
+        sc = _stream_config(config)
+        # The server answers a create of an identical config with success, so two creators
+        # racing would both succeed: a creator's own token makes their configs differ (the
+        # loser gets "name in use", Exists), and keeps a retried create identical to itself.
+        sc["metadata"][META_CREATOR] = self._nuid.next().decode()
+        si = await self.js.api(f"STREAM.CREATE.{stream}", sc)
         return await self._status(si)
 
     async def update_bucket(self, config: BucketConfig) -> BucketStatus:

@@ -491,6 +491,29 @@ async def test_exclusive_create_race(store: TrioStore, bucket: str) -> None:
         assert await read_all(store, current) in (b"A", b"B")
 
 
+async def test_bucket_create_race(store: TrioStore, bucket_name: str) -> None:
+    """Two clients create one bucket at once (mkdir of a bucket): exactly one succeeds."""
+    for trial in range(3):
+        name = f"{bucket_name}-{trial}"
+        outcomes: list[str] = []
+
+        async def create(name: str = name, outcomes: list[str] = outcomes) -> None:
+            try:
+                await store.create_bucket(BucketConfig(name, storage="memory"))
+                outcomes.append("created")
+            except Exists:
+                outcomes.append("exists")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(create)
+            nursery.start_soon(create)
+        try:
+            assert sorted(outcomes) == ["created", "exists"]
+            assert (await store.bucket_status(name)).config.metadata == {}
+        finally:
+            await store.delete_bucket(name)
+
+
 def lose_next_ack(store: TrioStore, monkeypatch: pytest.MonkeyPatch, what: str) -> None:
     """The next ``what`` ("put": its meta publish) is carried out, and its answer lost: the
     memory store's ``fail_after``; on NATS the meta publish raises Timeout once it is stored
