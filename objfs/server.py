@@ -49,6 +49,8 @@ class EmbeddedServer:
         data_dir: holds ``jetstream/`` (the store), ``nats-server.conf`` and ``nats-server.log``.
         port: 0 picks a free port.
         max_payload: the server's max message size (it caps the chunk size); None: default 1 MiB.
+        server_name: the server's name (unique within a cluster).
+        extra_config: configuration text appended as is (e.g. a ``cluster`` block).
     """
 
     def __init__(
@@ -59,12 +61,16 @@ class EmbeddedServer:
         port: int = 0,
         max_payload: int | None = None,
         start_timeout: float = 20.0,
+        server_name: str = "objfs-embedded",
+        extra_config: str = "",
     ) -> None:
         self.data_dir = Path(data_dir).expanduser()
         self.host = host
         self.port = port
         self.max_payload = max_payload
         self.start_timeout = start_timeout
+        self.server_name = server_name
+        self.extra_config = extra_config
         self.proc: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
 
@@ -116,10 +122,12 @@ class EmbeddedServer:
         lines = [
             f'listen: "{self.host}:{port}"',
             f'jetstream {{ store_dir: "{store}" }}',
-            'server_name: "objfs-embedded"',
+            f'server_name: "{self.server_name}"',
         ]
         if self.max_payload:
             lines.append(f"max_payload: {self.max_payload}")
+        if self.extra_config:
+            lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
 
     def _wait_ready(self, port: int) -> None:

@@ -14,6 +14,7 @@ Everything here uses one timeout (the store's), so a silent server costs at most
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -37,6 +38,7 @@ from objfs.store.nats_protocol import (
     SEQUENCE,
     STALLED,
     STATUS,
+    NoMessage,
     WrongLastSequence,
     ack_tokens,
     batch_end_error,
@@ -110,6 +112,16 @@ def _api_answer(msg: Msg, subject: str) -> dict[str, Any]:
     if "error" in resp:
         raise_api_error(resp["error"], subject)
     return resp
+
+
+def _parse_headers(block: bytes) -> dict[str, str]:
+    """A stored message's header block (``NATS/1.0`` line, ``Key: value`` lines)."""
+    headers: dict[str, str] = {}
+    for line in block.decode(errors="replace").split("\r\n")[1:]:
+        key, sep, value = line.partition(":")
+        if sep:
+            headers[key.strip()] = value.strip()
+    return headers
 
 
 def _status(msg: Msg) -> str | None:
@@ -227,6 +239,23 @@ class JetStream:
             stream, f"{API}.DIRECT.GET.{stream}", json.dumps(req).encode(), what
         )
         return self._direct_answer(msg, what)
+
+    async def leader_last(self, stream: str, subject: str) -> StoredMsg | None:
+        """The last message on ``subject`` as the stream's leader has it (a non-direct get:
+        on a replicated stream a direct get may be answered by a replica that is behind);
+        None if there is none."""
+        try:
+            resp = await self.api(f"STREAM.MSG.GET.{stream}", {"last_by_subj": subject})
+        except NoMessage:
+            return None
+        m = resp["message"]
+        return StoredMsg(
+            subject=m.get("subject", subject),
+            seq=int(m["seq"]),
+            data=base64.b64decode(m.get("data") or ""),
+            headers=_parse_headers(base64.b64decode(m.get("hdrs") or "")),
+            timestamp_ns=parse_mtime(m.get("time")) or 0,
+        )
 
     @staticmethod
     def _direct_answer(msg: Msg, what: str) -> StoredMsg | None:

@@ -97,6 +97,9 @@ class NatsReader:
         self._bulk_lock = asyncio.Lock()
         self._bulk_retry_at = 0.0
         self._layouts: LRUCache[tuple[str, str], ChunkLayout] = LRUCache(LAYOUT_CACHE)
+        self.replicated: set[str] = set()
+        """Buckets with replicas (the store learns them): a chunk a replica has not got yet
+        is asked for again until the timeout, instead of being Corrupt at once."""
 
     def remember(self, layout: ChunkLayout) -> None:
         """The layout of an object just written (its acks gave the sequences)."""
@@ -127,9 +130,14 @@ class NatsReader:
             self.js.direct_get(stream, {"seq": 1, "next_by_subj": subject}),
             self.js.direct_last(stream, subject),
         )
+        n = info.chunks
+        if (first is None or last is None) and bucket in self.replicated:
+            # A replica behind the leader may not have them yet: the listing is exact.
+            lay = await self._layout_listed(info)
+            self._layouts[(bucket, nuid)] = lay
+            return lay
         if first is None or last is None:
             raise errors.Corrupt(f"{bucket}/{info.name}: chunks of {nuid} missing")
-        n = info.chunks
         width = len(first.data)
         tail = info.size - (n - 1) * width
         if last.seq - first.seq == n - 1 and 0 < tail <= width and len(last.data) == tail:
@@ -296,9 +304,12 @@ class NatsReader:
                                 f"{layout.bucket} object {layout.nuid}: chunk {more_at} missing"
                             )
                         got += rest
-                except errors.Unavailable as e:
+                except (errors.Unavailable, errors.Corrupt) as e:
                     # Connection lost, server restarting: ask again from the first chunk not
-                    # received, on whichever connection serves now (nats_retry).
+                    # received, on whichever connection serves now (nats_retry). A chunk
+                    # missing from a replicated bucket may be on a replica that is behind.
+                    if isinstance(e, errors.Corrupt) and layout.bucket not in self.replicated:
+                        raise
                     await patience.failed(e)
                     for _, _, pending in inflight:
                         pending.cancel()

@@ -190,8 +190,7 @@ class NatsObjectStore(ObjectStore):
         return await self.js.api(f"STREAM.INFO.{bucket_stream(bucket)}")
 
     async def _status(self, si: dict[str, Any]) -> BucketStatus:
-        cfg = _bucket_config(si["config"])
-        self._chunk_sizes[cfg.name] = cfg.chunk_size
+        cfg = self._learn(si)
         objects = len(await self._list_all(cfg.name, deleted=False))
         return BucketStatus(
             config=cfg,
@@ -259,10 +258,18 @@ class NatsObjectStore(ObjectStore):
     async def _chunk_size(self, bucket: str) -> int:
         size = self._chunk_sizes.get(bucket)
         if size is None:
-            si = await self._stream_info(bucket)
-            size = _bucket_config(si["config"]).chunk_size
-            self._chunk_sizes[bucket] = size
+            size = self._learn(await self._stream_info(bucket)).chunk_size
         return size
+
+    def _learn(self, si: dict[str, Any]) -> BucketConfig:
+        """Remember what a bucket's stream info tells: chunk size, replicated or not."""
+        cfg = _bucket_config(si["config"])
+        self._chunk_sizes[cfg.name] = cfg.chunk_size
+        if cfg.replicas > 1:
+            self.reader.replicated.add(cfg.name)
+        else:
+            self.reader.replicated.discard(cfg.name)
+        return cfg
 
     # -- objects: metadata -----------------------------------------------------------------
     async def _last_meta(self, bucket: str, name: str) -> ObjectInfo | None:
@@ -275,8 +282,18 @@ class NatsObjectStore(ObjectStore):
         """``_last_meta`` and the headers of its message."""
         check_bucket(bucket)
         check_object(name)
-        m = await self.js.direct_last(bucket_stream(bucket), meta_subject(bucket, name))
+        stream, subject = bucket_stream(bucket), meta_subject(bucket, name)
+        if await self._replicated(bucket):
+            m = await self.js.leader_last(stream, subject)  # a replica may be behind
+        else:
+            m = await self.js.direct_last(stream, subject)
         return (None, {}) if m is None else (decode_stored(bucket, m), m.headers)
+
+    async def _replicated(self, bucket: str) -> bool:
+        """Whether the bucket has replicas (learnt once, with its chunk size)."""
+        if bucket not in self._chunk_sizes:
+            await self._chunk_size(bucket)
+        return bucket in self.reader.replicated
 
     def _finish_later(self, tomb: ObjectInfo, expected: int) -> None:
         """Publish a rename's tombstone of the old name once the server answers again."""
