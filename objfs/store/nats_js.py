@@ -47,7 +47,7 @@ from objfs.store.nats_protocol import (
     push_consumer_config,
     raise_api_error,
 )
-from objfs.store.nats_retry import NoResponders, retry
+from objfs.store.nats_retry import NoResponders, attempt_timeout, retry
 from objfs.store.nats_subjects import bucket_of_stream, stream_of_subject
 from objfs.store.wire import parse_mtime
 
@@ -151,13 +151,10 @@ class JetStream:
         if self.nc.is_closed:
             raise errors.Unavailable(f"{what}: connection closed")
 
-    async def api(
-        self, subject: str, body: dict[str, Any] | None = None, *, retried: bool = True
-    ) -> dict[str, Any]:
+    async def api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """One JetStream API request (``subject`` after ``$JS.API.``); its JSON answer.
 
-        Transient failures are retried until the timeout (``nats_retry``), unless
-        ``retried`` is false (a request whose repeat would not be the same request)."""
+        Transient failures are retried until the timeout (``nats_retry``)."""
         payload = json.dumps(body).encode() if body is not None else b""
 
         async def attempt(seconds: float) -> dict[str, Any]:
@@ -166,13 +163,19 @@ class JetStream:
                 msg = await self.nc.request(f"{API}.{subject}", payload, timeout=seconds)
             return _api_answer(msg, subject)
 
-        if not retried:
-            return await attempt(self.timeout)
         return await retry(subject, self.timeout, attempt)
 
     async def _stream_exists(self, stream: str) -> None:
-        """NotFound if ``stream`` does not exist (one attempt: ``retry``'s ``settle``)."""
-        await self.api(f"STREAM.INFO.{stream}", retried=False)
+        """NotFound if ``stream`` surely does not exist; returns if it does or if the server
+        cannot tell now (one short attempt: ``retry``'s ``settle`` after no responders)."""
+        subject = f"STREAM.INFO.{stream}"
+        with contextlib.suppress(errors.Unavailable):
+            self._check_open(subject)
+            with mapped(subject):
+                msg = await self.nc.request(
+                    f"{API}.{subject}", b"", timeout=attempt_timeout(self.timeout)
+                )
+            _api_answer(msg, subject)
 
     async def publish(
         self,

@@ -59,7 +59,7 @@ async def retry(
     """``attempt(seconds)`` until it succeeds, fails definitely, or ``timeout`` has passed.
 
     ``settle``: asked after a NoResponders answer; it raises NotFound if the bucket really
-    does not exist (returns if it does, or if JetStream cannot tell yet).
+    does not exist (returns if it does, or if JetStream cannot tell yet: never Unavailable).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -73,7 +73,7 @@ async def retry(
         except NoResponders:
             if settle is None:
                 raise
-            await _settled(settle)
+            await settle()
             error: errors.StoreError = errors.Unavailable(f"{what}: no responders")
         except errors.Unavailable as e:
             error = e
@@ -85,16 +85,6 @@ async def retry(
         log.debug("%s: attempt %d failed (%s), retrying", what, tries, error)
         await asyncio.sleep(min(pause, left))
         pause = min(pause * 2, BACKOFF_MAX)
-
-
-async def _settled(settle: Callable[[], Awaitable[None]]) -> None:
-    """Run ``settle``: NotFound goes to the caller, anything transient means "try again"."""
-    try:
-        await settle()
-    except errors.NotFound:
-        raise
-    except errors.Unavailable:
-        pass
 
 
 class Patience:

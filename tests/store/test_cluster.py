@@ -11,17 +11,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
 from cluster import Cluster
-from realenv import need
 from server_faults import kill
 
 from objfs.bridge import AsyncioThread, Bridge
-from objfs.server import ServerError, find_binary
 from objfs.store import errors
 from objfs.store.api import BucketConfig, ObjectInfo
 from objfs.store.nats_store import NatsObjectStore, connect
@@ -30,24 +27,6 @@ T = TypeVar("T")
 Run = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
 
 READS = 200
-
-
-def _binary() -> bool:
-    try:
-        find_binary()
-        return True
-    except ServerError:
-        return False
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    need(_binary(), "nats-server binary not installed")
-    c = Cluster(tmp_path / "cluster").start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture
