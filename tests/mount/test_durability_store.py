@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cluster import Cluster
 from mounting import Mount, MountFactory
-from server_faults import kill_and_restart
+from server_faults import kill, kill_and_restart
 
 from objfs.server import EmbeddedServer
 
@@ -135,3 +136,115 @@ def _stored_bytes(srv: EmbeddedServer) -> int:
             with contextlib.suppress(OSError):  # a file removed meanwhile
                 total += os.path.getsize(os.path.join(root, f))
     return total
+
+
+def _create_r3_bucket(url: str, bucket: str) -> None:
+    """An R3 bucket, created with the store (a young cluster may not place it at once)."""
+    import asyncio
+
+    from objfs.store.api import BucketConfig
+    from objfs.store.errors import StoreError
+    from objfs.store.nats_store import connect
+
+    async def create() -> None:
+        store = await connect([url], timeout=10.0)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    await store.create_bucket(BucketConfig(bucket, replicas=3))
+                    return
+                except StoreError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
+        finally:
+            await store.close()
+
+    asyncio.run(create())
+
+
+def _stream_leader(url: str, bucket: str) -> str:
+    import asyncio
+
+    import nats
+
+    async def ask() -> str:
+        nc = await nats.connect(url)
+        try:
+            si = await nc.jetstream().stream_info(f"OBJ_{bucket}")
+            assert si.cluster is not None and si.cluster.leader
+            return si.cluster.leader
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+WRITES = 200
+
+
+def test_r3_write_on_one_node_read_through_another(
+    cluster: Cluster, tmp_path: Path, bucket_name: str, fuse: None
+) -> None:
+    """Issue 10: write through a mount on node 1, read at once through a mount on node 2,
+    200 times: zero wrong reads (the reader's replica may be behind the writer's leader)."""
+    _create_r3_bucket(cluster.urls[0], bucket_name)
+    a = Mount(tmp_path / "a", cluster.urls[0], bucket_name, log_dir=tmp_path, create=False)
+    b = Mount(tmp_path / "b", cluster.urls[1], bucket_name, log_dir=tmp_path, create=False)
+    a.start()
+    try:
+        b.start()
+        try:
+            wrong = []
+            for i in range(WRITES):
+                data = os.urandom((1000, 300_000)[i % 2])
+                (a.mountpoint / f"f{i}").write_bytes(data)
+                path = b.mountpoint / f"f{i}"
+                # b learns of the name from its watch; then its bytes must be these.
+                assert _eventually(path.exists), f"f{i} never appeared on the second mount"
+                try:
+                    if path.read_bytes() != data:
+                        wrong.append((i, "bytes"))
+                except OSError as e:
+                    wrong.append((i, e.strerror))
+            assert not wrong, f"{len(wrong)} wrong reads of {WRITES}: {wrong[:10]}"
+        finally:
+            b.stop(check=False)
+    finally:
+        a.stop(check=False)
+    assert (a.returncode, b.returncode) == (0, 0), a.stderr() + b.stderr()
+
+
+def test_cp_survives_the_stream_leader_being_killed(
+    cluster: Cluster, tmp_path: Path, bucket_name: str, fuse: None
+) -> None:
+    """Issue 10: 3-node cluster, R3 bucket, stream leader killed during a 96 MiB cp: the copy
+    completes once a new leader is elected."""
+    _create_r3_bucket(cluster.urls[0], bucket_name)
+    src = tmp_path / "big"
+    with open(src, "wb") as f:
+        for _ in range(96):
+            f.write(os.urandom(1 << 20))
+    m = Mount(
+        tmp_path / "mnt",
+        ",".join(cluster.urls),
+        bucket_name,
+        args=("--timeout", "20"),
+        log_dir=tmp_path,
+        create=False,
+    )
+    m.start()
+    try:
+        leader = _stream_leader(cluster.urls[0], bucket_name)
+        node = next(n for n in cluster.nodes if n.server_name == leader)
+        cp = subprocess.Popen(["cp", str(src), str(m.mountpoint / "big")])
+        assert _eventually(lambda: _stored_bytes(node) > 16 << 20, 120), "no upload"
+        kill(node)
+        assert cp.wait(300) == 0
+        assert _sha(m.mountpoint / "big") == _sha(src)
+        survivor = next(n for n in cluster.nodes if n is not node)
+        assert _stream_leader(survivor.url, bucket_name) != leader
+    finally:
+        m.stop(check=False)
+    assert m.returncode == 0, m.stderr()
