@@ -211,8 +211,8 @@ class JetStream:
                     # The server checks the expected sequence before duplicates: a repeat
                     # of a conditional publish that had landed is refused. It is ours if
                     # the subject's last message carries our id.
-                    if tries > 1:
-                        last = await self.direct_last(stream_of_subject(subject), subject)
+                    if tries > 1:  # (from the leader: a replica may not have it yet)
+                        last = await self.leader_last(stream_of_subject(subject), subject)
                         if last is not None and last.headers.get(MSG_ID) == mid:
                             return last.seq
                     raise

@@ -20,6 +20,26 @@ Choices worth knowing:
   does) on the old name: watchers of every client then see the old name go as an ordinary
   delete. The tombstone keeps the nuid but has no chunks, so nothing ever purges the chunks
   the new name still uses (a delete of a tombstone is refused; a put over it purges nothing).
+- A rename is two publishes, so an outage between them leaves both names live on one nuid
+  (a later delete of either would purge the other's chunks). Making rename's outcome
+  unambiguous is impossible from the client (whatever it would publish to undo or finish it
+  meets the same outage), and checking every purge against every live meta costs a listing
+  of the bucket per delete. So the purge is guarded where the sharing can be known cheaply:
+  the new name's meta message carries ``Objfs-Renamed-From`` (the old name), and a delete or
+  replacement of it leaves the chunks if the old name is still live on the same nuid; the
+  renaming store publishes the old name's tombstone in the background once the server
+  answers, and meanwhile does not purge for the old name either. The one window left
+  (documented): another client deleting the old name before that tombstone lands.
+- Every request is retried across outages by ``nats_retry`` (publishes under a
+  ``Nats-Msg-Id`` that JetStream deduplicates). A put whose meta publish got no answer reads
+  the meta back and purges its chunks only if no meta refers to them; after any retry it
+  checks its chunks on the server before the meta refers to them.
+- Buckets with replicas have their metas read from the stream leader (a direct get may be
+  answered by a replica that is behind); the reader retries a chunk a replica lacks.
+- ``if_revision=0`` is exclusive create: the meta is published with
+  ``Nats-Expected-Last-Subject-Sequence`` (0, or the tombstone's sequence), so of racing
+  creators exactly one wins. ``create_bucket`` is exclusive too: each creator's stream config
+  carries its own token in the metadata, so the server refuses the second identical create.
 - ``BucketStatus.objects`` counts live objects by listing the meta subjects (one ordered
   consumer, last message per subject): exact, and O(objects) per call.
 - Bucket settings that ADR-20 has no field for (the chunk size) live in the stream config's
