@@ -91,6 +91,13 @@ def _eventually(cond: Callable[[], bool], timeout: float = 60.0) -> bool:
     return False
 
 
+def _random_file(path: Path, mib: int) -> Path:
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
+    return path
+
+
 def _sha(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -103,10 +110,7 @@ def test_cp_survives_a_server_restart_shorter_than_the_timeout(
     private_server: EmbeddedServer, tmp_path: Path, bucket_name: str, fuse: None
 ) -> None:
     """Issue 10's row: nats-server killed during a 200 MiB cp, back 3 s later, --timeout 10."""
-    src = tmp_path / "big"
-    with open(src, "wb") as f:
-        for _ in range(200):
-            f.write(os.urandom(1 << 20))
+    src = _random_file(tmp_path / "big", 200)
     m = Mount(
         tmp_path / "mnt",
         private_server.url,
@@ -222,10 +226,7 @@ def test_cp_survives_the_stream_leader_being_killed(
     """Issue 10: 3-node cluster, R3 bucket, stream leader killed during a 96 MiB cp: the copy
     completes once a new leader is elected."""
     _create_r3_bucket(cluster.urls[0], bucket_name)
-    src = tmp_path / "big"
-    with open(src, "wb") as f:
-        for _ in range(96):
-            f.write(os.urandom(1 << 20))
+    src = _random_file(tmp_path / "big", 96)
     m = Mount(
         tmp_path / "mnt",
         ",".join(cluster.urls),

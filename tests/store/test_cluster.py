@@ -11,40 +11,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
-import pytest
 from cluster import Cluster
+from nats_helpers import Run, read_all
 from server_faults import kill
 
-from objfs.bridge import AsyncioThread, Bridge
 from objfs.store import errors
-from objfs.store.api import BucketConfig, ObjectInfo
+from objfs.store.api import BucketConfig
 from objfs.store.nats_store import NatsObjectStore, connect
 
-T = TypeVar("T")
-Run = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
-
 READS = 200
-
-
-@pytest.fixture
-async def run(asyncio_thread: AsyncioThread) -> Run[Any]:
-    bridge = Bridge(asyncio_thread)
-
-    async def run(fn: Callable[[], Awaitable[T]]) -> T:
-        return await bridge.call(fn)
-
-    return run
-
-
-async def read_all(store: NatsObjectStore, info: ObjectInfo) -> bytes:
-    out = bytearray()
-    async for batch in store.read_stream(info):
-        for chunk in batch:
-            out += chunk
-    return bytes(out)
 
 
 async def _create_r3(store: NatsObjectStore, name: str) -> None:

@@ -18,34 +18,20 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import nats
 import pytest
+from nats_helpers import Run, read_all
 from store_bounds import HANG_TIMEOUT, assert_no_timeout_waited, assert_within
 
-from objfs.bridge import AsyncioThread, Bridge
 from objfs.server import EmbeddedServer, ServerError, find_binary
 from objfs.store import errors, nats_bulk, nats_reads
-from objfs.store.api import BucketConfig, ObjectInfo
+from objfs.store.api import BucketConfig
 from objfs.store.nats_bulk import BulkAuth, BulkConnection, Unsupported
 from objfs.store.nats_store import NatsObjectStore, connect
-
-T = TypeVar("T")
-Run = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
-
-
-@pytest.fixture
-async def run(asyncio_thread: AsyncioThread) -> Run[Any]:
-    """Run an asyncio coroutine function on the asyncio thread, from the trio test."""
-    bridge = Bridge(asyncio_thread)
-
-    async def run(fn: Callable[[], Awaitable[T]]) -> T:
-        return await bridge.call(fn)
-
-    return run
 
 
 class ConfiguredServer(EmbeddedServer):
@@ -82,14 +68,6 @@ def server_with(tmp_path: Path) -> Iterator[Callable[[str], EmbeddedServer]]:
 
 def host_port(srv: EmbeddedServer) -> tuple[str, int]:
     return srv.host, srv.port
-
-
-async def read_all(store: NatsObjectStore, info: ObjectInfo, window: int = 64) -> bytes:
-    out = bytearray()
-    async for batch in store.read_stream(info, window=window):
-        for chunk in batch:
-            out += chunk
-    return bytes(out)
 
 
 def bulk_in_use(store: NatsObjectStore) -> bool:

@@ -12,41 +12,19 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import nats
 import nats.errors
 import pytest
+from nats_helpers import Run, read_all
 from server_faults import kill_and_restart
 
-from objfs.bridge import AsyncioThread, Bridge
 from objfs.server import EmbeddedServer
 from objfs.store import errors
-from objfs.store.api import BucketConfig, ObjectInfo
+from objfs.store.api import BucketConfig
 from objfs.store.names import encode_name
 from objfs.store.nats_store import NatsObjectStore, connect
-
-T = TypeVar("T")
-Run = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
-
-
-@pytest.fixture
-async def run(asyncio_thread: AsyncioThread) -> Run[Any]:
-    bridge = Bridge(asyncio_thread)
-
-    async def run(fn: Callable[[], Awaitable[T]]) -> T:
-        return await bridge.call(fn)
-
-    return run
-
-
-async def read_all(store: NatsObjectStore, info: ObjectInfo) -> bytes:
-    out = bytearray()
-    async for batch in store.read_stream(info):
-        for chunk in batch:
-            out += chunk
-    return bytes(out)
 
 
 async def nats_py_bytes(url: str, bucket: str, name: str) -> bytes:

@@ -17,21 +17,20 @@ import io
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
 
 import nats
 import nats.js.errors
 import nats.nuid
 import pytest
+from nats_helpers import Run, read_all
 from store_bounds import HANG_TIMEOUT, assert_no_timeout_waited, assert_within
 
-from objfs.bridge import AsyncioThread, Bridge
 from objfs.server import EmbeddedServer
 from objfs.store import errors, nats_reads
 from objfs.store.api import BucketConfig, ObjectInfo, ObjectMeta, WatchEvent
 from objfs.store.names import encode_name
-from objfs.store.nats_store import NatsObjectStore, connect
+from objfs.store.nats_store import connect
 from objfs.store.wire import (
     decode_info,
     encode_info,
@@ -41,28 +40,7 @@ from objfs.store.wire import (
     parse_mtime,
 )
 
-T = TypeVar("T")
-Run = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
 WAIT = 60.0  # a generous deadline for a watch event (only a failing test waits it out)
-
-
-@pytest.fixture
-async def run(asyncio_thread: AsyncioThread) -> Run[Any]:
-    """Run an asyncio coroutine function on the asyncio thread, from the trio test."""
-    bridge = Bridge(asyncio_thread)
-
-    async def run(fn: Callable[[], Awaitable[T]]) -> T:
-        return await bridge.call(fn)
-
-    return run
-
-
-async def read_all(store: NatsObjectStore, info: ObjectInfo, window: int = 64) -> bytes:
-    out = bytearray()
-    async for batch in store.read_stream(info, window=window):
-        for chunk in batch:
-            out += chunk
-    return bytes(out)
 
 
 class Session:
