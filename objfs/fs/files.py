@@ -114,15 +114,15 @@ class Files:
     ) -> tuple[Handle, Node]:
         """Create and open a new regular file (visible here at once, uploaded on close)."""
         parent = await self.directory(parent_ino)
-        in_bucket(parent)
-        object_name(parent, name)
+        bucket = in_bucket(parent)
+        full = object_name(parent, name)
         if self.table.child(parent, name) is not None:
             raise FsError(errno.EEXIST)
         attrs = new_attrs(stat.S_IFREG, mode, caller)
-        info = None
-        if flags & os.O_EXCL:
-            info = await self._claim(in_bucket(parent), object_name(parent, name), attrs)
-        node = self.table.new(Kind.FILE, parent, name, attrs, info=info)
+        # Held until the node exists: the watch's report of the claim must find it.
+        with self.watcher.hold(bucket):
+            info = await self._claim(bucket, full, attrs) if flags & os.O_EXCL else None
+            node = self.table.new(Kind.FILE, parent, name, attrs, info=info)
         spool = self._spool(node)
         spool.dirty = True  # even an empty new file must reach the store
         handle = self.handles.open(node, True)
@@ -133,18 +133,17 @@ class Files:
     async def _claim(self, bucket: str, full: str, attrs: Attrs) -> ObjectInfo:
         """O_EXCL across clients: store an empty object at create time, on condition that the
         name is free on the server (the close later replaces it with the data as usual)."""
-        with self.watcher.hold(bucket):
-            try:
-                return await self.store.put(
-                    bucket,
-                    full,
-                    b"",
-                    meta=ObjectMeta(headers=attrs_to_headers(attrs)),
-                    chunk_size=self.options.chunk_size,
-                    if_revision=0,  # the name must be free: the server decides the race
-                )
-            except Exists:
-                raise FsError(errno.EEXIST, f"{full}: created by another client") from None
+        try:
+            return await self.store.put(
+                bucket,
+                full,
+                b"",
+                meta=ObjectMeta(headers=attrs_to_headers(attrs)),
+                chunk_size=self.options.chunk_size,
+                if_revision=0,  # the name must be free: the server decides the race
+            )
+        except Exists:
+            raise FsError(errno.EEXIST, f"{full}: created by another client") from None
 
     async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, caller: Caller) -> Node:
         """Only regular files: fifos, sockets and devices cannot live in an object store."""
