@@ -151,17 +151,29 @@ class JetStream:
         if self.nc.is_closed:
             raise errors.Unavailable(f"{what}: connection closed")
 
-    async def api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def api(
+        self, subject: str, body: dict[str, Any] | None = None, *, gone_ok: bool = False
+    ) -> dict[str, Any]:
         """One JetStream API request (``subject`` after ``$JS.API.``); its JSON answer.
 
-        Transient failures are retried until the timeout (``nats_retry``)."""
+        Transient failures are retried until the timeout (``nats_retry``). ``gone_ok``: a
+        delete, whose repeat after a lost answer finds nothing to delete (NotFound then means
+        that an earlier attempt did it: the answer is ``{}``)."""
         payload = json.dumps(body).encode() if body is not None else b""
+        tries = 0
 
         async def attempt(seconds: float) -> dict[str, Any]:
+            nonlocal tries
+            tries += 1
             self._check_open(subject)
             with mapped(subject):
                 msg = await self.nc.request(f"{API}.{subject}", payload, timeout=seconds)
-            return _api_answer(msg, subject)
+            try:
+                return _api_answer(msg, subject)
+            except errors.NotFound:
+                if gone_ok and tries > 1:
+                    return {}
+                raise
 
         return await retry(subject, self.timeout, attempt)
 

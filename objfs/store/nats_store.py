@@ -257,7 +257,7 @@ class NatsObjectStore(ObjectStore):
     async def delete_bucket(self, name: str) -> None:
         check_bucket(name)
         self._chunk_sizes.pop(name, None)
-        await self.js.api(f"STREAM.DELETE.{bucket_stream(name)}")
+        await self.js.api(f"STREAM.DELETE.{bucket_stream(name)}", gone_ok=True)
 
     async def bucket_status(self, name: str) -> BucketStatus:
         return await self._status(await self._stream_info(name))

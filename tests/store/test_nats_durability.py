@@ -220,3 +220,36 @@ async def test_rename_whose_tombstone_was_lost_keeps_both_names_whole(
             await s2.close()
 
     await run(body)
+
+
+async def test_delete_bucket_whose_answer_was_lost(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream is deleted, its answer lost: the retry finds nothing to delete, and the
+    delete still succeeds (an rmdir of the bucket must not say ENOENT for it)."""
+
+    async def body() -> None:
+        store = await connect([nats_server.url], timeout=5.0)
+        try:
+            await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
+            real = store.nc.request
+            lost = False
+
+            async def request(subject: str, *args: Any, **kwargs: Any) -> Any:
+                nonlocal lost
+                msg = await real(subject, *args, **kwargs)
+                if "STREAM.DELETE" in subject and not lost:
+                    lost = True
+                    raise nats.errors.TimeoutError
+                return msg
+
+            monkeypatch.setattr(store.nc, "request", request)
+            await store.delete_bucket(bucket_name)
+            monkeypatch.undo()
+            assert lost
+            with pytest.raises(errors.NotFound):
+                await store.bucket_status(bucket_name)
+        finally:
+            await store.close()
+
+    await run(body)
