@@ -51,6 +51,8 @@ class EmbeddedServer:
         data_dir: holds ``jetstream/`` (the store), ``nats-server.conf`` and ``nats-server.log``.
         port: 0 picks a free port.
         max_payload: the server's max message size (it caps the chunk size); None: default 1 MiB.
+        server_name: the server's name (unique within a cluster).
+        extra_config: configuration text appended as is (e.g. a ``cluster`` block).
     """
 
     def __init__(
@@ -61,12 +63,16 @@ class EmbeddedServer:
         port: int = 0,
         max_payload: int | None = None,
         start_timeout: float = 20.0,
+        server_name: str = EMBEDDED_SERVER_NAME,
+        extra_config: str = "",
     ) -> None:
         self.data_dir = Path(data_dir).expanduser()
         self.host = host
         self.port = port
         self.max_payload = max_payload
         self.start_timeout = start_timeout
+        self.server_name = server_name
+        self.extra_config = extra_config
         self.proc: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
 
@@ -118,12 +124,14 @@ class EmbeddedServer:
         lines = [
             f'listen: "{self.host}:{port}"',
             f'jetstream {{ store_dir: "{store}" }}',
-            f'server_name: "{EMBEDDED_SERVER_NAME}"',
+            f'server_name: "{self.server_name}"',
             # Long object names: their base64 meta subjects must fit (store/names.py).
             f"max_control_line: {CONTROL_LINE}",
         ]
         if self.max_payload:
             lines.append(f"max_payload: {self.max_payload}")
+        if self.extra_config:
+            lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
 
     def _wait_ready(self, port: int) -> None:

@@ -19,6 +19,7 @@ _XDG = os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="objfs-tests-xdg-")
 atexit.register(shutil.rmtree, _XDG, ignore_errors=True)  # also after --collect-only
 
 import pytest  # noqa: E402 (after XDG_DATA_HOME is set)
+from cluster import Cluster  # noqa: E402 (after XDG_DATA_HOME is set)
 from realenv import need  # noqa: E402 (after XDG_DATA_HOME is set)
 
 from objfs.bridge import AsyncioThread, Bridge, TrioStore  # noqa: E402 (after XDG_DATA_HOME is set)
@@ -90,6 +91,20 @@ def server_with(tmp_path: Path) -> Iterator[Callable[..., EmbeddedServer]]:
     for srv in started:
         srv.stop()
         _servers.remove(srv)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Three nats-servers routed together on loopback (tests/cluster.py), stopped after."""
+    need(_server_binary_ok(), "nats-server binary not installed")
+    c = Cluster(tmp_path / "cluster")
+    _servers.extend(c.nodes)  # their logs go into a failure's report
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+        for n in c.nodes:
+            _servers.remove(n)
 
 
 @pytest.hookimpl(wrapper=True)

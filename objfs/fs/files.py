@@ -41,14 +41,14 @@ from objfs.fs.handles import Handle, HandleTable
 from objfs.fs.inodes import InodeTable, Kind, Node
 from objfs.fs.limits import check_size
 from objfs.fs.naming import display_path, in_bucket, new_attrs, object_name, touch
-from objfs.fs.posix_attrs import attrs_to_headers
+from objfs.fs.posix_attrs import Attrs, attrs_to_headers
 from objfs.fs.spool import Spool
 from objfs.fs.stats import Progress, Stats
 from objfs.fs.values import Caller
 from objfs.fs.watcher import Watcher
 from objfs.options import MountOptions
 from objfs.store.api import ObjectInfo, ObjectMeta
-from objfs.store.errors import NoSpace, NotFound, ReadOnly, StoreError
+from objfs.store.errors import Exists, NoSpace, NotFound, ReadOnly, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -118,18 +118,36 @@ class Files:
     ) -> tuple[Handle, Node]:
         """Create and open a new regular file (visible here at once, uploaded on close)."""
         parent = await self.directory(parent_ino)
-        in_bucket(parent)
-        object_name(parent, name, limit=self.options.max_name_bytes)
+        bucket = in_bucket(parent)
+        full = object_name(parent, name, limit=self.options.max_name_bytes)
         if self.table.child(parent, name) is not None:
             raise FsError(errno.EEXIST)
         attrs = new_attrs(stat.S_IFREG, mode, caller, parent)
-        node = self.table.new(Kind.FILE, parent, name, attrs)
+        # Held until the node exists: the watch's report of the claim must find it.
+        with self.watcher.hold(bucket):
+            info = await self._claim(bucket, full, attrs) if flags & os.O_EXCL else None
+            node = self.table.new(Kind.FILE, parent, name, attrs, info=info)
         spool = self._spool(node)
         spool.dirty = True  # even an empty new file must reach the store
         handle = self.handles.open(node, True)
         self.table.ref(node)
         touch(parent)
         return handle, node
+
+    async def _claim(self, bucket: str, full: str, attrs: Attrs) -> ObjectInfo:
+        """O_EXCL across clients: store an empty object at create time, on condition that the
+        name is free on the server (the close later replaces it with the data as usual)."""
+        try:
+            return await self.store.put(
+                bucket,
+                full,
+                b"",
+                meta=ObjectMeta(headers=attrs_to_headers(attrs)),
+                chunk_size=self.options.chunk_size,
+                if_revision=0,  # the name must be free: the server decides the race
+            )
+        except Exists:
+            raise FsError(errno.EEXIST, f"{full}: created by another client") from None
 
     # -- data ----------------------------------------------------------------------------------
     async def read(self, fh: int, offset: int, size: int) -> bytes:

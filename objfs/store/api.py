@@ -13,6 +13,8 @@ Semantics every implementation honours (the contract tests in tests/store/ check
 
 - A put replaces atomically: chunks go under a fresh nuid, then the meta is published (rollup),
   then the old chunks are purged. Readers see the old or the new object, never a mix.
+- A put or rename whose answer was lost never destroys what it stored: chunks are purged
+  only when no live meta refers to them.
 - Errors are ``objfs.store.errors`` classes only; a missing or short chunk is ``Corrupt``,
   never a hang; a server that does not answer is ``Unavailable``/``Timeout`` within the
   configured timeout.
@@ -293,7 +295,9 @@ class ObjectStore(Protocol):
 
         Memory stays bounded by the window of in-flight chunks whatever the size. With
         ``if_revision`` the put fails with Exists unless the name's current meta revision is
-        that (0: the name must not exist), and nothing is left behind.
+        that (0: the name must not exist), and nothing is left behind. The check is the
+        server's, atomic with the write: ``if_revision=0`` is an exclusive create, of two
+        clients racing for one name exactly one wins (O_EXCL across machines).
         """
 
     @abc.abstractmethod

@@ -26,6 +26,8 @@ Fault injection (for tests of upper layers):
 - ``fail_next(method, exc)``: the next call of ``method`` (e.g. ``"read_chunks"``,
   ``"put"``, ``"watch"``) raises ``exc`` before doing anything; calls queue up, one failure per
   later call.
+- ``fail_after(method, exc)``: the next call of ``put``, ``rename`` or ``delete`` does its
+  work, then raises ``exc``: an acknowledgement lost after the store acted.
 - ``drop_chunk(bucket, nuid, index)``: forget one chunk's bytes; ``layout`` still answers (as
   a stream whose message vanished would still be described by the meta), ``read_chunks`` and
   ``read_stream`` raise Corrupt when they reach it.
@@ -168,6 +170,7 @@ class MemoryObjectStore(ObjectStore):
         self._buckets: dict[str, _Bucket] = {}
         self._seq = 0
         self._faults: defaultdict[str, deque[BaseException]] = defaultdict(deque)
+        self._faults_after: defaultdict[str, deque[BaseException]] = defaultdict(deque)
         self._closed = False
 
     # -- fault injection -------------------------------------------------------------------
@@ -176,6 +179,18 @@ class MemoryObjectStore(ObjectStore):
         if not callable(getattr(self, method, None)):
             raise AttributeError(f"MemoryObjectStore has no method {method!r}")
         self._faults[method].append(exc)
+
+    def fail_after(self, method: str, exc: BaseException) -> None:
+        """Make the next call of ``method`` do its work, then raise ``exc`` (an answer lost
+        after the server acted: the caller cannot tell whether the call took effect)."""
+        if not callable(getattr(self, method, None)):
+            raise AttributeError(f"MemoryObjectStore has no method {method!r}")
+        self._faults_after[method].append(exc)
+
+    def _leave(self, method: str) -> None:
+        faults = self._faults_after.get(method)
+        if faults:
+            raise faults.popleft()
 
     def drop_chunk(self, bucket: str, nuid: str, index: int) -> None:
         """Forget chunk ``index`` of the put ``nuid`` (reads of it raise Corrupt)."""
@@ -330,6 +345,7 @@ class MemoryObjectStore(ObjectStore):
             b.notify(event)
         if dst is not None and dst.nuid != src.nuid:
             self._purge(b, dst.nuid)
+        self._leave("rename")
         return result
 
     async def delete(self, bucket: str, name: str) -> ObjectInfo:
@@ -340,6 +356,7 @@ class MemoryObjectStore(ObjectStore):
         tomb = _copy(old).tombstone(mtime_ns=time.time_ns())
         result = self._publish(b, tomb)
         self._purge(b, old.nuid)
+        self._leave("delete")
         return result
 
     def _check_link_slot(self, b: _Bucket, name: str) -> None:
@@ -443,6 +460,7 @@ class MemoryObjectStore(ObjectStore):
         result = self._publish(b, info)
         if old is not None and old.nuid != nuid:
             self._purge(b, old.nuid)
+        self._leave("put")
         return result
 
     async def layout(self, info: ObjectInfo) -> ChunkLayout:

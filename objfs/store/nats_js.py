@@ -14,6 +14,7 @@ Everything here uses one timeout (the store's), so a silent server costs at most
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -24,6 +25,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.nuid import NUID
 
 from objfs.store import errors
 from objfs.store.nats_protocol import (
@@ -36,6 +38,8 @@ from objfs.store.nats_protocol import (
     SEQUENCE,
     STALLED,
     STATUS,
+    NoMessage,
+    WrongLastSequence,
     ack_tokens,
     batch_end_error,
     consumer_create,
@@ -43,10 +47,14 @@ from objfs.store.nats_protocol import (
     push_consumer_config,
     raise_api_error,
 )
-from objfs.store.nats_subjects import bucket_of_stream
+from objfs.store.nats_retry import NoResponders, attempt_timeout, retry
+from objfs.store.nats_subjects import bucket_of_stream, stream_of_subject
 from objfs.store.wire import parse_mtime
 
 log = logging.getLogger(__name__)
+
+MSG_ID = "Nats-Msg-Id"
+_NUID = NUID()
 
 
 @contextlib.contextmanager
@@ -97,6 +105,28 @@ class StoredMsg:
     """Consumer deliveries only: messages still to come (0 at the end of a snapshot)."""
 
 
+def _api_answer(msg: Msg, subject: str) -> dict[str, Any]:
+    try:
+        resp = json.loads(msg.data)
+    except ValueError:
+        raise errors.StoreError(f"{subject}: bad JSON answer") from None
+    if not isinstance(resp, dict):
+        raise errors.StoreError(f"{subject}: answer is not a JSON object")
+    if "error" in resp:
+        raise_api_error(resp["error"], subject)
+    return resp
+
+
+def _parse_headers(block: bytes) -> dict[str, str]:
+    """A stored message's header block (``NATS/1.0`` line, ``Key: value`` lines)."""
+    headers: dict[str, str] = {}
+    for line in block.decode(errors="replace").split("\r\n")[1:]:
+        key, sep, value = line.partition(":")
+        if sep:
+            headers[key.strip()] = value.strip()
+    return headers
+
+
 def _status(msg: Msg) -> str | None:
     h = msg.headers
     return h.get(STATUS) if h else None
@@ -127,23 +157,45 @@ class JetStream:
         if self.nc.is_closed:
             raise errors.Unavailable(f"{what}: connection closed")
 
-    async def api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One JetStream API request (``subject`` after ``$JS.API.``); its JSON answer."""
-        self._check_open(subject)
+    async def api(
+        self, subject: str, body: dict[str, Any] | None = None, *, gone_ok: bool = False
+    ) -> dict[str, Any]:
+        """One JetStream API request (``subject`` after ``$JS.API.``); its JSON answer.
+
+        Transient failures are retried until the timeout (``nats_retry``). ``gone_ok``: a
+        delete, whose repeat after a lost answer finds nothing to delete (NotFound then means
+        that an earlier attempt did it: the answer is ``{}``)."""
         payload = json.dumps(body).encode() if body is not None else b""
-        with mapped(subject, nobody=self._no_jetstream()):
-            msg = await self.nc.request(
-                f"{self.api_prefix}.{subject}", payload, timeout=self.timeout
-            )
-        try:
-            resp = json.loads(msg.data)
-        except ValueError:
-            raise errors.StoreError(f"{subject}: bad JSON answer") from None
-        if not isinstance(resp, dict):
-            raise errors.StoreError(f"{subject}: answer is not a JSON object")
-        if "error" in resp:
-            raise_api_error(resp["error"], subject)
-        return resp
+        tries = 0
+
+        async def attempt(seconds: float) -> dict[str, Any]:
+            nonlocal tries
+            tries += 1
+            self._check_open(subject)
+            with mapped(subject, nobody=self._no_jetstream()):
+                msg = await self.nc.request(
+                    f"{self.api_prefix}.{subject}", payload, timeout=seconds
+                )
+            try:
+                return _api_answer(msg, subject)
+            except errors.NotFound:
+                if gone_ok and tries > 1:
+                    return {}
+                raise
+
+        return await retry(subject, self.timeout, attempt)
+
+    async def _stream_exists(self, stream: str) -> None:
+        """NotFound if ``stream`` surely does not exist; returns if it does or if the server
+        cannot tell now (one short attempt: ``retry``'s ``settle`` after no responders)."""
+        subject = f"STREAM.INFO.{stream}"
+        with contextlib.suppress(errors.Unavailable):
+            self._check_open(subject)
+            with mapped(subject, nobody=self._no_jetstream()):
+                msg = await self.nc.request(
+                    f"{self.api_prefix}.{subject}", b"", timeout=attempt_timeout(self.timeout)
+                )
+            _api_answer(msg, subject)
 
     def _no_jetstream(self) -> str:
         """What nobody answering the API means: JetStream is off for us there."""
@@ -151,40 +203,88 @@ class JetStream:
         return f"JetStream is not enabled on this server or account{where}"
 
     async def publish(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        msg_id: str | None = None,
     ) -> int:
-        """Publish into a stream and wait for the ack; the message's stream sequence."""
-        self._check_open(subject)
-        with mapped(f"publish {subject}", no_responders=errors.NotFound):
-            msg = await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
-        try:
-            resp = json.loads(msg.data)
-        except ValueError:
-            raise errors.StoreError(f"publish {subject}: bad ack") from None
-        if "error" in resp:
-            raise_api_error(resp["error"], f"publish {subject}")
-        return int(resp["seq"])
+        """Publish into a stream and wait for the ack; the message's stream sequence.
+
+        Retried until the timeout under one ``Nats-Msg-Id`` (``msg_id``, else a fresh one):
+        a repeat of a publish that had landed is answered with its original sequence."""
+        headers = dict(headers or {})
+        mid = headers[MSG_ID] = msg_id or _NUID.next().decode()
+        what = f"publish {subject}"
+        tries = 0
+
+        async def attempt(seconds: float) -> int:
+            nonlocal tries
+            tries += 1
+            self._check_open(subject)
+            with mapped(what, no_responders=NoResponders):
+                msg = await self.nc.request(subject, payload, timeout=seconds, headers=headers)
+            try:
+                resp = json.loads(msg.data)
+            except ValueError:
+                raise errors.StoreError(f"{what}: bad ack") from None
+            if "error" in resp:
+                try:
+                    raise_api_error(resp["error"], what)
+                except WrongLastSequence:
+                    # The server checks the expected sequence before duplicates: a repeat
+                    # of a conditional publish that had landed is refused. It is ours if
+                    # the subject's last message carries our id.
+                    if tries > 1:  # (from the leader: a replica may not have it yet)
+                        last = await self.leader_last(stream_of_subject(subject), subject)
+                        if last is not None and last.headers.get(MSG_ID) == mid:
+                            return last.seq
+                    raise
+            return int(resp["seq"])
+
+        stream = stream_of_subject(subject)
+        return await retry(what, self.timeout, attempt, settle=lambda: self._stream_exists(stream))
+
+    async def _direct(self, stream: str, subject: str, payload: bytes, what: str) -> Msg:
+        async def attempt(seconds: float) -> Msg:
+            self._check_open(what)
+            with mapped(what, no_responders=NoResponders):
+                return await self.nc.request(subject, payload, timeout=seconds)
+
+        return await retry(what, self.timeout, attempt, settle=lambda: self._stream_exists(stream))
 
     async def direct_last(self, stream: str, subject: str) -> StoredMsg | None:
         """The last message on ``subject`` (direct get); None if there is none."""
-        self._check_open(subject)
-        with mapped(f"get {subject}", no_responders=errors.NotFound):
-            msg = await self.nc.request(
-                f"{self.api_prefix}.DIRECT.GET.{stream}.{subject}", b"", timeout=self.timeout
-            )
-        return self._direct_answer(msg, subject)
+        what = f"get {subject}"
+        direct = f"{self.api_prefix}.DIRECT.GET.{stream}.{subject}"
+        msg = await self._direct(stream, direct, b"", what)
+        return self._direct_answer(msg, what)
 
     async def direct_get(self, stream: str, req: dict[str, Any]) -> StoredMsg | None:
         """A single-message direct get (``seq``, ``next_by_subj``...); None if none."""
         what = f"get {stream} {req}"
-        self._check_open(what)
-        with mapped(what, no_responders=errors.NotFound):
-            msg = await self.nc.request(
-                f"{self.api_prefix}.DIRECT.GET.{stream}",
-                json.dumps(req).encode(),
-                timeout=self.timeout,
-            )
+        msg = await self._direct(
+            stream, f"{self.api_prefix}.DIRECT.GET.{stream}", json.dumps(req).encode(), what
+        )
         return self._direct_answer(msg, what)
+
+    async def leader_last(self, stream: str, subject: str) -> StoredMsg | None:
+        """The last message on ``subject`` as the stream's leader has it (a non-direct get:
+        on a replicated stream a direct get may be answered by a replica that is behind);
+        None if there is none."""
+        try:
+            resp = await self.api(f"STREAM.MSG.GET.{stream}", {"last_by_subj": subject})
+        except NoMessage:
+            return None
+        m = resp["message"]
+        return StoredMsg(
+            subject=m.get("subject", subject),
+            seq=int(m["seq"]),
+            data=base64.b64decode(m.get("data") or ""),
+            headers=_parse_headers(base64.b64decode(m.get("hdrs") or "")),
+            timestamp_ns=parse_mtime(m.get("time")) or 0,
+        )
 
     @staticmethod
     def _direct_answer(msg: Msg, what: str) -> StoredMsg | None:
@@ -498,8 +598,8 @@ class Publisher:
         if fut is None or fut.done():
             return
         status = _status(msg)
-        if status == NO_RESPONDERS:  # the stream does not exist
-            fut.set_exception(errors.NotFound("publish: no stream for this bucket"))
+        if status == NO_RESPONDERS:  # the stream does not exist (or is not loaded yet)
+            fut.set_exception(NoResponders("publish: no stream for this bucket"))
             return
         try:
             resp = json.loads(msg.data)
@@ -533,11 +633,11 @@ class Publisher:
             raise
         return fut
 
-    async def ack(self, fut: asyncio.Future[int]) -> int:
-        """Wait for one ack within the timeout."""
+    async def ack(self, fut: asyncio.Future[int], timeout: float | None = None) -> int:
+        """Wait for one ack within ``timeout`` (default: the store's)."""
         try:
             with mapped("publish ack"):
-                return await asyncio.wait_for(fut, self.js.timeout)
+                return await asyncio.wait_for(fut, timeout or self.js.timeout)
         finally:
             if not fut.done():
                 fut.cancel()

@@ -55,6 +55,10 @@ ERR_NO_MESSAGE = 10037
 ERR_STORE_FAILED = 10077
 
 
+class NoMessage(errors.NotFound):
+    """A (non-direct) message get found no such message; the stream itself exists."""
+
+
 class WrongLastSequence(errors.Exists):
     """A publish's Nats-Expected-Last-Subject-Sequence did not match (someone wrote first)."""
 
@@ -166,7 +170,9 @@ def raise_api_error(err: dict[str, Any], what: str) -> NoReturn:
         or ("storage" in low and "exceed" in low)
     ):
         raise errors.NoSpace(text)
-    if code == 404 or err_code == ERR_NO_MESSAGE:
+    if err_code == ERR_NO_MESSAGE:
+        raise NoMessage(text)
+    if code == 404:
         raise errors.NotFound(text)
     if code == 503:
         raise errors.Unavailable(text)

@@ -41,6 +41,7 @@ from objfs.store.api import ChunkLayout, ObjectInfo
 from objfs.store.nats_bulk import BulkConnection, HashChain, Unsupported
 from objfs.store.nats_js import BatchGetter, JetStream, StoredMsg, consume_snapshot
 from objfs.store.nats_protocol import consumer_create, consumer_delete, push_consumer_config
+from objfs.store.nats_retry import Patience
 from objfs.store.nats_sources import BulkSource, ChunkSource, NatsPySource, PendingChunks
 from objfs.store.nats_subjects import bucket_stream, chunk_subject
 from objfs.store.wire import parse_digest
@@ -106,6 +107,9 @@ class NatsReader:
         self._bulk_lock = asyncio.Lock()
         self._bulk_retry_at = 0.0
         self._layouts: LRUCache[tuple[str, str], ChunkLayout] = LRUCache(LAYOUT_CACHE)
+        self.replicated: set[str] = set()
+        """Buckets with replicas (the store learns them): a chunk a replica has not got yet
+        is asked for again until the timeout, instead of being Corrupt at once."""
 
     def remember(self, layout: ChunkLayout) -> None:
         """The layout of an object just written (its acks gave the sequences)."""
@@ -136,9 +140,14 @@ class NatsReader:
             self.js.direct_get(stream, {"seq": 1, "next_by_subj": subject}),
             self.js.direct_last(stream, subject),
         )
+        n = info.chunks
+        if (first is None or last is None) and bucket in self.replicated:
+            # A replica behind the leader may not have them yet: the listing is exact.
+            lay = await self._layout_listed(info)
+            self._layouts[(bucket, nuid)] = lay
+            return lay
         if first is None or last is None:
             raise errors.Corrupt(f"{bucket}/{info.name}: chunks of {nuid} missing")
-        n = info.chunks
         width = len(first.data)
         tail = info.size - (n - 1) * width
         if last.seq - first.seq == n - 1 and 0 < tail <= width and len(last.data) == tail:
@@ -285,25 +294,41 @@ class NatsReader:
         ahead = max(per, min(window, AHEAD_BYTES // width))
         inflight: collections.deque[tuple[int, int, PendingChunks]] = collections.deque()
         issued = done = 0
+        patience = Patience(self.timeout)
         try:
             while done < count:
-                while issued < count and issued - done < ahead:
-                    n = min(per, count - issued)
-                    pending = await self._request(layout, first + issued, n, chain)
-                    inflight.append((first + issued, n, pending))
-                    issued += n
-                k, n, pending = inflight.popleft()
-                got = self._verify(layout, k, *await pending.result())
-                while len(got) < n:
-                    # A batch the server cut short (64 MiB cap) is continued, not an error.
-                    more_at = k + len(got)
-                    more = await self._request(layout, more_at, n - len(got), chain)
-                    rest = self._verify(layout, more_at, *await more.result())
-                    if not rest:
-                        raise errors.Corrupt(
-                            f"{layout.bucket} object {layout.nuid}: chunk {more_at} missing"
-                        )
-                    got += rest
+                try:
+                    while issued < count and issued - done < ahead:
+                        n = min(per, count - issued)
+                        pending = await self._request(layout, first + issued, n, chain)
+                        inflight.append((first + issued, n, pending))
+                        issued += n
+                    k, n, pending = inflight[0]
+                    got = self._verify(layout, k, *await pending.result())
+                    while len(got) < n:
+                        # A batch the server cut short (64 MiB cap) is continued, not an error.
+                        more_at = k + len(got)
+                        more = await self._request(layout, more_at, n - len(got), chain)
+                        rest = self._verify(layout, more_at, *await more.result())
+                        if not rest:
+                            raise errors.Corrupt(
+                                f"{layout.bucket} object {layout.nuid}: chunk {more_at} missing"
+                            )
+                        got += rest
+                except (errors.Unavailable, errors.Corrupt) as e:
+                    # Connection lost, server restarting: ask again from the first chunk not
+                    # received, on whichever connection serves now (nats_retry). A chunk
+                    # missing from a replicated bucket may be on a replica that is behind.
+                    if isinstance(e, errors.Corrupt) and layout.bucket not in self.replicated:
+                        raise
+                    await patience.failed(e)
+                    for _, _, pending in inflight:
+                        pending.cancel()
+                    inflight.clear()
+                    issued = done
+                    continue
+                patience.progress()
+                inflight.popleft()
                 done += n
                 yield got
         finally:
@@ -384,10 +409,21 @@ class NatsReader:
             batches = self._chunk_batches(layout, 0, layout.chunks, window, chain)
         done = 0
         try:
-            async for chunks in batches:
-                chain.catch_up(done, chunks)
-                done += len(chunks)
-                yield chunks
+            while True:
+                try:
+                    async for chunks in batches:
+                        chain.catch_up(done, chunks)
+                        done += len(chunks)
+                        yield chunks
+                    break
+                except errors.Unavailable:
+                    if bulk is None:
+                        raise  # the batches retried already (their patience is spent)
+                    # The push consumer's connection was lost: the rest by batches, which
+                    # retry across the outage.
+                    bulk = None
+                    await batches.aclose()
+                    batches = self._chunk_batches(layout, done, layout.chunks - done, window, chain)
         finally:
             await batches.aclose()
         want = parse_digest(info.digest)

@@ -20,6 +20,26 @@ Choices worth knowing:
   does) on the old name: watchers of every client then see the old name go as an ordinary
   delete. The tombstone keeps the nuid but has no chunks, so nothing ever purges the chunks
   the new name still uses (a delete of a tombstone is refused; a put over it purges nothing).
+- A rename is two publishes, so an outage between them leaves both names live on one nuid
+  (a later delete of either would purge the other's chunks). Making rename's outcome
+  unambiguous is impossible from the client (whatever it would publish to undo or finish it
+  meets the same outage), and checking every purge against every live meta costs a listing
+  of the bucket per delete. So the purge is guarded where the sharing can be known cheaply:
+  the new name's meta message carries ``Objfs-Renamed-From`` (the old name), and a delete or
+  replacement of it leaves the chunks if the old name is still live on the same nuid; the
+  renaming store publishes the old name's tombstone in the background once the server
+  answers, and meanwhile does not purge for the old name either. The one window left
+  (documented): another client deleting the old name before that tombstone lands.
+- Every request is retried across outages by ``nats_retry`` (publishes under a
+  ``Nats-Msg-Id`` that JetStream deduplicates). A put whose meta publish got no answer reads
+  the meta back and purges its chunks only if no meta refers to them; after any retry it
+  checks its chunks on the server before the meta refers to them.
+- Buckets with replicas have their metas read from the stream leader (a direct get may be
+  answered by a replica that is behind); the reader retries a chunk a replica lacks.
+- ``if_revision=0`` is exclusive create: the meta is published with
+  ``Nats-Expected-Last-Subject-Sequence`` (0, or the tombstone's sequence), so of racing
+  creators exactly one wins. ``create_bucket`` is exclusive too: each creator's stream config
+  carries its own token in the metadata, so the server refuses the second identical create.
 - ``BucketStatus.objects`` counts live objects by listing the meta subjects (one ordered
   consumer, last message per subject): exact, and O(objects) per call.
 - Bucket settings that ADR-20 has no field for (the chunk size) live in the stream config's
@@ -29,13 +49,14 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import contextlib
 import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from typing import Any, BinaryIO
 
 import nats.errors
@@ -59,13 +80,20 @@ from objfs.store.api import (
     WatchEvent,
     pieces,
 )
-from objfs.store.names import check_bucket, check_object, safe_name_limit
+from objfs.store.names import (
+    check_bucket,
+    check_object,
+    decode_name,
+    encode_name,
+    safe_name_limit,
+)
 from objfs.store.nats_bulk import BulkConnection
 from objfs.store.nats_connect import ConnectionEvents
 from objfs.store.nats_connect import connect as connect
-from objfs.store.nats_js import JetStream, Publisher, StoredMsg, consume_snapshot
+from objfs.store.nats_js import MSG_ID, JetStream, Publisher, StoredMsg, consume_snapshot
 from objfs.store.nats_protocol import WrongLastSequence
 from objfs.store.nats_reads import NatsReader, OpenBulk
+from objfs.store.nats_retry import NoResponders, Patience, attempt_timeout
 from objfs.store.nats_subjects import (
     bucket_of_stream,
     bucket_stream,
@@ -82,9 +110,15 @@ log = logging.getLogger(__name__)
 PUT_WINDOW = 24
 """Chunks published but not yet acknowledged, per put (unbounded windows get 429s)."""
 
+PUT_RESTARTS = 2
+"""Times a put starts over when the server lost or reordered its chunks in an outage."""
+
 META_CHUNK_SIZE = "objfs.chunk_size"
+META_CREATOR = "objfs.creator"
 ROLLUP = {"Nats-Rollup": "sub"}
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+RENAMED_FROM = "Objfs-Renamed-From"
+"""Header of a renamed meta: the old name (encoded), whose tombstone follows it."""
 
 
 def _stream_config(cfg: BucketConfig) -> dict[str, Any]:
@@ -117,6 +151,7 @@ def _stream_config(cfg: BucketConfig) -> dict[str, Any]:
 def _bucket_config(sc: dict[str, Any]) -> BucketConfig:
     md = dict(sc.get("metadata") or {})
     chunk_size = int(md.pop(META_CHUNK_SIZE, DEFAULT_CHUNK_SIZE))
+    md.pop(META_CREATOR, None)
     user_md = {k: v for k, v in md.items() if not k.startswith("_nats")}
     return BucketConfig(
         name=bucket_of_stream(sc["name"]),
@@ -161,6 +196,10 @@ class NatsObjectStore(ObjectStore):
         self._nuid = NUID()
         self._chunk_sizes: dict[str, int] = {}
         self._events = events
+        # Renames whose old name's tombstone is still to be published: (bucket, nuid) -> old
+        # name; the tasks publishing them. Changed on the event loop only.
+        self._renamed_away: dict[tuple[str, str], str] = {}
+        self._finishing: set[asyncio.Future[None]] = set()
 
     @property
     def max_chunk_size(self) -> int | None:
@@ -202,8 +241,7 @@ class NatsObjectStore(ObjectStore):
         return await self.js.api(f"STREAM.INFO.{bucket_stream(bucket)}")
 
     async def _status(self, si: dict[str, Any]) -> BucketStatus:
-        cfg = _bucket_config(si["config"])
-        self._chunk_sizes[cfg.name] = cfg.chunk_size
+        cfg = self._learn(si)
         objects = len(await self._list_all(cfg.name, deleted=False))
         return BucketStatus(
             config=cfg,
@@ -223,7 +261,12 @@ class NatsObjectStore(ObjectStore):
             pass
         else:
             raise errors.Exists(f"bucket {config.name!r} exists")
-        si = await self.js.api(f"STREAM.CREATE.{stream}", _stream_config(config))
+        sc = _stream_config(config)
+        # The server answers a create of an identical config with success, so two creators
+        # racing would both succeed: a creator's own token makes their configs differ (the
+        # loser gets "name in use", Exists), and keeps a retried create identical to itself.
+        sc["metadata"][META_CREATOR] = self._nuid.next().decode()
+        si = await self.js.api(f"STREAM.CREATE.{stream}", sc)
         return await self._status(si)
 
     async def update_bucket(self, config: BucketConfig) -> BucketStatus:
@@ -245,7 +288,7 @@ class NatsObjectStore(ObjectStore):
     async def delete_bucket(self, name: str) -> None:
         check_bucket(name)
         self._chunk_sizes.pop(name, None)
-        await self.js.api(f"STREAM.DELETE.{bucket_stream(name)}")
+        await self.js.api(f"STREAM.DELETE.{bucket_stream(name)}", gone_ok=True)
 
     async def bucket_status(self, name: str) -> BucketStatus:
         return await self._status(await self._stream_info(name))
@@ -272,18 +315,89 @@ class NatsObjectStore(ObjectStore):
     async def _chunk_size(self, bucket: str) -> int:
         size = self._chunk_sizes.get(bucket)
         if size is None:
-            si = await self._stream_info(bucket)
-            size = _bucket_config(si["config"]).chunk_size
-            self._chunk_sizes[bucket] = size
+            size = self._learn(await self._stream_info(bucket)).chunk_size
         return size
+
+    def _learn(self, si: dict[str, Any]) -> BucketConfig:
+        """Remember what a bucket's stream info tells: chunk size, replicated or not."""
+        cfg = _bucket_config(si["config"])
+        self._chunk_sizes[cfg.name] = cfg.chunk_size
+        if cfg.replicas > 1:
+            self.reader.replicated.add(cfg.name)
+        else:
+            self.reader.replicated.discard(cfg.name)
+        return cfg
 
     # -- objects: metadata -----------------------------------------------------------------
     async def _last_meta(self, bucket: str, name: str) -> ObjectInfo | None:
         """The name's current meta, tombstones included; None if it never existed."""
+        return (await self._last_meta_msg(bucket, name))[0]
+
+    async def _last_meta_msg(
+        self, bucket: str, name: str
+    ) -> tuple[ObjectInfo | None, dict[str, str]]:
+        """``_last_meta`` and the headers of its message."""
         check_bucket(bucket)
         check_object(name)
-        m = await self.js.direct_last(bucket_stream(bucket), meta_subject(bucket, name))
-        return None if m is None else decode_stored(bucket, m)
+        stream, subject = bucket_stream(bucket), meta_subject(bucket, name)
+        if await self._replicated(bucket):
+            m = await self.js.leader_last(stream, subject)  # a replica may be behind
+        else:
+            m = await self.js.direct_last(stream, subject)
+        return (None, {}) if m is None else (decode_stored(bucket, m), m.headers)
+
+    async def _replicated(self, bucket: str) -> bool:
+        """Whether the bucket has replicas (learnt once, with its chunk size)."""
+        if bucket not in self._chunk_sizes:
+            await self._chunk_size(bucket)
+        return bucket in self.reader.replicated
+
+    def _finish_later(self, tomb: ObjectInfo, expected: int) -> None:
+        """Publish a rename's tombstone of the old name once the server answers again."""
+        key = (tomb.bucket, tomb.nuid)
+        self._renamed_away[key] = tomb.name
+
+        async def finish() -> None:
+            try:
+                while True:
+                    try:
+                        await self._publish_meta(tomb, expected=expected)
+                        log.info("rename of %s/%s finished", tomb.bucket, tomb.name)
+                        return
+                    except (WrongLastSequence, errors.NotFound):
+                        return  # rewritten or deleted meanwhile, or the bucket is gone
+                    except errors.Unavailable:
+                        await asyncio.sleep(1.0)
+            finally:
+                self._renamed_away.pop(key, None)
+
+        task = asyncio.ensure_future(finish())
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _shares_chunks(self, info: ObjectInfo, headers: dict[str, str]) -> bool:
+        """Whether the chunks of ``info`` (a meta about to go) are still another live name's:
+        the name it was renamed from, if that rename's tombstone never landed, or (renamed
+        here, its tombstone not yet published) the name it was renamed to."""
+        if self._renamed_away.get((info.bucket, info.nuid)) == info.name:
+            return True
+        source = headers.get(RENAMED_FROM)
+        if not source or source == info.name:
+            return False
+        try:
+            other = await self._last_meta(info.bucket, decode_name(source))
+        except errors.StoreError as e:
+            log.warning("keeping chunks %s of %s: %s", info.nuid, info.bucket, e)
+            return True  # cannot tell: keep them (a leak, not a loss)
+        if other is not None and not other.deleted and other.nuid == info.nuid:
+            log.warning(
+                "%s/%s still shares chunks %s (a rename's tombstone was lost): not purged",
+                info.bucket,
+                other.name,
+                info.nuid,
+            )
+            return True
+        return False
 
     async def info(self, bucket: str, name: str, *, deleted: bool = False) -> ObjectInfo:
         info = await self._last_meta(bucket, name)
@@ -309,9 +423,15 @@ class NatsObjectStore(ObjectStore):
         check_bucket(bucket)
         return await self._list_all(bucket, deleted=deleted)
 
-    async def _publish_meta(self, info: ObjectInfo, expected: int | None = None) -> ObjectInfo:
+    async def _publish_meta(
+        self,
+        info: ObjectInfo,
+        expected: int | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> ObjectInfo:
         """Publish ``info`` as the name's meta (rollup); returns it with its revision."""
         headers = dict(ROLLUP)
+        headers.update(extra or {})
         if expected is not None:
             headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expected)
         seq = await self.js.publish(
@@ -334,30 +454,46 @@ class NatsObjectStore(ObjectStore):
         src = await self.info(bucket, old)
         if old == new:
             return src
-        dst = await self._last_meta(bucket, new)
+        dst, dst_headers = await self._last_meta_msg(bucket, new)
         dst_live = dst is not None and not dst.deleted
         if dst_live and not replace:
             raise errors.Exists(f"{bucket}/{new} exists")
         try:
             # Expect exactly what we saw at the new name: a concurrent create fails us.
             moved = await self._publish_meta(
-                dataclasses.replace(src, name=new), expected=dst.revision if dst else 0
+                dataclasses.replace(src, name=new),
+                expected=dst.revision if dst else 0,
+                extra={RENAMED_FROM: encode_name(old)},
             )
         except WrongLastSequence:
             raise errors.Exists(f"{bucket}/{new} was created concurrently") from None
         tomb = src.tombstone()
-        # If the old name was rewritten meanwhile, that newer object stays.
-        with contextlib.suppress(WrongLastSequence):
+        try:
             await self._publish_meta(tomb, expected=src.revision)
-        if dst_live and dst is not None and dst.nuid != src.nuid and not dst.is_link:
+        except WrongLastSequence:
+            pass  # the old name was rewritten meanwhile: that newer object stays
+        except errors.Unavailable as e:
+            # The new name is stored: the rename happened. The old name's tombstone is
+            # finished in the background; until then its chunks are not purged here.
+            log.warning("rename %s/%s -> %s: the old name stays until %s", bucket, old, new, e)
+            self._finish_later(tomb, src.revision)
+        if (
+            dst_live
+            and dst is not None
+            and dst.nuid != src.nuid
+            and not dst.is_link
+            and not await self._shares_chunks(dst, dst_headers)
+        ):
             await self._purge_chunks(bucket, dst.nuid)
         return moved
 
     async def delete(self, bucket: str, name: str) -> ObjectInfo:
-        info = await self.info(bucket, name)
+        info, headers = await self._last_meta_msg(bucket, name)
+        if info is None or info.deleted:
+            raise errors.NotFound(f"{bucket}/{name}: no such object")
         tomb = info.tombstone(mtime_ns=time.time_ns())
         tomb = await self._publish_meta(tomb)
-        if info.chunks:
+        if info.chunks and not await self._shares_chunks(info, headers):
             await self._purge_chunks(bucket, info.nuid)
         return tomb
 
@@ -365,17 +501,87 @@ class NatsObjectStore(ObjectStore):
         self.reader.forget(bucket, nuid)
         await self.js.purge(bucket_stream(bucket), chunk_subject(bucket, nuid))
 
-    async def _abandon(self, bucket: str, nuid: str, window: Sequence[asyncio.Future[int]]) -> None:
-        """Purge the chunks of a failed put. Chunks still in flight are waited for first
-        (within the timeout): the server handles a purge apart from the publishes sent
-        before it, and one stored after the purge would be left behind for ever."""
-        if window:
-            await asyncio.wait(window, timeout=self.timeout)
-        for fut in window:
-            if fut.done() and not fut.cancelled():
-                fut.exception()  # retrieved: an ack error is the put's error already
-            fut.cancel()
+    async def _send_chunks(
+        self, bucket: str, source: BinaryIO | bytes, size_per_chunk: int
+    ) -> tuple[_ChunkSender, Any, builtins.list[int]]:
+        """Store ``source``'s chunks under a fresh nuid; the sender (with every chunk's
+        sequence), the running hash and the chunk sizes.
+
+        After an outage during the put, the chunks are checked on the server before the meta
+        may refer to them: a server killed (not stopped) may lose messages it had
+        acknowledged, and a chunk re-sent after the loss lands out of order. The put then
+        starts over from the source's first byte under a new nuid (if the source can seek).
+        """
+        start = None if isinstance(source, bytes) or not source.seekable() else source.tell()
+        for attempt in range(1, PUT_RESTARTS + 2):
+            nuid = self._nuid.next().decode()
+            chunks = _ChunkSender(self._publisher, chunk_subject(bucket, nuid), nuid, self.timeout)
+            sha = hashlib.sha256()
+            sizes: list[int] = []
+            try:
+                for piece in pieces(source, size_per_chunk):
+                    sha.update(piece)
+                    sizes.append(len(piece))
+                    await chunks.send(piece)
+                await chunks.finish()
+                if chunks.patience.retried and not await self._chunks_intact(bucket, chunks):
+                    raise _Reordered(f"{bucket}: chunks of {nuid} lost or reordered by the server")
+                return chunks, sha, sizes
+            except BaseException as e:
+                if chunks.started:
+                    # Shielded: a cancelled put must still not leave orphan chunks behind.
+                    await asyncio.shield(self._drop_chunks(bucket, chunks))
+                retry = isinstance(e, _Reordered) and attempt <= PUT_RESTARTS
+                if not retry or not (isinstance(source, bytes) or start is not None):
+                    raise
+                log.warning("put to %s: %s; starting over", bucket, e)
+                if not isinstance(source, bytes):
+                    assert start is not None
+                    source.seek(start)
+        raise AssertionError("unreachable")
+
+    async def _chunks_intact(self, bucket: str, chunks: _ChunkSender) -> bool:
+        """Whether the server holds exactly the chunks ``chunks`` was acknowledged for."""
+        stored: builtins.list[int] = []
+        await consume_snapshot(
+            self.js,
+            bucket_stream(bucket),
+            chunks.subject,
+            headers_only=True,
+            deliver_policy="all",
+            on_msg=lambda m: stored.append(m.seq),
+        )
+        return stored == chunks.seqs
+
+    async def _drop_chunks(self, bucket: str, chunks: _ChunkSender) -> None:
+        await chunks.drain()
+        await self._purge_quietly(bucket, chunks.nuid)
+
+    async def _abandon(
+        self, bucket: str, name: str, nuid: str, chunks: _ChunkSender, *, ambiguous: bool
+    ) -> ObjectInfo | None:
+        """Clean up after a failed put; the meta it stored if the put succeeded after all.
+
+        Chunks still in flight are waited for first (within the timeout): the server handles
+        a purge apart from the publishes sent before it, and one stored after the purge would
+        be left behind for ever. ``ambiguous``: the meta was sent and its outcome is unknown
+        (no ack): the name's meta is read back, and the chunks are purged only if no live
+        meta refers to them; if even that cannot be read, they are kept (a leak, logged,
+        rather than an object whose chunks are gone).
+        """
+        await chunks.drain()
+        if ambiguous:
+            try:
+                now = await self._last_meta(bucket, name)
+            except errors.StoreError as e:
+                log.warning(
+                    "put of %s/%s: outcome unknown (%s); keeping chunks %s", bucket, name, e, nuid
+                )
+                return None
+            if now is not None and now.nuid == nuid:
+                return None if now.deleted else now  # stored (deleted since: purged then)
         await self._purge_quietly(bucket, nuid)
+        return None
 
     async def _purge_quietly(self, bucket: str, nuid: str) -> None:
         try:
@@ -443,7 +649,7 @@ class NatsObjectStore(ObjectStore):
         check_bucket(bucket)
         check_object(name)
         size_per_chunk = chunk_size or await self._chunk_size(bucket)
-        old = await self._last_meta(bucket, name)
+        old, old_headers = await self._last_meta_msg(bucket, name)
         old_live = old if old is not None and not old.deleted else None
         expected: int | None = None
         if if_revision is not None:
@@ -455,23 +661,11 @@ class NatsObjectStore(ObjectStore):
             # 0 means "no live object": a tombstone may be there, whose sequence we expect.
             expected = old.revision if old is not None else 0
 
-        nuid = self._nuid.next().decode()
-        subject = chunk_subject(bucket, nuid)
-        sha = hashlib.sha256()
-        seqs: list[int] = []
-        sizes: list[int] = []
-        window: collections.deque[asyncio.Future[int]] = collections.deque()
-        published = False
+        chunks, sha, sizes = await self._send_chunks(bucket, source, size_per_chunk)
+        nuid = chunks.nuid
+        seqs = chunks.seqs
+        meta_sent = False
         try:
-            for piece in pieces(source, size_per_chunk):
-                sha.update(piece)
-                sizes.append(len(piece))
-                window.append(await self._publisher.send(subject, piece))
-                published = True
-                if len(window) >= PUT_WINDOW:
-                    seqs.append(await self._publisher.ack(window.popleft()))
-            while window:
-                seqs.append(await self._publisher.ack(window.popleft()))
             size = sum(sizes)
             info = ObjectInfo(
                 bucket=bucket,
@@ -484,26 +678,47 @@ class NatsObjectStore(ObjectStore):
                 chunk_size=size_per_chunk,
                 **_meta_fields(meta),
             )
+            meta_sent = True
             try:
-                info = await self._publish_meta(info, expected)
+                # Shielded: once sent, the meta's outcome is settled (its retries included)
+                # before a cancelled put gives up, so the put knows whether it stored.
+                info = await asyncio.shield(self._publish_meta(info, expected))
             except WrongLastSequence:
+                meta_sent = False  # a definite refusal: nothing was stored
                 raise errors.Exists(f"{bucket}/{name} changed during the put") from None
-        except BaseException:
-            if published:
+        except BaseException as exc:
+            if chunks.started:
                 # Shielded: a cancelled put must still not leave orphan chunks behind.
-                await asyncio.shield(self._abandon(bucket, nuid, list(window)))
-            raise
+                landed = await asyncio.shield(
+                    self._abandon(bucket, name, nuid, chunks, ambiguous=meta_sent)
+                )
+                if landed is not None and isinstance(exc, errors.StoreError):
+                    # The meta was stored after all (its ack was lost): the put succeeded.
+                    log.info("put of %s/%s: stored although %s", bucket, name, exc)
+                    info = landed
+                else:
+                    raise
+            else:
+                raise
         offsets = [0]
         for s in sizes:
             offsets.append(offsets[-1] + s)
         self.reader.remember(ChunkLayout(bucket, nuid, seqs, offsets))
-        if old_live is not None and not old_live.is_link and old_live.chunks:
+        if (
+            old_live is not None
+            and not old_live.is_link
+            and old_live.chunks
+            and not await self._shares_chunks(old_live, old_headers)
+        ):
             await self._purge_quietly(bucket, old_live.nuid)
         return info
 
     async def close(self) -> None:
         if self._events is not None:
             self._events.closing = True
+        for task in list(self._finishing):
+            log.warning("closing with a rename unfinished: its old name stays")
+            task.cancel()
         await self.reader.close()
         await self._publisher.close()
         if not self.nc.is_closed:
@@ -520,3 +735,96 @@ def _meta_fields(meta: ObjectMeta | None) -> dict[str, Any]:
         "headers": {k: list(v) for k, v in meta.headers.items()},
         "metadata": dict(meta.metadata),
     }
+
+
+class _Reordered(errors.Unavailable):
+    """The server lost or reordered acknowledged chunks of a put (killed during it)."""
+
+
+class _ChunkSender:
+    """The chunks of one put, published in order with at most ``PUT_WINDOW`` unacknowledged.
+
+    Each chunk carries the Msg-Id ``<nuid>.<index>``. A lost ack or a dropped connection sends
+    the window again from its first unacknowledged chunk, under the same ids: JetStream's
+    duplicate window answers those that had landed with their original sequence. Retries go on
+    until the store's timeout has passed without progress. A chunk that landed after a later
+    one (the later one re-sent on a new connection before the earlier one's loss was known)
+    breaks the stream order readers rely on: the put fails then (Unavailable), nothing is
+    reordered.
+    """
+
+    def __init__(self, publisher: Publisher, subject: str, nuid: str, timeout: float) -> None:
+        self.publisher = publisher
+        self.subject = subject
+        self.nuid = nuid
+        self.timeout = timeout
+        self.window: collections.deque[tuple[int, bytes, asyncio.Future[int]]] = collections.deque()
+        self.seqs: list[int] = []
+        self.started = False
+        self.patience = Patience(timeout)
+        """Retries of this put's chunks; if any, the chunks are checked before the meta."""
+        self._next = 0
+
+    async def send(self, piece: bytes) -> None:
+        fut = await self._publish(self._next, piece)
+        self.window.append((self._next, piece, fut))
+        self._next += 1
+        self.started = True
+        if len(self.window) >= PUT_WINDOW:
+            await self._ack_first()
+
+    async def finish(self) -> list[int]:
+        """Every chunk's stream sequence, once all are acknowledged."""
+        while self.window:
+            await self._ack_first()
+        return self.seqs
+
+    async def drain(self) -> None:
+        """Wait (within the timeout) for the chunks still in flight, then drop them."""
+        futs = [fut for _, _, fut in self.window]
+        if futs:
+            await asyncio.wait(futs, timeout=self.timeout)
+        for fut in futs:
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: an ack error is the put's error already
+            fut.cancel()
+
+    async def _publish(self, index: int, piece: bytes) -> asyncio.Future[int]:
+        while True:
+            try:
+                return await self.publisher.send(
+                    self.subject, piece, {MSG_ID: f"{self.nuid}.{index}"}
+                )
+            except errors.Unavailable as e:
+                await self.patience.failed(e)
+
+    async def _ack_first(self) -> None:
+        while True:
+            _, _, fut = self.window[0]
+            try:
+                seq = await self.publisher.ack(fut, attempt_timeout(self.timeout))
+            except NoResponders as e:
+                # The stream is missing (NotFound now) or not loaded yet (a restart): retry.
+                await self.publisher.js._stream_exists(bucket_stream(self.subject.split(".")[1]))
+                await self.patience.failed(e)
+                await self._resend()
+                continue
+            except errors.Unavailable as e:
+                await self.patience.failed(e)
+                await self._resend()
+                continue
+            self.window.popleft()
+            self.patience.progress()
+            if self.seqs and seq <= self.seqs[-1]:
+                raise _Reordered(
+                    f"{self.subject}: chunk {len(self.seqs)} stored out of order after a reconnect"
+                )
+            self.seqs.append(seq)
+            return
+
+    async def _resend(self) -> None:
+        old = list(self.window)
+        self.window.clear()
+        for index, piece, fut in old:
+            fut.cancel()
+            self.window.append((index, piece, await self._publish(index, piece)))

@@ -36,3 +36,8 @@ def chunk_filter(bucket: str) -> str:
 
 def chunk_subject(bucket: str, nuid: str) -> str:
     return f"$O.{bucket}.C.{nuid}"
+
+
+def stream_of_subject(subject: str) -> str:
+    """The stream of a bucket's chunk or meta subject (``$O.<bucket>.<C|M>...``)."""
+    return bucket_stream(subject.split(".", 2)[1])

@@ -1,4 +1,4 @@
-"""Fixtures of the store tests."""
+"""Fixtures of the store tests (the shared ones are in tests/conftest.py)."""
 
 from __future__ import annotations
 

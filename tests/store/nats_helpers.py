@@ -1,4 +1,4 @@
-"""Helpers of the NATS store tests: the type of the ``run`` fixture (tests/store/conftest.py),
+"""Helpers of the NATS store tests: the ``run`` fixture's type (tests/store/conftest.py),
 reading whole objects, and telling whether reads go through the lean reader."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from objfs.store.nats_store import NatsObjectStore
 
 T = TypeVar("T")
 Run = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
+"""The ``run`` fixture (tests/store/conftest.py): runs a coroutine function on the asyncio
+thread, where nats-py lives, from the trio test."""
 
 
 async def read_all(store: NatsObjectStore, info: ObjectInfo, window: int = 64) -> bytes:

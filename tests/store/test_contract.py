@@ -462,6 +462,102 @@ async def test_if_revision(store: TrioStore, bucket: str) -> None:
     assert [i.name for i in await store.list(bucket)] == ["r"]
 
 
+async def test_exclusive_create_race(store: TrioStore, bucket: str) -> None:
+    """Two clients create one name with ``if_revision=0`` at once: exactly one wins (also over
+    a tombstone: a deleted name is free again)."""
+    for trial in range(6):
+        name = f"lock-{trial % 3}"
+        if trial >= 3:
+            await store.delete(bucket, name)  # the name is a tombstone now
+        results: list[ObjectInfo | StoreError] = []
+
+        async def claim(
+            payload: bytes, results: list[ObjectInfo | StoreError] = results, name: str = name
+        ) -> None:
+            try:
+                results.append(await store.put(bucket, name, payload, if_revision=0))
+            except Exists as e:
+                results.append(e)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(claim, b"A")
+            nursery.start_soon(claim, b"B")
+        won = [r for r in results if isinstance(r, ObjectInfo)]
+        assert len(won) == 1 and len(results) == 2, results
+        lost = next(r for r in results if not isinstance(r, ObjectInfo))
+        assert lost.errno == errno.EEXIST
+        current = await store.info(bucket, name)
+        assert current.nuid == won[0].nuid
+        assert await read_all(store, current) in (b"A", b"B")
+
+
+async def test_bucket_create_race(store: TrioStore, bucket_name: str) -> None:
+    """Two clients create one bucket at once (mkdir of a bucket): exactly one succeeds."""
+    for trial in range(3):
+        name = f"{bucket_name}-{trial}"
+        outcomes: list[str] = []
+
+        async def create(name: str = name, outcomes: list[str] = outcomes) -> None:
+            try:
+                await store.create_bucket(BucketConfig(name, storage="memory"))
+                outcomes.append("created")
+            except Exists:
+                outcomes.append("exists")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(create)
+            nursery.start_soon(create)
+        try:
+            assert sorted(outcomes) == ["created", "exists"]
+            assert (await store.bucket_status(name)).config.metadata == {}
+        finally:
+            await store.delete_bucket(name)
+
+
+def lose_next_ack(store: TrioStore, monkeypatch: pytest.MonkeyPatch, what: str) -> None:
+    """The next ``what`` ("put": its meta publish) is carried out, and its answer lost: the
+    memory store's ``fail_after``; on NATS the meta publish raises Timeout once it is stored
+    (what a connection lost before the ack looks like, once every retry is spent)."""
+    from objfs.store.errors import Timeout
+    from objfs.store.memory import MemoryObjectStore
+
+    backend = store.store
+    if isinstance(backend, MemoryObjectStore):
+        backend.fail_after(what, Timeout("injected: answer lost"))
+        return
+    from objfs.store.nats_store import NatsObjectStore
+
+    assert isinstance(backend, NatsObjectStore)
+    real = backend.js.publish
+    fired = False
+
+    async def publish(subject: str, payload: bytes, *args: Any, **kwargs: Any) -> int:
+        nonlocal fired
+        seq = await real(subject, payload, *args, **kwargs)
+        if ".M." in subject and not fired:
+            fired = True
+            raise Timeout(f"injected: ack of {subject} lost")
+        return seq
+
+    monkeypatch.setattr(backend.js, "publish", publish)
+
+
+async def test_put_whose_answer_was_lost_keeps_the_object(
+    store: TrioStore, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put stored, its acknowledgement lost: the name holds a whole object afterwards,
+    the new one (whether the put reported success or the error), never purged chunks."""
+    await store.put(bucket, "f", os.urandom(300_000))
+    data = os.urandom(3 * DEFAULT_CHUNK_SIZE + 5)
+    lose_next_ack(store, monkeypatch, "put")
+    with contextlib.suppress(StoreError):
+        await store.put(bucket, "f", data)
+    monkeypatch.undo()
+    current = await store.info(bucket, "f")
+    assert current.digest == digest_of(data)
+    assert await read_all(store, current) == data
+
+
 async def test_sealed_bucket_is_read_only(store: TrioStore, bucket: str) -> None:
     info = await store.put(bucket, "a", b"sealed data")
     await store.put(bucket, "b", b"b")

@@ -17,14 +17,13 @@ import io
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 import nats
 import nats.js.errors
 import nats.nuid
 import pytest
-from nats_helpers import read_all
+from nats_helpers import Run, read_all
 from store_bounds import HANG_TIMEOUT, assert_no_timeout_waited, assert_within
 
 from objfs.server import EmbeddedServer
@@ -41,8 +40,6 @@ from objfs.store.wire import (
     parse_mtime,
 )
 
-T = TypeVar("T")
-Run = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
 WAIT = 60.0  # a generous deadline for a watch event (only a failing test waits it out)
 
 
