@@ -109,6 +109,41 @@ async def test_trio_cancellation_cancels_the_asyncio_task(bridge: Bridge) -> Non
     assert not finished.is_set()
 
 
+async def test_cancelled_call_returns_only_once_the_asyncio_task_has_finished(
+    bridge: Bridge,
+) -> None:
+    """A coroutine that keeps working after its cancellation (as a put abandoning its chunks
+    does) still owns what the caller lent it: trio must not resume before it ends."""
+    started = threading.Event()
+    cleaned_up = threading.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(WAIT)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # still reading the caller's file, say
+            cleaned_up.set()
+            raise
+
+    seen_when_resumed: bool | None = None
+    with trio.fail_after(WAIT):
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+
+                async def cancel_when_started() -> None:
+                    await wait_thread_event(started)
+                    scope.cancel()
+
+                nursery.start_soon(cancel_when_started)
+                try:
+                    await bridge.call(stubborn)
+                finally:
+                    seen_when_resumed = cleaned_up.is_set()
+    assert scope.cancelled_caught
+    assert seen_when_resumed, "trio resumed while the asyncio task was still running"
+
+
 async def test_asyncio_side_cancellation_is_not_a_trio_cancel(bridge: Bridge) -> None:
     """A coroutine cancelled on the asyncio side (not by trio) surfaces as an error."""
 
