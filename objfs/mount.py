@@ -173,7 +173,8 @@ def check_connect_files(options: MountOptions) -> None:
 
 
 def check_spool(options: MountOptions) -> None:
-    """Refuse a spool base that cannot hold files; warn about data earlier mounts left there."""
+    """Refuse a spool base that cannot hold files (what earlier mounts left there is stored
+    by ``recovery`` once mounted)."""
     base = spool_dir.base_for(options)
     try:
         base.mkdir(parents=True, exist_ok=True)
@@ -181,7 +182,6 @@ def check_spool(options: MountOptions) -> None:
         spool_dir.remove(probe)
     except OSError as e:
         raise MountError(f"cannot use spool directory {base}: {e.strerror or e}") from None
-    spool_dir.warn_leftovers(base)
 
 
 def mounted_paths() -> set[str]:
@@ -308,6 +308,7 @@ async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> in
                 nursery.start_soon(fs.run_background)
                 nursery.start_soon(_announce, options, before, reporter, via)
                 nursery.start_soon(reporter.notifier.watchdog)
+                nursery.start_soon(_recover, store, options, fs)
                 await pyfuse3.main()
                 log.debug("FUSE main loop ended")
                 nursery.cancel_scope.cancel()
@@ -391,6 +392,23 @@ async def _start_fs(fs: Filesystem, options: MountOptions) -> None:
         raise MountError(f"cannot open the store: {_one_line(e)}") from None
     except StoreError as e:
         raise MountError(f"cannot open the store: {_one_line(e)}") from None
+
+
+async def _recover(store: TrioStore, options: MountOptions, fs: Filesystem) -> None:
+    """Store what dead mounts left in the spool base (in the background: see ``recovery``)."""
+    from objfs.fs.recovery import recover
+
+    try:
+        await recover(
+            store,
+            spool_dir.base_for(options),
+            fs.spool_dir,
+            spool_dir.origin_of(options),
+            bucket=options.bucket,
+            chunk_size=options.chunk_size,
+        )
+    except OSError as e:  # the spool base went away or is unreadable: the mount carries on
+        log.error("recovery of earlier spool files failed: %s", e)
 
 
 async def _announce(options: MountOptions, before: int, reporter: Reporter, via: str) -> None:

@@ -3,7 +3,9 @@
 Writes go to the inode's spool (shared by all its handles); the spool is uploaded with one
 ``store.put`` (streamed from the spool file, in chunks) when the last writer closes, or on
 fsync. A failed upload answers EIO (ENOSPC/EROFS when the store says so) and keeps the spool:
-the next close or fsync retries, and so does ``Filesystem.shutdown``. Reads come from the
+``upload_retry`` tries again in the background, so do the next close or fsync and
+``Filesystem.shutdown``; before each upload the spool's sidecar records what it is for, so
+that ``recovery`` can store it if the mount dies first. Reads come from the
 spool while the inode has local content, otherwise through the chunk cache.
 
 ``Files`` owns each node's ``FileState`` (``Node.file``: spool, handle counts, the cached
@@ -42,6 +44,8 @@ from objfs.fs.inodes import InodeTable, Kind, Node
 from objfs.fs.naming import display_path, in_bucket, new_attrs, object_name, touch
 from objfs.fs.posix_attrs import attrs_to_headers
 from objfs.fs.spool import Spool
+from objfs.fs.spool_record import SpoolRecord
+from objfs.fs.upload_retry import PendingUpload, UploadRetry
 from objfs.fs.values import Caller
 from objfs.fs.watcher import Watcher
 from objfs.options import MountOptions
@@ -77,6 +81,11 @@ class Files:
         self.watcher = watcher
         self.directory = directory
         """``Coherence.directory``: a directory by inode, its bucket loaded."""
+        self.retry = UploadRetry(self.upload, self.settle, self._display)
+
+    def pending_uploads(self) -> list[PendingUpload]:
+        """Failed uploads waiting for their retry: ``(path, bytes, attempts, last_error)``."""
+        return self.retry.pending()
 
     # -- opening -------------------------------------------------------------------------------
     async def open(self, ino: int, flags: int, caller: Caller | None = None) -> tuple[Handle, bool]:
@@ -202,20 +211,25 @@ class Files:
             if handle.writable and node.file.writers == 0:
                 await self.upload(node)
         finally:
-            spool = node.spool
-            # A clean spool is no longer needed; a dirty one (failed upload) is kept for the
-            # retry; an unlinked file's spool lives until its last reader is gone.
-            if spool is not None and node.file.writers == 0:
-                done = node.file.handles == 0 if not node.attached else not spool.dirty
-                if done:
-                    spool.close()
-                    node.file.spool = None
-                    self.watcher.local_done(node)  # a remote change held while writing
+            self.settle(node)
             if node.file.handles == 0:
                 unlinked, node.file.delete_on_close = node.file.delete_on_close, None
                 if unlinked is not None:
                     await self._retract(unlinked)  # unlinked while open: its delete is now
             self.table.maybe_drop(node)
+
+    def settle(self, node: Node) -> None:
+        """Drop ``node``'s spool once nothing needs it: a clean one is no longer needed; a
+        dirty one (failed upload) is kept for the retry; an unlinked file's spool lives until
+        its last reader is gone."""
+        spool = node.spool
+        if spool is not None and node.file.writers == 0:
+            done = node.file.handles == 0 if not node.attached else not spool.dirty
+            if done:
+                spool.close()
+                node.file.spool = None
+                self.watcher.local_done(node)  # a remote change held while writing
+        self.table.maybe_drop(node)
 
     async def _retract(self, info: ObjectInfo) -> None:
         """Delete ``info``'s object for a file unlinked here, unless it was replaced since.
@@ -251,6 +265,7 @@ class Files:
             assert bucket is not None
             try:
                 await spool.fill(self.store)
+                spool.mark_complete(SpoolRecord.of(bucket, node.path, old, meta, spool.size))
                 info = await self.store.put(
                     bucket,
                     node.path,
@@ -260,18 +275,19 @@ class Files:
                 )
             except StoreError as e:
                 spool.last_error = f"{type(e).__name__}: {e}"
-                log.error("upload of %s failed, data kept in %s: %s", node.path, spool.path, e)
+                self._kept(node, spool)
                 code = e.errno if isinstance(e, NoSpace | ReadOnly) else errno.EIO
                 raise FsError(code, spool.last_error) from e
             except OSError as e:
                 spool.last_error = f"spool file: {e}"
-                log.error("upload of %s failed reading %s: %s", node.path, spool.path, e)
+                self._kept(node, spool)
                 raise FsError(errno.EIO, spool.last_error) from e
             if not node.attached:
                 await self._retract(info)
                 return
             spool.dirty = False
             spool.last_error = None
+            self.retry.stored(node)
             spool.base = info
             node.info = info
             self.watcher.uploaded(node, info)
@@ -281,6 +297,14 @@ class Files:
                 h.info = info  # readers here saw these bytes through the spool already
             if old is not None and old.nuid != info.nuid:
                 self.cache.forget(old.bucket, old.nuid)
+
+    def _kept(self, node: Node, spool: Spool) -> None:
+        """An upload failed: make the spool survive a crash, and retry it in the background."""
+        try:
+            spool.make_durable()
+        except OSError as e:
+            log.error("%s: cannot sync the spool file %s: %s", node.path, spool.path, e)
+        self.retry.failed(node, spool.last_error or "", str(spool.path))
 
     @staticmethod
     def _unstored(node: Node) -> Spool | None:

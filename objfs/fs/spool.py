@@ -4,7 +4,9 @@ Writes land in a file under the spool directory, never in memory, so a file of a
 written with bounded memory; the upload then streams the file to the store. Writing into an
 existing object first copies its content into the spool (copy on write), so partial
 overwrites, appends and truncates all work; a truncate to zero skips the copy. The spool file
-is named (not anonymous) so that a failed upload leaves something the user can recover.
+is named (not anonymous) so that a failed upload leaves something the user can recover, and
+carries a sidecar record (``spool_record``) saying what it is for, so that a later mount can
+store it if this one dies (``recovery``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import BinaryIO
 import trio
 
 from objfs.bridge import TrioStore
+from objfs.fs import spool_record
+from objfs.fs.spool_record import SpoolRecord
 from objfs.store.api import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -31,21 +35,48 @@ class Spool:
     ``filled``, the file does not hold that content yet and ``size`` is the base's size.
     ``lock`` serialises writes, truncates, fills, reads and uploads (an upload reads the file
     from a worker thread, across many awaits), and is also taken by a rename or an xattr
-    update of the node, which must not run under its upload. ``dirty``, ``base`` and
-    ``last_error`` change only under it (or on a new spool no other task can see yet).
+    update of the node, which must not run under its upload. ``dirty``, ``base``,
+    ``last_error`` and ``record`` change only under it (or on a new spool no other task can
+    see yet).
     """
 
     def __init__(self, directory: Path, base: ObjectInfo | None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="objfs-", suffix=".spool", dir=directory)
         self.path = Path(name)
-        self.file: BinaryIO = os.fdopen(fd, "r+b")
+        # Unbuffered: each write the kernel hands over is in the page cache when it is
+        # answered, so a killed daemon leaves it in the spool file (a buffer would lose it).
+        self.file: BinaryIO = os.fdopen(fd, "r+b", buffering=0)
         self.base = base
         self.filled = base is None or base.size == 0
         self._size = base.size if base is not None and not self.filled else 0
         self.dirty = False
         self.lock = trio.Lock()
         self.last_error: str | None = None
+        self.record: SpoolRecord | None = None
+        """The sidecar as last written (None: none written yet)."""
+
+    def mark_complete(self, record: SpoolRecord) -> None:
+        """Before an upload: the content is a version to store (the sidecar says so)."""
+        self.file.flush()
+        spool_record.write(self.path, record)
+        self.record = record
+
+    def make_durable(self) -> None:
+        """After a failed upload: fsync the content and its record (survives a power loss)."""
+        if self.record is None:
+            return
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.record.synced = True
+        spool_record.write(self.path, self.record, sync=True)
+
+    def _changing(self) -> None:
+        """A write after a complete record: a crash from now on leaves a half-written file."""
+        if self.record is not None and self.record.complete:
+            self.record.complete = False
+            self.record.synced = False
+            spool_record.write(self.path, self.record)
 
     @property
     def size(self) -> int:
@@ -60,15 +91,16 @@ class Spool:
         self.file.truncate(0)
         async for batch in store.read_stream(self.base):
             for chunk in batch:
-                self.file.write(chunk)
+                self._write_all(chunk)
         self._size = self.file.tell()
         self.filled = True
 
     async def write(self, store: TrioStore, offset: int, data: bytes) -> int:
         async with self.lock:
             await self.fill(store)
+            self._changing()
             self.file.seek(offset)
-            self.file.write(data)
+            self._write_all(data)
             self._size = max(self._size, offset + len(data))
             self.dirty = True
             return len(data)
@@ -80,9 +112,17 @@ class Spool:
                 self.filled = True
             else:
                 await self.fill(store)
+            self._changing()
             self.file.truncate(size)
             self._size = size
             self.dirty = True
+
+    def _write_all(self, data: bytes) -> None:
+        """An unbuffered write may be short (a signal, a full disk: then the next one
+        raises): write on until all of ``data`` is in."""
+        view = memoryview(data)
+        while view:
+            view = view[self.file.write(view) :]
 
     async def read(self, offset: int, size: int) -> bytes:
         """Bytes from the file; only valid once ``filled``."""
@@ -103,3 +143,4 @@ class Spool:
             if delete:
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
+                spool_record.remove(self.path)
