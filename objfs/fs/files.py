@@ -146,7 +146,7 @@ class Files:
         if self.table.child(parent, name) is not None:
             raise FsError(errno.EEXIST)
         attrs = new_attrs(stat.S_IFREG, mode, caller)
-        with self.watcher.hold(bucket):
+        async with self.watcher.hold(bucket):
             info = await self.store.put(
                 bucket,
                 full,
@@ -239,7 +239,7 @@ class Files:
         delete and brought the name back).
         """
         bucket = info.bucket
-        with self.watcher.hold(bucket):
+        async with self.watcher.hold(bucket):
             try:
                 current = await self.store.info(bucket, info.name)
                 if current.nuid == info.nuid:

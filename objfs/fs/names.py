@@ -122,7 +122,7 @@ class Names:
             return await self._make_bucket(name)
         full = object_name(parent, name, directory=True)
         attrs = new_attrs(stat.S_IFDIR, mode, caller)
-        with self.watcher.hold(parent.bucket):
+        async with self.watcher.hold(parent.bucket):
             info = await self.store.put(
                 parent.bucket, full, b"", meta=ObjectMeta(headers=attrs_to_headers(attrs))
             )
@@ -159,7 +159,7 @@ class Names:
         if node.children:
             raise FsError(errno.ENOTEMPTY)
         assert node.bucket is not None
-        with self.watcher.hold(node.bucket):
+        async with self.watcher.hold(node.bucket):
             if node.info is not None:
                 # NotFound: someone else removed the marker; the goal is reached.
                 with contextlib.suppress(NotFound):
@@ -174,7 +174,7 @@ class Names:
         if node.is_dir:
             raise FsError(errno.EISDIR)
         assert node.bucket is not None
-        with self.watcher.hold(node.bucket):
+        async with self.watcher.hold(node.bucket):
             if node.info is not None and node.file.handles > 0 and node.spool is None:
                 # Open here: as on a local disk, its readers go on reading until the last one
                 # closes, and the object is deleted then (release), not under them.
@@ -203,7 +203,7 @@ class Names:
             raise FsError(errno.EEXIST)
         attrs = new_attrs(stat.S_IFLNK, 0o777, Caller(caller.uid, caller.gid, 0))
         headers = attrs_to_headers(attrs, symlink=target)
-        with self.watcher.hold(bucket):
+        async with self.watcher.hold(bucket):
             info = await self.store.put(bucket, full, b"", meta=ObjectMeta(headers=headers))
             node = self.table.new(Kind.SYMLINK, parent, name, attrs, info=info)
         node.symlink = target
@@ -251,7 +251,7 @@ class Names:
                 raise FsError(errno.ENOTDIR)
             if target.is_dir and target.children:
                 raise FsError(errno.ENOTEMPTY)
-        with self.watcher.hold(node.bucket):
+        async with self.watcher.hold(node.bucket):
             if node.is_dir:
                 await self._rename_dir(node, new_parent, new_name, target)
             else:
