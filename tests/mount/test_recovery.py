@@ -160,3 +160,23 @@ def test_recovery_keeps_a_version_changed_meanwhile_beside_it(
     finally:
         again.stop()
     assert spool_dirs(tmp_path / "spool") == []
+
+
+def test_fsync_returning_means_stored_even_if_the_mount_is_killed_right_after(
+    private_server: EmbeddedServer, tmp_path: Path, bucket_name: str, fuse: None
+) -> None:
+    """fsync() returning 0 means every chunk and the meta are acknowledged by JetStream: a
+    SIGKILL right after it loses nothing, and no recovery is needed for it."""
+    content = data(3 << 20, seed=11)
+    m = mount_at(tmp_path, "mnt", private_server, bucket_name).start()
+    try:
+        with open(m.mountpoint / "synced.bin", "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+            kill(m)
+    except OSError as e:  # the close after the kill: the mount is gone
+        assert e.errno == errno.ENOTCONN, e
+    finally:
+        m.stop(check=False)
+    assert objects(private_server.url, bucket_name) == {"synced.bin": content}
