@@ -165,7 +165,11 @@ class Files:
         node = handle.node
         spool = node.spool
         if spool is not None and spool.filled:
-            return await spool.read(offset, size)
+            data = await spool.read(offset, size)
+            if data is not None:
+                return data
+            # Closed while this waited behind the upload of the last close: read anew.
+            return await self.read(fh, offset, size)
         if spool is not None:
             info = spool.base
         else:

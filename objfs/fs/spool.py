@@ -124,9 +124,12 @@ class Spool:
         while view:
             view = view[self.file.write(view) :]
 
-    async def read(self, offset: int, size: int) -> bytes:
-        """Bytes from the file; only valid once ``filled``."""
+    async def read(self, offset: int, size: int) -> bytes | None:
+        """Bytes from the file; only valid once ``filled``. None: the spool was closed while
+        this waited for the lock (its content stored by the upload that held it)."""
         async with self.lock:
+            if self.file.closed:
+                return None
             self.file.seek(offset)
             return self.file.read(max(0, min(size, self._size - offset)))
 

@@ -193,3 +193,29 @@ fcntl.flock(fd, fcntl.LOCK_EX)
 print("locked", flush=True)
 time.sleep(120)
 """
+
+
+async def test_a_read_waiting_behind_the_last_upload_reads_the_stored_version(
+    mem, bucket_name, make_fs
+):
+    """The last close's upload holds the spool lock; a read waiting for it must not find the
+    spool closed under it (it failed with 'I/O operation on closed file')."""
+    fs = await make_fs(mem, bucket_name)
+    writer, node = await fs.create(ROOT_INO, "r", 0o644, os.O_RDWR | os.O_CREAT, CALLER)
+    await fs.write(writer.fh, 0, b"the content")
+    reader, _ = await fs.open(node.ino, os.O_RDONLY)
+    spool = node.spool
+    mem.store.delay = 0.05  # the upload's put takes a while: the read queues behind it
+    got: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.release, writer.fh)
+        await wait_for(lambda: spool.lock.locked(), "the upload holding the spool")
+
+        async def read() -> None:
+            got.append(await fs.read(reader.fh, 0, 100))
+
+        nursery.start_soon(read)
+    mem.store.delay = 0.0
+    assert got == [b"the content"]
+    assert node.spool is None
+    await fs.release(reader.fh)
