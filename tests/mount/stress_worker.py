@@ -2,14 +2,15 @@
 files under a mount point and records what it was acknowledged.
 
 ``python stress_worker.py MOUNTPOINT WORKER ROUNDS SHARED OUT``: for each round, write a file of
-its own, write a temporary file and rename it to a name of its own, write its shared name (one of
-``SHARED``, which one worker of each mount writes), read back its own files and a shared one. Every close (or rename) that returned
-without error is an acknowledged version, recorded with its sha256 in ``OUT`` (JSON); reads are
-checked here for its own names (must equal the last acknowledged version) and recorded for
-shared names (checked by the test against every process's acknowledged versions). A shared
-version is one unit (``worker W round I ``) repeated: a read that is not an acknowledged
-version must be a clean prefix of one unit's repetition (a write in progress on the reader's
-own mount, which shows local writes at once), never a mix of two versions.
+its own, write a temporary file and rename it to a name of its own, write its shared name (one
+of ``SHARED``, which one worker of each mount writes), read back its own files and a shared
+one. Every close (or rename) that returned without error is an acknowledged version, recorded
+with its sha256 in ``OUT`` (JSON); reads are checked here for its own names (must equal the
+last acknowledged version) and recorded for shared names (checked by the test against every
+process's acknowledged versions). A shared version is one unit (``worker W round I ``)
+repeated: a read that is not an acknowledged version must be a clean prefix of one unit's
+repetition (a write in progress on the reader's own mount, which shows local writes at once),
+never a mix of two versions.
 """
 
 from __future__ import annotations
