@@ -180,3 +180,24 @@ def test_fsync_returning_means_stored_even_if_the_mount_is_killed_right_after(
     finally:
         m.stop(check=False)
     assert objects(private_server.url, bucket_name) == {"synced.bin": content}
+
+
+def test_failed_close_is_stored_in_the_background_when_the_server_returns(
+    private_server: EmbeddedServer, tmp_path: Path, bucket_name: str, fuse: None
+) -> None:
+    """Nobody touches the file again: the mount's background retry stores it."""
+    content = data(1 << 20, seed=12)
+    m = mount_at(tmp_path, "mnt", private_server, bucket_name).start()
+    try:
+        private_server.stop()
+        failing_close(m.mountpoint / "later.bin", content)
+        private_server.start()
+        wait_for(
+            lambda: objects(private_server.url, bucket_name).get("later.bin") == content,
+            "the failed close stored by the background retry",
+        )
+        wait_for(lambda: "upload of /later.bin stored after" in m.stderr(), "the retry logged")
+    finally:
+        m.stop()
+    assert m.stderr().count("upload of /later.bin failed") == 1, m.stderr()
+    assert spool_dirs(tmp_path / "spool") == []
