@@ -398,6 +398,8 @@ async def _recover(store: TrioStore, options: MountOptions, fs: Filesystem) -> N
     """Store what dead mounts left in the spool base (in the background: see ``recovery``)."""
     from objfs.fs.recovery import recover
 
+    if options.read_only:
+        return  # a read-only mount stores nothing: a writable one will
     try:
         await recover(
             store,
@@ -409,6 +411,8 @@ async def _recover(store: TrioStore, options: MountOptions, fs: Filesystem) -> N
         )
     except OSError as e:  # the spool base went away or is unreadable: the mount carries on
         log.error("recovery of earlier spool files failed: %s", e)
+    except Exception:  # a bug here must not end the mount; the files stay for the next one
+        log.exception("recovery of earlier spool files failed")
 
 
 async def _announce(options: MountOptions, before: int, reporter: Reporter, via: str) -> None:

@@ -133,6 +133,12 @@ class Recovery:
         if self.bucket is not None and record.bucket != self.bucket:
             self._keep(path, record, f"for bucket {record.bucket}, not this mount's")
             return
+        try:
+            await self._store(path, record, size)
+        except NotFound as e:  # its bucket is gone (or never existed on this store)
+            self._keep(path, record, f"cannot store it: {e}")
+
+    async def _store(self, path: Path, record: SpoolRecord, size: int) -> None:
         current = await self._current(record.bucket, record.name)
         if current is not None and current.digest == await trio.to_thread.run_sync(_digest, path):
             # Its put did land (the mount died before it heard the ack): nothing to do.

@@ -109,6 +109,11 @@ class UploadRetry:
 
     async def _retry(self, entry: _Pending) -> None:
         node = entry.node
+        if node.file.writers > 0:
+            # Still open for writing (its fsync failed): its close stores it, whole; a retry
+            # now would publish what the writer has written so far.
+            entry.due = trio.current_time() + self.max_delay
+            return
         try:
             await self._upload(node)  # a failure calls ``failed`` again (next attempt later)
         except (FsError, StoreError):

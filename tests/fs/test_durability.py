@@ -219,3 +219,19 @@ async def test_a_read_waiting_behind_the_last_upload_reads_the_stored_version(
     assert got == [b"the content"]
     assert node.spool is None
     await fs.release(reader.fh)
+
+
+async def test_recovery_keeps_a_file_whose_bucket_is_gone_and_goes_on(
+    mem, bucket_name, make_fs, tmp_path
+):
+    await make_fs(mem, bucket_name)
+    spools = tmp_path / "spools"
+    old = dead_spool(spools, "o")
+    gone = left_file(old, b"g", SpoolRecord.of("gone-bucket", "g", None, ObjectMeta(), 1))
+    left_file(old, b"kept", SpoolRecord.of(bucket_name, "k", None, ObjectMeta(), 4))
+    own = spool_dir.create(spools, "o")
+    result = await recover(mem, spools, own, "o")  # a mount of every bucket
+    assert [p for p, _ in result.kept] == [gone] and gone.exists()
+    assert result.stored == [(bucket_name, "k", 4)]
+    assert await stored(mem, bucket_name, "k") == b"kept"
+    spool_dir.remove(own)
