@@ -82,7 +82,8 @@ class Recovery:
         self.kept: list[tuple[Path, str]] = []
         """``(spool_file, reason)`` left in the spool."""
 
-    async def run(self) -> None:
+    async def run(self) -> Recovery:
+        """One pass; store errors are logged (the files they concern stay), not raised."""
         with spool_dir.claimed(self.base, self.own) as directories:
             for directory in directories:
                 theirs = spool_dir.origin(directory)
@@ -102,6 +103,7 @@ class Recovery:
                         directory,
                         e,
                     )
+        return self
 
     async def _directory(self, directory: Path) -> None:
         for path in sorted(directory.glob(SPOOL_GLOB)):
@@ -243,18 +245,3 @@ def _digest(path: Path) -> str:
         while block := f.read(1 << 20):
             sha.update(block)
     return format_digest(sha.digest())
-
-
-async def recover(
-    store: TrioStore,
-    base: Path,
-    own: Path,
-    origin: str,
-    *,
-    bucket: str | None = None,
-    chunk_size: int | None = None,
-) -> Recovery:
-    """Run one recovery pass; never raises a store error (each is logged)."""
-    recovery = Recovery(store, base, own, origin, bucket=bucket, chunk_size=chunk_size)
-    await recovery.run()
-    return recovery

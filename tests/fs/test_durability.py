@@ -16,7 +16,7 @@ from fs_helpers import CALLER, stored, wait_for, write_file
 
 from objfs.fs import FsError, spool_dir, spool_record
 from objfs.fs.inodes import ROOT_INO
-from objfs.fs.recovery import recover
+from objfs.fs.recovery import Recovery
 from objfs.fs.spool_record import SpoolRecord
 from objfs.store.api import ObjectMeta
 from objfs.store.errors import NotFound, Unavailable
@@ -119,7 +119,7 @@ async def test_recovery_stores_conflicts_and_keeps(mem, bucket_name, make_fs, tm
 
     own = spool_dir.create(spools, "here")  # this mount's own directory: never touched
     mine = left_file(own, b"mine", rec("mine", None, 4))
-    result = await recover(mem, spools, own, "here", bucket=bucket_name)
+    result = await Recovery(mem, spools, own, "here", bucket=bucket_name).run()
 
     assert await stored(mem, bucket_name, "same") == b"ours over base"
     assert (await mem.info(bucket_name, "same")).headers["X-Test"] == ["1"]
@@ -152,7 +152,7 @@ async def test_recovery_of_a_stored_put_does_not_copy_it(mem, bucket_name, make_
     old = dead_spool(spools, "o")
     left_file(old, b"new content", SpoolRecord.of(bucket_name, "f", base, ObjectMeta(), 11))
     own = spool_dir.create(spools, "o")
-    result = await recover(mem, spools, own, "o", bucket=bucket_name)
+    result = await Recovery(mem, spools, own, "o", bucket=bucket_name).run()
     assert result.conflicts == [] and result.kept == []
     assert [i.name for i in await mem.list(bucket_name)] == ["f"]
     assert not old.exists()
@@ -173,14 +173,14 @@ async def test_recovery_skips_a_directory_whose_lock_is_held(mem, bucket_name, m
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         own = spool_dir.create(spools, "o")
-        result = await recover(mem, spools, own, "o", bucket=bucket_name)
+        result = await Recovery(mem, spools, own, "o", bucket=bucket_name).run()
         assert result.stored == [] and path.exists()
         with pytest.raises(NotFound):
             await mem.info(bucket_name, "b")
     finally:
         holder.kill()
         holder.wait()
-    result = await recover(mem, spools, own, "o", bucket=bucket_name)  # its holder is gone
+    result = await Recovery(mem, spools, own, "o", bucket=bucket_name).run()  # its holder is gone
     assert result.stored == [(bucket_name, "b", 6)] and not busy.exists()
     assert await stored(mem, bucket_name, "b") == b"in use"
     spool_dir.remove(own)
@@ -230,7 +230,7 @@ async def test_recovery_keeps_a_file_whose_bucket_is_gone_and_goes_on(
     gone = left_file(old, b"g", SpoolRecord.of("gone-bucket", "g", None, ObjectMeta(), 1))
     left_file(old, b"kept", SpoolRecord.of(bucket_name, "k", None, ObjectMeta(), 4))
     own = spool_dir.create(spools, "o")
-    result = await recover(mem, spools, own, "o")  # a mount of every bucket
+    result = await Recovery(mem, spools, own, "o").run()  # a mount of every bucket
     assert [p for p, _ in result.kept] == [gone] and gone.exists()
     assert result.stored == [(bucket_name, "k", 4)]
     assert await stored(mem, bucket_name, "k") == b"kept"

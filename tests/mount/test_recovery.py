@@ -9,37 +9,22 @@ is read back with nats-py, not objfs.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
 import signal
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import nats
 import pytest
 from helpers import data, wait_for
 from mounting import Mount
+from test_nats_client import with_store
 
 from objfs.server import EmbeddedServer
 
-T = TypeVar("T")
-
 TIMEOUT = "2"
 """The mounts' --timeout: a close with the server down fails after it."""
-
-
-def with_store(url: str, bucket: str, fn: Callable[[Any], Awaitable[T]]) -> T:
-    async def main() -> T:
-        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
-        try:
-            return await fn(await nc.jetstream().object_store(bucket))
-        finally:
-            await nc.close()
-
-    return asyncio.run(main())
 
 
 def objects(url: str, bucket: str) -> dict[str, bytes]:
