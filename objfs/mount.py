@@ -396,16 +396,15 @@ async def _start_fs(fs: Filesystem, options: MountOptions) -> None:
 
 async def _recover(store: TrioStore, options: MountOptions, fs: Filesystem) -> None:
     """Store what dead mounts left in the spool base (in the background: see ``recovery``)."""
-    from objfs.fs.recovery import Recovery
-
     if options.read_only:
         return  # a read-only mount stores nothing: a writable one will
-    base, origin = spool_dir.base_for(options), spool_dir.origin_of(options)
-    recovery = Recovery(
-        store, base, fs.spool_dir, origin, bucket=options.bucket, chunk_size=options.chunk_size
-    )
     try:
-        await recovery.run()
+        from objfs.fs.recovery import Recovery
+
+        base, origin = spool_dir.base_for(options), spool_dir.origin_of(options)
+        await Recovery(
+            store, base, fs.spool_dir, origin, bucket=options.bucket, chunk_size=options.chunk_size
+        ).run()
     except OSError as e:  # the spool base went away or is unreadable: the mount carries on
         log.error("recovery of earlier spool files failed: %s", e)
     except Exception:  # a bug here must not end the mount; the files stay for the next one

@@ -9,6 +9,7 @@ is read back with nats-py, not objfs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -28,7 +29,8 @@ TIMEOUT = "2"
 
 
 def objects(url: str, bucket: str) -> dict[str, bytes]:
-    """Every live object of ``bucket`` and its bytes, read by nats-py."""
+    """Every live object of ``bucket`` and its bytes, read by nats-py ({} if that does not
+    finish in 30 s: nats-py's get waits for ever for chunks a concurrent overwrite purged)."""
 
     async def read(obs: Any) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
@@ -38,7 +40,13 @@ def objects(url: str, bucket: str) -> dict[str, bytes]:
                     out[info.name] = (await obs.get(info.name)).data
         return out
 
-    return with_store(url, bucket, read)
+    async def bounded(obs: Any) -> dict[str, bytes]:
+        try:
+            return await asyncio.wait_for(read(obs), 30)
+        except TimeoutError:
+            return {}
+
+    return with_store(url, bucket, bounded)
 
 
 def kill(m: Mount) -> None:
