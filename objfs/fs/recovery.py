@@ -170,7 +170,7 @@ class Recovery:
     @staticmethod
     def _untrusted(record: SpoolRecord | None, size: int) -> str | None:
         if record is None:
-            return "no record of what it is for"
+            return "no record: it was being written or uploaded when its mount ended"
         if not record.complete:
             return "it was still being written when its mount ended"
         if not record.synced and record.boot_id != boot_id():

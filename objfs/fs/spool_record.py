@@ -5,8 +5,10 @@ names the object it is meant for (bucket, name), the version it started from (``
 and revision, or none for a new file), the meta to store with it, and its state:
 
 - ``complete``: the content is a version a close, fsync or unmount meant to store. It is
-  written before each upload and cleared (rewritten) by the first write after it, so a file
-  still being written when the daemon died is recognised and never stored half-done.
+  written before the upload of a large spool and after any failed upload
+  (``spool.RECORD_BEFORE_UPLOAD``), and cleared (rewritten) by the first write after it, so a
+  file still being written when the daemon died is recognised and never stored half-done (a
+  spool without a record is kept, never stored).
 - ``synced``: the spool file and the record were fsynced after an upload failed, so the data
   survives a power loss too; without it the content is trusted only on the same boot (a
   killed process leaves its writes in the page cache, a reboot may not).

@@ -17,6 +17,7 @@ from fs_helpers import CALLER, stored, wait_for, write_file
 from objfs.fs import FsError, spool_dir, spool_record
 from objfs.fs.inodes import ROOT_INO
 from objfs.fs.recovery import Recovery
+from objfs.fs.spool import RECORD_BEFORE_UPLOAD
 from objfs.fs.spool_record import SpoolRecord
 from objfs.store.api import ObjectMeta
 from objfs.store.errors import NotFound, Unavailable
@@ -235,3 +236,24 @@ async def test_recovery_keeps_a_file_whose_bucket_is_gone_and_goes_on(
     assert result.stored == [(bucket_name, "k", 4)]
     assert await stored(mem, bucket_name, "k") == b"kept"
     spool_dir.remove(own)
+
+
+@pytest.mark.parametrize("size", [100, RECORD_BEFORE_UPLOAD])
+async def test_a_large_spool_is_recorded_before_its_upload(mem, bucket_name, make_fs, size):
+    """A mount killed during a long upload leaves a record recovery acts on; a small file's
+    record is written only if its upload fails (it costs as much as a small put)."""
+    fs = await make_fs(mem, bucket_name)
+    handle, node = await fs.create(ROOT_INO, "big", 0o644, os.O_WRONLY | os.O_CREAT, CALLER)
+    await fs.write(handle.fh, 0, b"x" * size)
+    spool = node.spool
+    mem.store.delay = 0.05
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.release, handle.fh)
+        await wait_for(lambda: spool.lock.locked(), "the upload started")
+        record = spool_record.read(spool.path)
+        if size >= RECORD_BEFORE_UPLOAD:
+            assert record is not None and record.complete and record.size == size
+        else:
+            assert record is None
+    mem.store.delay = 0.0
+    assert not spool_record.path_for(spool.path).exists()  # gone with the stored spool
