@@ -117,6 +117,8 @@ class UploadRetry:
         try:
             await self._upload(node)  # a failure calls ``failed`` again (next attempt later)
         except (FsError, StoreError):
+            if entry.due <= trio.current_time():  # failed without ``failed``: never spin
+                entry.due = trio.current_time() + self.max_delay
             return
         except Exception:  # a bug here must not end the retries, or the mount
             log.exception("retrying the upload of %s", self._display(node))

@@ -124,8 +124,13 @@ class Watcher:
         task = trio.lowlevel.current_task()
         holders = self._holders.setdefault(bucket, {})
         if task not in holders and self.draining(bucket):
-            with trio.move_on_after(self.defer_bound):
+            with trio.move_on_after(self.defer_bound) as waited:
                 await self._idle.setdefault(bucket, trio.Event()).wait()
+            if waited.cancelled_caught and bucket in self._deferred_since:
+                # A running hold outlasted the wait (a long directory rename, or the lock
+                # cycle above): go on, and try the barrier again a bound later rather than
+                # delay every operation that comes meanwhile.
+                self._deferred_since[bucket] = trio.current_time()
             holders = self._holders.setdefault(bucket, {})
         self._held[bucket] = self._held.get(bucket, 0) + 1
         holders[task] = holders.get(task, 0) + 1

@@ -67,3 +67,30 @@ async def test_remote_change_is_applied_while_local_operations_keep_overlapping(
         relay.stopped = True
         nursery.cancel_scope.cancel()
     assert fs.table.child(fs.root, "remote").size == len(b"from another client")
+
+
+async def test_the_barrier_wait_is_bounded_when_a_running_operation_does_not_end(
+    mem, bucket_name, make_fs
+):
+    """A hold that outlasts the barrier (a long directory rename, or a rename waiting for the
+    spool lock of an xattr update that waits at the barrier) must not block others for ever."""
+    fs = await make_fs(mem, bucket_name)
+    fs.watcher.defer_bound = 0.05
+    release = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.run_background)
+
+        async def long_operation() -> None:
+            async with fs.watcher.hold(bucket_name):
+                await release.wait()
+
+        nursery.start_soon(long_operation)
+        await wait_for(lambda: fs.watcher._held.get(bucket_name), "the long hold")
+        await mem.put(bucket_name, "remote", b"x")
+        await wait_for(lambda: fs.watcher.draining(bucket_name), "the remote put deferred")
+        for i in range(3):  # each waits a bound at most, then goes on under the long hold
+            await fs.mknod(ROOT_INO, f"local{i}", stat.S_IFREG | 0o644, 0, CALLER)
+        assert fs.table.child(fs.root, "remote") is None  # still deferred: the hold is on
+        release.set()
+        await wait_for(lambda: fs.table.child(fs.root, "remote") is not None, "remote applied")
+        nursery.cancel_scope.cancel()
