@@ -15,6 +15,7 @@ import asyncio
 import builtins
 import concurrent.futures
 import contextlib
+import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
@@ -36,6 +37,13 @@ from objfs.store.api import (
 from objfs.store.errors import Unavailable
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+CANCEL_GRACE = 120.0
+"""Seconds a cancelled call waits for its asyncio task to finish before giving up on it (only
+a hung store call waits this out: a cancelled put still abandons its chunks, bounded by the
+store's own timeout)."""
 
 
 class AsyncioThread:
@@ -100,38 +108,75 @@ class Bridge:
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` on the asyncio loop and return its result in trio.
 
-        Cancelling the trio task cancels the asyncio task too.
+        Cancelling the trio task cancels the asyncio task too, and the trio side raises
+        ``Cancelled`` only once that task has finished: until then it may still use what the
+        caller handed it (an upload reads the spool file under ``spool.lock``, which the caller
+        releases as soon as this returns). The wait is shielded and bounded by
+        ``CANCEL_GRACE``, with a log line if the asyncio side overruns it.
         """
-        task = trio.lowlevel.current_task()
+        loop = self.thread.loop
+        assert loop is not None, "AsyncioThread not started"
+        trio_task = trio.lowlevel.current_task()
         token = self._token
-        fut = self.thread.submit(_as_coro(fn, *args, **kwargs))
+        # The asyncio task, set on the asyncio thread by ``start`` before anything else there
+        # touches it (call_soon_threadsafe callbacks run in order); read on the trio thread
+        # only after ``on_done`` ran, which the task's done callback schedules.
+        box: list[asyncio.Task[T]] = []
+        # ``aborted`` and ``finished`` belong to the trio thread (``abort`` and ``on_done`` both
+        # run there): after an abort the task is no longer waiting to be rescheduled, so the
+        # end of the asyncio task is signalled through ``finished`` instead.
+        aborted = False
+        finished = trio.Event()
 
-        def done(_: concurrent.futures.Future[T]) -> None:
-            token.run_sync_soon(trio.lowlevel.reschedule, task)
+        def on_done() -> None:
+            if aborted:
+                finished.set()
+            else:
+                trio.lowlevel.reschedule(trio_task)
 
-        fut.add_done_callback(done)
+        def notify(_: object) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(on_done)
 
-        raise_cancel: Callable[[], Any] | None = None
+        def start() -> None:
+            task = loop.create_task(_as_coro(fn, *args, **kwargs))
+            box.append(task)
+            task.add_done_callback(notify)
 
-        def abort(raise_cancel_: Callable[[], Any]) -> trio.lowlevel.Abort:
-            nonlocal raise_cancel
-            raise_cancel = raise_cancel_
-            fut.cancel()
-            # The done callback still fires and reschedules; let it, so nothing is lost.
-            return trio.lowlevel.Abort.FAILED
+        def cancel() -> None:
+            box[0].cancel()
+
+        def abort(_: Callable[[], Any]) -> trio.lowlevel.Abort:
+            nonlocal aborted
+            aborted = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs there
+                loop.call_soon_threadsafe(cancel)
+            return trio.lowlevel.Abort.SUCCEEDED
 
         try:
+            loop.call_soon_threadsafe(start)
+        except RuntimeError as e:  # the loop is closed (shutting down)
+            raise Unavailable(f"{getattr(fn, '__name__', fn)}: the asyncio loop is closed") from e
+        try:
             await trio.lowlevel.wait_task_rescheduled(abort)
-        except BaseException:
-            fut.cancel()
+        except BaseException:  # Cancelled (or KeyboardInterrupt, delivered the same way)
+            if aborted:
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(CANCEL_GRACE) as grace:
+                        await finished.wait()
+                if grace.cancelled_caught:
+                    log.warning(
+                        "%s: still running on the asyncio loop %gs after it was cancelled",
+                        getattr(fn, "__name__", fn),
+                        CANCEL_GRACE,
+                    )
             raise
-        if fut.cancelled():
-            if raise_cancel is not None:
-                raise_cancel()
+        task = box[0]
+        if task.cancelled():
             # Cancelled on the asyncio side (e.g. its loop shutting down), not by trio: a
             # trio.Cancelled here would escape every cancel scope, so report an error.
             raise Unavailable(f"{getattr(fn, '__name__', fn)} was cancelled on the asyncio loop")
-        return fut.result()
+        return task.result()
 
     async def iterate(
         self, make: Callable[[], AsyncIterator[T]], *, batch: int = 1

@@ -199,7 +199,8 @@ def check_connect_files(options: MountOptions) -> None:
 
 
 def check_spool(options: MountOptions) -> None:
-    """Refuse a spool base that cannot hold files; warn about data earlier mounts left there."""
+    """Refuse a spool base that cannot hold files (what earlier mounts left there is stored
+    by ``recovery`` once mounted)."""
     base = spool_dir.base_for(options)
     try:
         base.mkdir(parents=True, exist_ok=True)
@@ -207,7 +208,6 @@ def check_spool(options: MountOptions) -> None:
         spool_dir.remove(probe)
     except OSError as e:
         raise MountError(f"cannot use spool directory {base}: {e.strerror or e}") from None
-    spool_dir.warn_leftovers(base)
 
 
 def mounted_paths() -> set[str]:
@@ -332,6 +332,7 @@ async def _mount(options: MountOptions, reporter: Reporter, state: _State) -> in
                 nursery.start_soon(reporter.notifier.watchdog)
                 nursery.start_soon(status.serve, status_socket, document)
                 nursery.start_soon(_report_uploads, fs, reporter)
+                nursery.start_soon(_recover, store, options, fs)
                 await pyfuse3.main()
                 log.debug("FUSE main loop ended")
                 nursery.cancel_scope.cancel()
@@ -457,6 +458,23 @@ async def _start_fs(fs: Filesystem, options: MountOptions) -> None:
         raise MountError(f"cannot open the store: {_one_line(e)}") from None
     except StoreError as e:
         raise MountError(f"cannot open the store: {_one_line(e)}") from None
+
+
+async def _recover(store: TrioStore, options: MountOptions, fs: Filesystem) -> None:
+    """Store what dead mounts left in the spool base (in the background: see ``recovery``)."""
+    if options.read_only:
+        return  # a read-only mount stores nothing: a writable one will
+    try:
+        from objfs.fs.recovery import Recovery
+
+        base, origin = spool_dir.base_for(options), spool_dir.origin_of(options)
+        await Recovery(
+            store, base, fs.spool_dir, origin, bucket=options.bucket, chunk_size=options.chunk_size
+        ).run()
+    except OSError as e:  # the spool base went away or is unreadable: the mount carries on
+        log.error("recovery of earlier spool files failed: %s", e)
+    except Exception:  # a bug here must not end the mount; the files stay for the next one
+        log.exception("recovery of earlier spool files failed")
 
 
 async def _announce(options: MountOptions, before: int, reporter: Reporter, via: str) -> None:

@@ -79,6 +79,22 @@ async def test_call_propagates_exceptions_with_their_type(bridge: Bridge) -> Non
         await bridge.call(fail, ValueError("plain"))
 
 
+async def call_cancelled_once_started(
+    bridge: Bridge, fn: Callable[[], Awaitable[None]], started: threading.Event
+) -> trio.CancelScope:
+    """``bridge.call(fn)``, cancelled from trio once ``fn`` has set ``started``."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_when_started() -> None:
+                await wait_thread_event(started)
+                scope.cancel()
+
+            nursery.start_soon(cancel_when_started)
+            await bridge.call(fn)
+    return scope
+
+
 async def test_trio_cancellation_cancels_the_asyncio_task(bridge: Bridge) -> None:
     started = threading.Event()
     saw_cancel = threading.Event()
@@ -94,19 +110,35 @@ async def test_trio_cancellation_cancels_the_asyncio_task(bridge: Bridge) -> Non
             raise
 
     with trio.move_on_after(WAIT) as outer:
-        with trio.CancelScope() as scope:
-            async with trio.open_nursery() as nursery:
-
-                async def cancel_when_started() -> None:
-                    await wait_thread_event(started)
-                    scope.cancel()
-
-                nursery.start_soon(cancel_when_started)
-                await bridge.call(slow)
+        scope = await call_cancelled_once_started(bridge, slow, started)
     assert not outer.cancelled_caught, "the call did not end when cancelled"
     assert scope.cancelled_caught
     assert await wait_thread_event(saw_cancel)
     assert not finished.is_set()
+
+
+async def test_cancelled_call_returns_only_once_the_asyncio_task_has_finished(
+    bridge: Bridge,
+) -> None:
+    """A coroutine that keeps working after its cancellation (as a put abandoning its chunks
+    does) still owns what the caller lent it: trio must not resume before it ends."""
+    started = threading.Event()
+    cleaned_up = threading.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(WAIT)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # still reading the caller's file, say
+            cleaned_up.set()
+            raise
+
+    with trio.fail_after(WAIT):
+        scope = await call_cancelled_once_started(bridge, stubborn, started)
+    # Checked at once: before the fix trio resumed 0.3 s before the clean-up ended.
+    assert cleaned_up.is_set(), "trio resumed while the asyncio task was still running"
+    assert scope.cancelled_caught
 
 
 async def test_asyncio_side_cancellation_is_not_a_trio_cancel(bridge: Bridge) -> None:

@@ -135,7 +135,7 @@ class Attributes:
             return  # the root and bucket directories have no object to carry them
         if node.info is None and not node.is_dir:
             return  # a file not uploaded yet: its upload carries them
-        with self.watcher.hold(node.bucket):
+        async with self.watcher.hold(node.bucket):
             if node.info is None:
                 headers = attrs_to_headers(node.attrs)
                 info = await self.store.put(

@@ -68,7 +68,7 @@ class Filesystem:
         self.cache = ChunkCache(store, options.cache_size, self.stats)
         self.queue = InvalidationQueue()
         self.watcher = Watcher(self.table, self.tree, self.queue, self.cache, self.stats)
-        self.spool_dir = spool_dir.create(spool_dir.base_for(options))
+        self.spool_dir = spool_dir.create(spool_dir.base_for(options), spool_dir.origin_of(options))
         self.root = self.table.add_root(self._root_node())
         self.guard = WriteGuard(options.read_only, self.table, self.handles)
         self.coherence = Coherence(
@@ -167,6 +167,7 @@ class Filesystem:
             async with trio.open_nursery() as nursery:
                 self.cache.spawn = nursery.start_soon
                 self.coherence.run(nursery)
+                nursery.start_soon(self.files.retry.run)
                 await trio.sleep_forever()
         finally:
             self.coherence.stopped()

@@ -3,7 +3,9 @@
 Writes go to the inode's spool (shared by all its handles); the spool is uploaded with one
 ``store.put`` (streamed from the spool file, in chunks) when the last writer closes, or on
 fsync. A failed upload answers EIO (ENOSPC/EROFS when the store says so) and keeps the spool:
-the next close or fsync retries, and so does ``Filesystem.shutdown``. Reads come from the
+``upload_retry`` tries again in the background, so do the next close or fsync and
+``Filesystem.shutdown``; before each upload the spool's sidecar records what it is for, so
+that ``recovery`` can store it if the mount dies first. Reads come from the
 spool while the inode has local content, otherwise through the chunk cache.
 
 ``Files`` owns each node's ``FileState`` (``Node.file``: spool, handle counts, the cached
@@ -43,7 +45,9 @@ from objfs.fs.limits import check_size
 from objfs.fs.naming import display_path, in_bucket, new_attrs, object_name, touch
 from objfs.fs.posix_attrs import Attrs, attrs_to_headers
 from objfs.fs.spool import Spool
+from objfs.fs.spool_record import SpoolRecord
 from objfs.fs.stats import Progress, Stats
+from objfs.fs.upload_retry import PendingUpload, UploadRetry
 from objfs.fs.values import Caller
 from objfs.fs.watcher import Watcher
 from objfs.options import MountOptions
@@ -81,6 +85,11 @@ class Files:
         self.directory = directory
         """``Coherence.directory``: a directory by inode, its bucket loaded."""
         self.stats = stats
+        self.retry = UploadRetry(self.upload, self.settle, self._display)
+
+    def pending_uploads(self) -> list[PendingUpload]:
+        """Failed uploads waiting for their retry: ``(path, bytes, attempts, last_error)``."""
+        return self.retry.pending()
 
     # -- opening -------------------------------------------------------------------------------
     async def open(self, ino: int, flags: int, caller: Caller | None = None) -> tuple[Handle, bool]:
@@ -124,7 +133,7 @@ class Files:
             raise FsError(errno.EEXIST)
         attrs = new_attrs(stat.S_IFREG, mode, caller, parent)
         # Held until the node exists: the watch's report of the claim must find it.
-        with self.watcher.hold(bucket):
+        async with self.watcher.hold(bucket):
             info = await self._claim(bucket, full, attrs) if flags & os.O_EXCL else None
             node = self.table.new(Kind.FILE, parent, name, attrs, info=info)
         spool = self._spool(node)
@@ -155,7 +164,11 @@ class Files:
         node = handle.node
         spool = node.spool
         if spool is not None and spool.filled:
-            return await spool.read(offset, size)
+            data = await spool.read(offset, size)
+            if data is not None:
+                return data
+            # Closed while this waited behind the upload of the last close: read anew.
+            return await self.read(fh, offset, size)
         if spool is not None:
             info = spool.base
         else:
@@ -202,20 +215,25 @@ class Files:
             if handle.writable and node.file.writers == 0:
                 await self.upload(node)
         finally:
-            spool = node.spool
-            # A clean spool is no longer needed; a dirty one (failed upload) is kept for the
-            # retry; an unlinked file's spool lives until its last reader is gone.
-            if spool is not None and node.file.writers == 0:
-                done = node.file.handles == 0 if not node.attached else not spool.dirty
-                if done:
-                    spool.close()
-                    node.file.spool = None
-                    self.watcher.local_done(node)  # a remote change held while writing
+            self.settle(node)
             if node.file.handles == 0:
                 unlinked, node.file.delete_on_close = node.file.delete_on_close, None
                 if unlinked is not None:
                     await self._retract(unlinked)  # unlinked while open: its delete is now
             self.table.maybe_drop(node)
+
+    def settle(self, node: Node) -> None:
+        """Drop ``node``'s spool once nothing needs it: a clean one is no longer needed; a
+        dirty one (failed upload) is kept for the retry; an unlinked file's spool lives until
+        its last reader is gone."""
+        spool = node.spool
+        if spool is not None and node.file.writers == 0:
+            done = node.file.handles == 0 if not node.attached else not spool.dirty
+            if done:
+                spool.close()
+                node.file.spool = None
+                self.watcher.local_done(node)  # a remote change held while writing
+        self.table.maybe_drop(node)
 
     async def _retract(self, info: ObjectInfo) -> None:
         """Delete ``info``'s object for a file unlinked here, unless it was replaced since.
@@ -225,7 +243,7 @@ class Files:
         delete and brought the name back).
         """
         bucket = info.bucket
-        with self.watcher.hold(bucket):
+        async with self.watcher.hold(bucket):
             try:
                 current = await self.store.info(bucket, info.name)
                 if current.nuid == info.nuid:
@@ -251,6 +269,7 @@ class Files:
             assert bucket is not None
             try:
                 await spool.fill(self.store)
+                spool.mark_complete(SpoolRecord.of(bucket, node.path, old, meta, spool.size))
                 with self.stats.upload(self._display(node), spool.size) as progress:
                     info = await self.store.put(
                         bucket,
@@ -261,18 +280,19 @@ class Files:
                     )
             except StoreError as e:
                 spool.last_error = f"{type(e).__name__}: {e}"
-                log.error("upload of %s failed, data kept in %s: %s", node.path, spool.path, e)
+                self._kept(node, spool)
                 code = e.errno if isinstance(e, NoSpace | ReadOnly) else errno.EIO
                 raise FsError(code, spool.last_error) from e
             except OSError as e:
                 spool.last_error = f"spool file: {e}"
-                log.error("upload of %s failed reading %s: %s", node.path, spool.path, e)
+                self._kept(node, spool)
                 raise FsError(errno.EIO, spool.last_error) from e
             if not node.attached:
                 await self._retract(info)
                 return
             spool.dirty = False
             spool.last_error = None
+            self.retry.stored(node)
             spool.base = info
             node.info = info
             self.watcher.uploaded(node, info)
@@ -282,6 +302,14 @@ class Files:
                 h.info = info  # readers here saw these bytes through the spool already
             if old is not None and old.nuid != info.nuid:
                 self.cache.forget(old.bucket, old.nuid)
+
+    def _kept(self, node: Node, spool: Spool) -> None:
+        """An upload failed: make the spool survive a crash, and retry it in the background."""
+        try:
+            spool.make_durable()
+        except OSError as e:
+            log.error("%s: cannot sync the spool file %s: %s", node.path, spool.path, e)
+        self.retry.failed(node, spool.last_error or "", str(spool.path))
 
     @staticmethod
     def _unstored(node: Node) -> Spool | None:

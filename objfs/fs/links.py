@@ -73,7 +73,7 @@ class Links:
         bucket = in_bucket(parent)
         full = object_name(parent, name, limit=self.options.max_name_bytes)
         attrs = new_attrs(stat.S_IFLNK, 0o777, Caller(caller.uid, caller.gid, 0), parent)
-        with self.watcher.hold(bucket):
+        async with self.watcher.hold(bucket):
             try:
                 if link.name is None:
                     info = await self.store.add_bucket_link(bucket, full, link.bucket)

@@ -123,7 +123,7 @@ class Names:
             return await self._make_bucket(name)
         full = object_name(parent, name, directory=True, limit=self.options.max_name_bytes)
         attrs = new_attrs(stat.S_IFDIR, mode, caller, parent)
-        with self.watcher.hold(parent.bucket):
+        async with self.watcher.hold(parent.bucket):
             info = await self.store.put(
                 parent.bucket, full, b"", meta=ObjectMeta(headers=attrs_to_headers(attrs))
             )
@@ -160,7 +160,7 @@ class Names:
         if node.children:
             raise FsError(errno.ENOTEMPTY)
         assert node.bucket is not None
-        with self.watcher.hold(node.bucket):
+        async with self.watcher.hold(node.bucket):
             if node.info is not None:
                 # NotFound: someone else removed the marker; the goal is reached.
                 with contextlib.suppress(NotFound):
@@ -175,7 +175,7 @@ class Names:
         if node.is_dir:
             raise FsError(errno.EISDIR)
         assert node.bucket is not None
-        with self.watcher.hold(node.bucket):
+        async with self.watcher.hold(node.bucket):
             if node.info is not None and node.file.handles > 0 and node.spool is None:
                 # Open here: as on a local disk, its readers go on reading until the last one
                 # closes, and the object is deleted then (release), not under them.
@@ -205,7 +205,7 @@ class Names:
             raise FsError(errno.EEXIST)
         attrs = new_attrs(stat.S_IFLNK, 0o777, Caller(caller.uid, caller.gid, 0), parent)
         headers = attrs_to_headers(attrs, symlink=target)
-        with self.watcher.hold(bucket):
+        async with self.watcher.hold(bucket):
             info = await self.store.put(bucket, full, b"", meta=ObjectMeta(headers=headers))
             node = self.table.new(Kind.SYMLINK, parent, name, attrs, info=info)
         node.symlink = target
@@ -256,7 +256,7 @@ class Names:
                 raise FsError(errno.ENOTDIR)
             if target.is_dir and target.children:
                 raise FsError(errno.ENOTEMPTY)
-        with self.watcher.hold(node.bucket):
+        async with self.watcher.hold(node.bucket):
             if node.is_dir:
                 await self._rename_dir(node, new_parent, new_name, target)
             else:

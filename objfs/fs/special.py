@@ -55,7 +55,7 @@ class Special:
             raise FsError(errno.EEXIST)
         device = file_type in (stat.S_IFCHR, stat.S_IFBLK)
         attrs = new_attrs(file_type, mode, caller, parent, rdev=rdev if device else 0)
-        with self.watcher.hold(bucket):
+        async with self.watcher.hold(bucket):
             info = await self.store.put(
                 bucket,
                 full,

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import trio
 
@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 
 RETRY_DELAY = 1.0
 """Seconds between attempts to re-establish a failed watch (of a bucket or the bucket list)."""
+
+DEFER_BOUND = 1.0
+"""Seconds a remote change may wait behind overlapping local operations of its bucket before
+new ones wait for the running ones to end (see ``Watcher.hold``)."""
 
 
 class Watcher:
@@ -76,11 +80,18 @@ class Watcher:
         self.queue = queue
         self.cache = cache
         # Concurrency: ``hold`` spans the awaits of an operation's store calls; the counts in
-        # ``_held`` and the ``_deferred`` list are changed only by code that does not await,
-        # so an event is either applied at once or deferred and applied when the last hold
-        # of its bucket ends, never in the middle of an operation on that bucket.
+        # ``_held`` (and the tasks holding, ``_holders``), the ``_deferred`` list and
+        # ``_deferred_since`` are changed only by code that does not await, so an event is
+        # either applied at once or deferred and applied when the last hold of its bucket
+        # ends, never in the middle of an operation on that bucket. ``hold`` awaits only
+        # before it counts itself, at the barrier (``_idle``: set when the bucket's last hold
+        # ends), so that deferred events cannot wait without bound.
+        self.defer_bound = DEFER_BOUND
         self._held: dict[str, int] = {}
+        self._holders: dict[str, dict[trio.lowlevel.Task, int]] = {}
         self._deferred: list[tuple[Node, WatchEvent]] = []
+        self._deferred_since: dict[str, float] = {}
+        self._idle: dict[str, trio.Event] = {}
         # (bucket, name) -> the revision at which this mount removed the name; changed only
         # by code that does not await (see ``removed``).
         self._removed: dict[tuple[str, str], int] = {}
@@ -91,22 +102,56 @@ class Watcher:
         key = (bucket, name)
         self._removed[key] = max(revision, self._removed.get(key, 0))
 
-    @contextlib.contextmanager
-    def hold(self, bucket: str) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def hold(self, bucket: str) -> AsyncIterator[None]:
         """Defer events of ``bucket`` while this mount changes it, then apply them.
 
         The watch may deliver the events of our own store calls before those calls return
         (and before the tree shows their outcome): applied then, a rename's tombstone would
         remove the moved node and its put would add a duplicate. Applied afterwards they
         are recognised as ours and skipped.
+
+        Deferred events are applied when the bucket has no hold left, so local operations
+        that keep overlapping (a ``cp -r`` or ``git checkout`` into the mount) would hide
+        other clients' changes for as long as they run. Once the oldest deferred event has
+        waited ``defer_bound``, a new hold first waits for the running ones to end (a
+        barrier, as a writer-preferring lock lets a waiting writer in): the deferred events
+        are applied in that gap, which the tree's consistency needs (an event applied while
+        some operation is between its store call and its tree update could duplicate or
+        drop a node). Applying only the events of names no running operation touches would
+        avoid the wait, but holds do not say which names they touch (a directory rename
+        touches a whole prefix).
+
+        The barrier wait is bounded by ``defer_bound`` too: an operation may wait at it while
+        holding a spool lock (an xattr update takes the lock, then the hold) that a running
+        one needs (a rename takes the hold, then the lock); the bound turns that cycle into
+        a short delay instead of a deadlock. A task that holds the bucket already (a nested
+        hold: ``ln -s`` falling back to a plain symlink) never waits at it.
         """
+        task = trio.lowlevel.current_task()
+        holders = self._holders.setdefault(bucket, {})
+        if task not in holders and self.draining(bucket):
+            with trio.move_on_after(self.defer_bound) as waited:
+                await self._idle.setdefault(bucket, trio.Event()).wait()
+            if waited.cancelled_caught and bucket in self._deferred_since:
+                # A running hold outlasted the wait (a long directory rename, or the lock
+                # cycle above): go on, and try the barrier again a bound later rather than
+                # delay every operation that comes meanwhile.
+                self._deferred_since[bucket] = trio.current_time()
+            holders = self._holders.setdefault(bucket, {})
         self._held[bucket] = self._held.get(bucket, 0) + 1
+        holders[task] = holders.get(task, 0) + 1
         try:
             yield
         finally:
+            holders[task] -= 1
+            if not holders[task]:
+                del holders[task]
             self._held[bucket] -= 1
             if not self._held[bucket]:
                 del self._held[bucket]
+                del self._holders[bucket]
+                self._deferred_since.pop(bucket, None)
                 mine: list[tuple[Node, WatchEvent]] = []
                 rest: list[tuple[Node, WatchEvent]] = []
                 for root, event in self._deferred:  # only events with an info are deferred
@@ -115,6 +160,14 @@ class Watcher:
                 self._deferred = rest
                 for root, event in mine:
                     self.apply(root, event)
+                idle = self._idle.pop(bucket, None)
+                if idle is not None:
+                    idle.set()
+
+    def draining(self, bucket: str) -> bool:
+        """Whether a deferred event of ``bucket`` has waited ``defer_bound`` (new holds wait)."""
+        since = self._deferred_since.get(bucket)
+        return since is not None and trio.current_time() - since >= self.defer_bound
 
     def apply_snapshot(self, root: Node, infos: list[ObjectInfo], *, reconcile: bool) -> None:
         """Show every object of ``infos``; with ``reconcile`` also drop what is gone."""
@@ -135,6 +188,7 @@ class Watcher:
             return
         if event.info.bucket in self._held:
             self._deferred.append((root, event))
+            self._deferred_since.setdefault(event.info.bucket, trio.current_time())
             return
         if event.kind == "put":
             self._put(root, event.info)

@@ -136,7 +136,7 @@ class Xattrs:
             if info is None:
                 raise FsError(errno.ENOENT, "the object is gone")
             meta = change(info.meta)
-            with self.watcher.hold(node.bucket):
+            async with self.watcher.hold(node.bucket):
                 node.info = await self.store.update_meta(node.bucket, info.name, meta)
         node.attrs.ctime_ns = time.time_ns()
 
@@ -144,7 +144,7 @@ class Xattrs:
         """Give an implicit directory its marker object, carrying the new attribute."""
         assert node.bucket is not None
         meta = xattrs.with_value(ObjectMeta(headers=attrs_to_headers(node.attrs)), x, value)
-        with self.watcher.hold(node.bucket):
+        async with self.watcher.hold(node.bucket):
             node.info = await self.store.put(node.bucket, node.object_name, b"", meta=meta)
         node.attrs.ctime_ns = time.time_ns()
 

@@ -157,7 +157,7 @@ def test_objfs_server_command(tmp_path: Path) -> None:
     wait_gone(str(data_dir))
 
 
-def test_failed_upload_is_kept_in_the_default_spool_and_reported_next_time(
+def test_failed_upload_is_kept_in_the_default_spool_and_stored_next_time(
     private_server: EmbeddedServer, tmp_path: Path, bucket_name: str, fuse: None
 ) -> None:
     data_dir = tmp_path / "data"
@@ -183,7 +183,7 @@ def test_failed_upload_is_kept_in_the_default_spool_and_reported_next_time(
     kept = Path(report[0].rsplit("data kept in ", 1)[1])
     assert kept.is_relative_to(data_dir / "spool")
     assert kept.read_bytes() == content
-    # The next mount names the directory that still holds it.
+    # The next mount stores it (as nats-py reads it) and removes the directory.
     private_server.start()
     again = Mount(
         tmp_path / "mnt2",
@@ -193,9 +193,21 @@ def test_failed_upload_is_kept_in_the_default_spool_and_reported_next_time(
         log_dir=tmp_path,
     )
     again.start()
-    again.stop()
-    assert str(kept.parent) in again.stderr() and "could not upload" in again.stderr()
-    assert kept.read_bytes() == content
+    try:
+
+        async def read() -> bytes:
+            nc = await nats.connect(private_server.url, connect_timeout=5)
+            try:
+                obs = await nc.jetstream().object_store(bucket_name)
+                return bytes((await obs.get("lost?")).data or b"")
+            finally:
+                await nc.close()
+
+        wait_for(lambda: not kept.parent.exists(), "the kept spool directory recovered")
+        assert asyncio.run(read()) == content
+        assert "recovered" in again.stderr() and "lost?" in again.stderr()
+    finally:
+        again.stop()
 
 
 def test_unusable_spool_dir_is_a_one_line_error(
