@@ -40,7 +40,7 @@ async def test_remote_change_is_applied_while_local_operations_keep_overlapping(
 ):
     fs = await make_fs(mem, bucket_name)
     relay = Overlapping(mem, fs.watcher, bucket_name)
-    fs.files.store = relay
+    fs.special.store = relay  # mknod stores the new (empty) file at once
     created = 0
 
     async def creator(prefix: str) -> None:
