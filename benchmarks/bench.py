@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Bench, MiB, make_payload
+from benchmarks.mount_io import MountSizes, report_mount, suite
 from benchmarks.mounts import bench_change_latency, bench_scale
 from benchmarks.report import machine, report
 from benchmarks.throughput import (
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=[n for n, _ in BENCHMARKS],
+        choices=[n for n, _ in BENCHMARKS] + [n for n, _ in suite(MountSizes())],
         help="run only these benchmarks (repeatable; natspy_put always runs)",
     )
     parser.add_argument(
@@ -98,7 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         "--objects", type=int, default=100_000, help="objects in the scale bucket (100000)"
     )
     parser.add_argument("--json", type=Path, help="write the results as JSON to this file")
+    parser.add_argument(
+        "--mount",
+        action="store_true",
+        help="speed through real mounts (dd, cp -r, tar x, ls -l, RSS, TLS) against references "
+        "in the same run, plus change visibility and a big bucket (medians of --repeat)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes for a smoke run (with --mount: seconds instead of minutes)",
+    )
     args = parser.parse_args(argv)
+    if args.mount:
+        return mount_main(args)
 
     info = machine()
     with tempfile.TemporaryDirectory(prefix="objfs-bench-") as tmp:
@@ -129,6 +145,48 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     fn(ctx)
     data = report(ctx, info)
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"\nresults written to {args.json}")
+    return 0
+
+
+def mount_main(args: argparse.Namespace) -> int:
+    """The mount suite (``--mount``): see ``benchmarks.mount_io``."""
+    sizes = MountSizes.quick() if args.quick else MountSizes()
+    if args.size != 256 * MiB:
+        sizes = dataclasses.replace(sizes, seq=args.size)
+    info = machine()
+    with tempfile.TemporaryDirectory(prefix="objfs-bench-") as tmp:
+        work = Path(tmp)
+        payload = work / "payload.bin"
+        digest = make_payload(payload, sizes.seq)
+        with EmbeddedServer(work / "nats") as server, AsyncioThread("bench-asyncio") as thread:
+            ctx = Bench(
+                server=server,
+                thread=thread,
+                workdir=work,
+                payload=payload,
+                size=sizes.seq,
+                digest=digest,
+                repeat=max(1, args.repeat),
+                natspy_get_cap=args.natspy_get_cap,
+                natspy_small=args.natspy_small,
+                changes=max(1, 10 if args.quick else args.changes),
+                scale_objects=max(1, 500 if args.quick else args.objects),
+            )
+            print(f"nats-server at {server.url}; measuring through mounts:", flush=True)
+            steps = [
+                *suite(sizes),
+                ("change_latency", bench_change_latency),
+                ("scale", bench_scale),
+            ]
+            for name, fn in steps:
+                if args.only and name not in args.only:
+                    continue
+                fn(ctx)
+            info["load average after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    data = report_mount(ctx, info, sizes)
     if args.json:
         args.json.write_text(json.dumps(data, indent=2) + "\n")
         print(f"\nresults written to {args.json}")
