@@ -35,6 +35,7 @@ import trio
 from objfs.bridge import AsyncioThread, Bridge, TrioStore
 from objfs.daemon import Reporter, daemonize
 from objfs.fs import Filesystem, spool_dir
+from objfs.kernel_readahead import raise_readahead
 from objfs.log import console, level_for, setup
 from objfs.options import MountOptions
 from objfs.sd_notify import Notifier
@@ -345,9 +346,7 @@ async def _start_embedded_server(options: MountOptions, stack: contextlib.AsyncE
     return srv.url
 
 
-async def _connect(
-    bridge: Bridge, servers: list[str], options: MountOptions
-) -> NatsObjectStore:
+async def _connect(bridge: Bridge, servers: list[str], options: MountOptions) -> NatsObjectStore:
     from objfs.store.nats_store import connect
 
     c = options.connect
@@ -413,6 +412,7 @@ async def _announce(options: MountOptions, before: int, reporter: Reporter, via:
     if scope.cancelled_caught:
         reporter.failed(f"the mount at {mp} did not appear")
         return
+    raise_readahead(st.st_dev)
     what = f"bucket {options.bucket}" if options.bucket else "all buckets"
     line = f"mounted {what} at {mp} via {via}"
     log.info("%s", line)
