@@ -150,12 +150,12 @@ class Filesystem:
         """Watch consumers, readahead and the invalidation worker; runs until cancelled."""
         try:
             async with trio.open_nursery() as nursery:
-                self.cache.spawn = nursery.start_soon
+                self.cache.spawn = self.files.early.spawn = nursery.start_soon
                 self.coherence.run(nursery)
                 await trio.sleep_forever()
         finally:
             self.coherence.stopped()
-            self.cache.spawn = None
+            self.cache.spawn = self.files.early.spawn = None
 
     async def shutdown(self) -> list[Failure]:
         """Upload what is still dirty, stop the watches; returns the uploads that failed.

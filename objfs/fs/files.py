@@ -42,6 +42,7 @@ from objfs.fs.inodes import InodeTable, Kind, Node
 from objfs.fs.naming import display_path, in_bucket, new_attrs, object_name, touch
 from objfs.fs.posix_attrs import attrs_to_headers
 from objfs.fs.spool import Spool
+from objfs.fs.streaming_upload import EarlyUploads
 from objfs.fs.values import Caller
 from objfs.fs.watcher import Watcher
 from objfs.options import MountOptions
@@ -77,6 +78,8 @@ class Files:
         self.watcher = watcher
         self.directory = directory
         """``Coherence.directory``: a directory by inode, its bucket loaded."""
+        self.early = EarlyUploads(store, options.chunk_size)
+        """Streaming puts of files written sequentially (see ``streaming_upload``)."""
 
     # -- opening -------------------------------------------------------------------------------
     async def open(self, ino: int, flags: int, caller: Caller | None = None) -> tuple[Handle, bool]:
@@ -177,11 +180,14 @@ class Files:
         if not handle.writable:
             raise FsError(errno.EBADF)
         node = handle.node
-        written = await self._spool(node).write(self.store, offset, data)
+        spool = self._spool(node)
+        written = await spool.write(self.store, offset, data)
         node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
+        await self.early.wrote(node, spool, offset, spool.size, data)
         return written
 
     async def truncate(self, node: Node, size: int) -> None:
+        self.early.discard(node)
         await self._spool(node).truncate(self.store, size)
 
     # -- closing -------------------------------------------------------------------------------
@@ -208,6 +214,7 @@ class Files:
             if spool is not None and node.file.writers == 0:
                 done = node.file.handles == 0 if not node.attached else not spool.dirty
                 if done:
+                    self.early.discard(node)
                     spool.close()
                     node.file.spool = None
                     self.watcher.local_done(node)  # a remote change held while writing
@@ -251,7 +258,7 @@ class Files:
             assert bucket is not None
             try:
                 await spool.fill(self.store)
-                info = await self.store.put(
+                info = await self.early.finish(node, spool, meta) or await self.store.put(
                     bucket,
                     node.path,
                     spool.rewind(),
@@ -319,6 +326,7 @@ class Files:
                     spool.close(delete=False)
                     node.file.spool = None
                     continue
+            self.early.discard(node)
             spool.close()
             node.file.spool = None
         for node in self.table.nodes():  # unlinked while open, still open at unmount

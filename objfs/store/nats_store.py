@@ -36,7 +36,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any, BinaryIO
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
@@ -54,8 +54,9 @@ from objfs.store.api import (
     ObjectInfo,
     ObjectMeta,
     ObjectStore,
+    Source,
     WatchEvent,
-    pieces,
+    apieces,
 )
 from objfs.store.names import check_bucket, check_object
 from objfs.store.nats_bulk import BulkAuth, BulkConnection
@@ -403,7 +404,7 @@ class NatsObjectStore(ObjectStore):
         self,
         bucket: str,
         name: str,
-        source: BinaryIO | bytes,
+        source: Source,
         *,
         meta: ObjectMeta | None = None,
         chunk_size: int | None = None,
@@ -432,7 +433,7 @@ class NatsObjectStore(ObjectStore):
         window: collections.deque[asyncio.Future[int]] = collections.deque()
         published = False
         try:
-            for piece in pieces(source, size_per_chunk):
+            async for piece in apieces(source, size_per_chunk):
                 sha.update(piece)
                 sizes.append(len(piece))
                 window.append(await self._publisher.send(subject, piece))
