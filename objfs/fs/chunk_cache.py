@@ -25,7 +25,7 @@ import trio
 from cachetools import LRUCache
 
 from objfs.bridge import TrioStore
-from objfs.fs.readahead import Readahead
+from objfs.fs.readahead import MAX_BYTES, Readahead
 from objfs.store.api import ChunkLayout, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -33,19 +33,17 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str, int]
 Spawner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
-READAHEAD_BYTES = 32 * 1024 * 1024
-"""The readahead window's cap (and a stream's lead on its reader), at most a quarter of the
-cache: what is read ahead must still be in the cache when the reader gets there."""
-
 
 class ChunkCache:
     def __init__(
-        self, store: TrioStore, capacity: int, *, readahead_bytes: int = READAHEAD_BYTES
+        self, store: TrioStore, capacity: int, *, readahead_bytes: int = MAX_BYTES
     ) -> None:
         self.store = store
         self._chunks: LRUCache[Key, bytes] = LRUCache(maxsize=max(capacity, 1), getsizeof=len)
         self._layouts: LRUCache[tuple[str, str], ChunkLayout] = LRUCache(maxsize=4096)
         self._inflight: dict[Key, trio.Event] = {}
+        # At most a quarter of the cache: what is read ahead must still be there when the
+        # reader gets to it.
         self.readahead = Readahead(min(readahead_bytes, max(1, capacity // 4)))
         self.spawn: Spawner | None = None
 

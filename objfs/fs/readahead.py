@@ -39,7 +39,11 @@ Key = tuple[str, str]
 """An object version: ``(bucket, nuid)``."""
 
 INITIAL_BYTES = 1 << 20
-MAX_BYTES = 32 << 20
+MAX_BYTES = 8 << 20
+MAX_STREAMS = 1
+"""Streams at once: each holds the store's push credit (16 MiB) besides its lead, outside the
+cache's bound; more readers at once read through the window (measured: four streams took the
+daemon 80 MiB over the cache size, BENCHMARKS.md)."""
 STREAM_MIN_BYTES = 16 << 20
 STREAM_START_CHUNKS = 4
 """A stream starts only while the reader is within the first few chunks: it always begins at
@@ -115,8 +119,12 @@ class Readahead:
             access.stream = None
 
     def may_stream(self, access: Access, layout: ChunkLayout) -> bool:
+        running = sum(
+            1 for a in self._access.values() if a.stream is not None and not a.stream.finished
+        )
         return (
-            access.stream is None
+            running < MAX_STREAMS
+            and access.stream is None
             and access.from_start
             and access.hits > 0  # a second sequential read
             and access.next <= STREAM_START_CHUNKS
