@@ -49,6 +49,7 @@ from nats.aio.client import Client as NATS
 from benchmarks.common import SETTLE, Bench, MiB, Result, make_payload
 from benchmarks.mounts import Mount, fuse_ok
 from benchmarks.raw import raw_batch_direct_get, raw_push_consumer
+from benchmarks.report import Target
 from benchmarks.tls import TlsFiles, TlsServer, make_certs, openssl_missing
 
 CACHE = "256M"
@@ -591,35 +592,26 @@ def bench_ls(ctx: Bench, sizes: MountSizes) -> None:
 # the suite's ratios
 
 
-@dataclass(frozen=True)
-class MountTarget:
-    label: str
-    objfs: str
-    reference: str
-    minimum: float
-    """Least ``reference time / objfs time`` the issue's target allows."""
-
-
 MOUNT_TARGETS = [
-    MountTarget("cold read / raw read ceiling", "m_cold", "m_raw", 0.8),
-    MountTarget("cold read TLS / raw TLS drain", "m_cold_tls", "m_raw_tls", 0.8),
-    MountTarget("warm re-read / tmpfs", "m_warm", "tmpfs_read", 0.9),
-    MountTarget("dd write / store put", "m_write", "m_put", 0.9),
-    MountTarget("dd write TLS / store put TLS", "m_write_tls", "m_put_tls", 0.9),
-    MountTarget("cp -r in / nats-py puts", "m_cp_in", "natspy_small_put", 1.5),
-    MountTarget("cp -r out / tmpfs cp -r (no target)", "m_cp_out", "tmpfs_cp", 0.0),
-    MountTarget("random 4K buffered / direct get", "m_rand", "direct_get", 0.8),
-    MountTarget("random 4K O_DIRECT / direct get", "m_rand_direct", "direct_get", 0.8),
-    MountTarget("ls -l cold / nats-py list (<= 1.5x)", "m_ls_cold", "natspy_list", 1 / 1.5),
-    MountTarget("ls -l warm / tmpfs (<= 2x)", "m_ls_warm", "tmpfs_ls", 0.5),
+    Target("cold read / raw read ceiling", "m_cold", "m_raw", 0.8),
+    Target("cold read TLS / raw TLS drain", "m_cold_tls", "m_raw_tls", 0.8),
+    Target("warm re-read / tmpfs", "m_warm", "tmpfs_read", 0.9),
+    Target("dd write / store put", "m_write", "m_put", 0.9),
+    Target("dd write TLS / store put TLS", "m_write_tls", "m_put_tls", 0.9),
+    Target("cp -r in / nats-py puts", "m_cp_in", "natspy_small_put", 1.5),
+    Target("cp -r out / tmpfs cp -r (no target)", "m_cp_out", "tmpfs_cp", 0.0),
+    Target("random 4K buffered / direct get", "m_rand", "direct_get", 0.8),
+    Target("random 4K O_DIRECT / direct get", "m_rand_direct", "direct_get", 0.8),
+    Target("ls -l cold / nats-py list (<= 1.5x)", "m_ls_cold", "natspy_list", 1 / 1.5),
+    Target("ls -l warm / tmpfs (<= 2x)", "m_ls_warm", "tmpfs_ls", 0.5),
 ]
 TAR_TARGET_S = 5.0
 
 
 def mount_ratios(ctx: Bench) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for t in MOUNT_TARGETS:
-        a, b = ctx.results.get(t.objfs), ctx.results.get(t.reference)
+    for t in MOUNT_TARGETS:  # minimum: the least reference time / objfs time allowed
+        a, b = ctx.results.get(t.numerator), ctx.results.get(t.denominator)
         if a is None or b is None:
             continue
         r = b.seconds / a.seconds if a.seconds else 0.0

@@ -31,6 +31,9 @@ from objfs.store.api import ChunkLayout, ObjectInfo
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str, int]
+
+IN_FLIGHT_BYTES = 32 << 20
+"""Kept out of the cache's capacity for readahead in flight (see ``ChunkCache.__init__``)."""
 Spawner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
@@ -39,7 +42,14 @@ class ChunkCache:
         self, store: TrioStore, capacity: int, *, readahead_bytes: int = MAX_BYTES
     ) -> None:
         self.store = store
-        self._chunks: LRUCache[Key, bytes] = LRUCache(maxsize=max(capacity, 1), getsizeof=len)
+        # ``capacity`` bounds the read path's memory, readahead in flight included: a stream's
+        # lead and the store's push credit (16 MiB), and the windows being fetched, are held
+        # outside the LRU, so it keeps that much less (measured: four readers went past the
+        # cache size + 64 MiB without it, BENCHMARKS.md).
+        reserve = min(capacity // 4, IN_FLIGHT_BYTES)
+        self._chunks: LRUCache[Key, bytes] = LRUCache(
+            maxsize=max(capacity - reserve, 1), getsizeof=len
+        )
         self._layouts: LRUCache[tuple[str, str], ChunkLayout] = LRUCache(maxsize=4096)
         self._inflight: dict[Key, trio.Event] = {}
         # At most a quarter of the cache: what is read ahead must still be there when the

@@ -39,12 +39,8 @@ async def _big_object(mem, bucket_name, chunks):
     return data
 
 
-async def test_sequential_read_from_the_start_streams(mem, bucket_name, make_fs, monkeypatch):
-    monkeypatch.setattr(readahead, "STREAM_MIN_BYTES", 16 * CHUNK)
-    data = await _big_object(mem, bucket_name, 256)
-    fs = await make_fs(mem, bucket_name)
-    fs.cache.readahead.max_bytes = 16 * CHUNK
-    node = await fs.lookup(ROOT_INO, "big")
+async def _read_sequentially(fs, node, data):
+    """Read the whole file a chunk at a time, with the background tasks (readahead) running."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fs.run_background)
         await wait_for(lambda: fs.cache.spawn is not None, "run_background taking readahead")
@@ -53,6 +49,15 @@ async def test_sequential_read_from_the_start_streams(mem, bucket_name, make_fs,
         assert b"".join(got) == data
         await fs.release(handle.fh)
         nursery.cancel_scope.cancel()
+
+
+async def test_sequential_read_from_the_start_streams(mem, bucket_name, make_fs, monkeypatch):
+    monkeypatch.setattr(readahead, "STREAM_MIN_BYTES", 16 * CHUNK)
+    data = await _big_object(mem, bucket_name, 256)
+    fs = await make_fs(mem, bucket_name)
+    fs.cache.readahead.max_bytes = 16 * CHUNK
+    node = await fs.lookup(ROOT_INO, "big")
+    await _read_sequentially(fs, node, data)
     assert mem.store.calls["read_stream"] == 1
     # The stream, not one batch per 16-chunk window (16 or more calls): only the reads before
     # it started.
@@ -110,14 +115,7 @@ async def test_readers_waiting_on_a_failed_stream_fetch_themselves(
 
         monkeypatch.setattr(fs.cache.store, "read_stream", broken)
     node = await fs.lookup(ROOT_INO, "big")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(fs.run_background)
-        await wait_for(lambda: fs.cache.spawn is not None, "run_background taking readahead")
-        handle, _ = await fs.open(node.ino, os.O_RDONLY)
-        got = [await fs.read(handle.fh, off, CHUNK) for off in range(0, len(data), CHUNK)]
-        assert b"".join(got) == data
-        await fs.release(handle.fh)
-        nursery.cancel_scope.cancel()
+    await _read_sequentially(fs, node, data)
 
 
 async def test_kernel_readahead_is_raised_where_sysfs_allows(tmp_path):
