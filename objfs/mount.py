@@ -346,7 +346,9 @@ async def _start_embedded_server(options: MountOptions, stack: contextlib.AsyncE
     return srv.url
 
 
-async def _connect(bridge: Bridge, servers: list[str], options: MountOptions) -> NatsObjectStore:
+async def _connect(
+    bridge: Bridge, servers: list[str], options: MountOptions
+) -> NatsObjectStore:
     from objfs.store.nats_store import connect
 
     c = options.connect

@@ -27,41 +27,14 @@ import sys
 from collections.abc import Sequence
 
 DROPPED = frozenset(
-    {
-        "defaults",
-        "auto",
-        "noauto",
-        "user",
-        "users",
-        "nouser",
-        "owner",
-        "group",
-        "_netdev",
-        "nofail",
-        "rw",
-    }
+    {"defaults", "auto", "noauto", "user", "users", "nouser", "owner", "group", "_netdev",
+     "nofail", "rw"}
 )
 """Options for mount(8), systemd or fstab's reader, not for the filesystem."""
 
 KERNEL_FLAGS = frozenset(
-    {
-        "suid",
-        "nosuid",
-        "dev",
-        "nodev",
-        "exec",
-        "noexec",
-        "atime",
-        "noatime",
-        "relatime",
-        "norelatime",
-        "strictatime",
-        "diratime",
-        "nodiratime",
-        "sync",
-        "async",
-        "dirsync",
-    }
+    {"suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime", "relatime",
+     "norelatime", "strictatime", "diratime", "nodiratime", "sync", "async", "dirsync"}
 )
 """Generic mount flags, passed to libfuse (which sets them on the kernel mount)."""
 

@@ -8,42 +8,23 @@ from objfs.mount_helper import HelperError, main, translate
 
 
 def test_options_map_to_objfs_mount_flags() -> None:
-    args, fake = translate(
-        [
-            "data",
-            "/mnt/x",
-            "-n",
-            "-v",
-            "-o",
-            "rw,server=nats://a:4222,creds=/etc/objfs/a.creds,allow_other,ro,cache_size=1G,"
-            "nofail,_netdev,x-systemd.automount,comment=x,defaults,nosuid,nodev,noatime",
-        ]
-    )
+    args, fake = translate([
+        "data", "/mnt/x", "-n", "-v", "-o",
+        "rw,server=nats://a:4222,creds=/etc/objfs/a.creds,allow_other,ro,cache_size=1G,"
+        "nofail,_netdev,x-systemd.automount,comment=x,defaults,nosuid,nodev,noatime",
+    ])
     assert not fake
     assert args == [
-        "mount",
-        "--daemon",
-        "--bucket",
-        "data",
-        "--server",
-        "nats://a:4222",
-        "--creds",
-        "/etc/objfs/a.creds",
-        "--allow-other",
-        "--read-only",
-        "--cache-size",
-        "1G",
-        "-o",
-        "nosuid,nodev,noatime",
-        "-v",
-        "/mnt/x",
+        "mount", "--daemon", "--bucket", "data",
+        "--server", "nats://a:4222", "--creds", "/etc/objfs/a.creds", "--allow-other",
+        "--read-only", "--cache-size", "1G",
+        "-o", "nosuid,nodev,noatime", "-v", "/mnt/x",
     ]
 
 
 def test_all_buckets_and_joined_o() -> None:
     assert translate(["-", "/mnt/all", "-ocreate"]) == (
-        ["mount", "--daemon", "--create", "/mnt/all"],
-        False,
+        ["mount", "--daemon", "--create", "/mnt/all"], False
     )
 
 

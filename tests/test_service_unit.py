@@ -26,9 +26,7 @@ def installed(tmp_path: Path) -> Path:
     root = tmp_path / "root"
     r = subprocess.run(
         ["bash", str(REPO / "scripts/install-service"), "--root", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        capture_output=True, text=True, timeout=600,
     )
     assert r.returncode == 0, r.stderr
     return root
@@ -44,13 +42,9 @@ def test_install_service_lays_out_unit_helper_and_docs(installed: Path) -> None:
     unit = (installed / "etc/systemd/system/objfs@.service").read_text()
     objfs = re.search(r"^ExecStart=(\S+) mount ", unit, re.M)
     assert objfs is not None and Path(objfs.group(1)).is_file()
-    for line in (
-        "Type=notify",
-        "KillMode=mixed",
-        "StateDirectory=objfs/%i",
-        "ExecStopPost=-/usr/bin/fusermount3 -uz ${OBJFS_MOUNTPOINT}",
-        "After=network-online.target",
-    ):
+    for line in ("Type=notify", "KillMode=mixed", "StateDirectory=objfs/%i",
+                 "ExecStopPost=-/usr/bin/fusermount3 -uz ${OBJFS_MOUNTPOINT}",
+                 "After=network-online.target"):
         assert line in unit.splitlines(), line
     helper = installed / "sbin/mount.fuse.objfs"
     assert helper.is_symlink() and helper.resolve().name == "mount.fuse.objfs"
@@ -61,9 +55,7 @@ def test_install_service_lays_out_unit_helper_and_docs(installed: Path) -> None:
 def test_unit_verifies(installed: Path, tmp_path: Path) -> None:
     r = subprocess.run(
         ["systemd-analyze", "verify", str(_instance(installed, tmp_path))],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
 
@@ -71,9 +63,7 @@ def test_unit_verifies(installed: Path, tmp_path: Path) -> None:
 def test_security_exposure(installed: Path, tmp_path: Path) -> None:
     r = subprocess.run(
         ["systemd-analyze", "security", "--offline=yes", str(_instance(installed, tmp_path))],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        capture_output=True, text=True, timeout=120,
     )
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", r.stdout + r.stderr)
     assert found is not None, r.stdout + r.stderr

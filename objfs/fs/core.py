@@ -50,7 +50,6 @@ from objfs.options import MountOptions
 
 log = logging.getLogger(__name__)
 
-
 class Filesystem:
     """objfs as a set of async operations on inode numbers (see the module docstring)."""
 

@@ -124,10 +124,9 @@ async def test_fstab_line_with_mount_a(
         line = next(ln for ln in f if f" {mountpoint} " in ln)
     assert "nosuid" in line and "nodev" in line and "fuse.objfs" in line
     (mountpoint / "hello.txt").write_bytes(b"through fstab")
-    assert (
-        await _read_object(asyncio_thread, nats_server.url, bucket_name, "hello.txt")
-        == b"through fstab"
-    )
+    assert await _read_object(
+        asyncio_thread, nats_server.url, bucket_name, "hello.txt"
+    ) == b"through fstab"
     await trio.to_thread.run_sync(_umount, mountpoint)
 
 
@@ -138,32 +137,23 @@ async def test_mount_t_fuse_objfs(
     asyncio_thread: AsyncioThread,
     bucket_name: str,
 ) -> None:
-    cmd = [
-        "mount",
-        "-t",
-        "fuse.objfs",
-        bucket_name,
-        str(mountpoint),
-        "-o",
-        f"server={nats_server.url},create,cache_size=64M,attr_timeout=2",
-    ]
+    cmd = ["mount", "-t", "fuse.objfs", bucket_name, str(mountpoint), "-o",
+           f"server={nats_server.url},create,cache_size=64M,attr_timeout=2"]
     r = await trio.to_thread.run_sync(
         lambda: subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     )
     assert r.returncode == 0, r.stderr
     (mountpoint / "a.bin").write_bytes(b"x" * 300_000)
-    assert (
-        await _read_object(asyncio_thread, nats_server.url, bucket_name, "a.bin") == b"x" * 300_000
-    )
+    assert await _read_object(
+        asyncio_thread, nats_server.url, bucket_name, "a.bin"
+    ) == b"x" * 300_000
     await trio.to_thread.run_sync(_umount, mountpoint)
 
 
 def test_mount_t_fuse_objfs_bad_option(helper: Path, mountpoint: Path) -> None:
     r = subprocess.run(
         ["mount", "-t", "fuse.objfs", "b", str(mountpoint), "-o", "server=nats://x:1,frobnicate"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        capture_output=True, text=True, timeout=120,
     )
     assert r.returncode != 0
     assert "unknown option 'frobnicate'" in r.stderr

@@ -27,21 +27,13 @@ def test_ready_after_the_mount_answers_and_stopping(
         sock.settimeout(START_TIMEOUT)
         env = {**os.environ, "NOTIFY_SOCKET": sock_path}
         cmd = objfs_command(
-            "mount",
-            "--server",
-            nats_server.url,
-            "--bucket",
-            bucket_name,
-            "--create",
-            "--spool-dir",
-            str(tmp_path / "spool"),
-            str(mp),
+            "mount", "--server", nats_server.url, "--bucket", bucket_name, "--create",
+            "--spool-dir", str(tmp_path / "spool"), str(mp),
         )
         err = tmp_path / "stderr"
         with open(err, "wb") as f:
-            proc = subprocess.Popen(
-                cmd, env=env, stdin=subprocess.DEVNULL, stdout=f, stderr=f, cwd=REPO
-            )
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=f,
+                                    stderr=f, cwd=REPO)
         try:
             ready = sock.recv(4096).decode()
             # Told ready: the mount is there and answers, at this moment already.
@@ -70,28 +62,13 @@ def test_start_line_names_what_where_and_via(
     mp = tmp_path / "mnt"
     mp.mkdir()
     cmd = objfs_command(
-        "mount",
-        "--server",
-        nats_server.url,
-        "--bucket",
-        bucket_name,
-        "--create",
-        "--spool-dir",
-        str(tmp_path / "spool"),
-        "--data-dir",
-        str(tmp_path / "data"),
-        *(["--daemon"] if daemon else []),
-        str(mp),
+        "mount", "--server", nats_server.url, "--bucket", bucket_name, "--create",
+        "--spool-dir", str(tmp_path / "spool"), "--data-dir", str(tmp_path / "data"),
+        *(["--daemon"] if daemon else []), str(mp),
     )
     line = f"objfs: mounted bucket {bucket_name} at {mp} via {nats_server.url}"
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stderr is not None
         first = proc.stderr.readline()  # the daemon's parent prints it, then exits 0
