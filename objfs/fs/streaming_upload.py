@@ -19,6 +19,8 @@ What stays as before:
 
 Small files never start one (under ``EARLY_MIN_BYTES`` a put at close is one round trip).
 Everything runs on the trio thread; ``Early.lock`` orders one file's writes into the feed.
+Lock order: ``Early.lock`` before ``Spool.lock`` (the start reads the spool); ``finish`` runs
+under the spool's lock, so it never waits for ``Early.lock``.
 """
 
 from __future__ import annotations
@@ -159,6 +161,11 @@ class EarlyUploads:
         and is abandoned); the caller uploads the spool as usual."""
         early = self._files.get(node.ino)
         if early is None or early.feed is None:
+            return None
+        if early.lock.locked():
+            # Still sending the spool's start (it reads the spool, whose lock our caller
+            # holds: waiting would deadlock), or another handle's write: the ordinary upload.
+            self.discard(node)
             return None
         async with early.lock:
             usable = early.end == spool.size and early.name == node.path and not early.done.is_set()
