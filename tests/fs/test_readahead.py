@@ -3,6 +3,7 @@ from the start streams the object into the cache, and a seek ends the stream."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -109,9 +110,10 @@ async def test_readers_waiting_on_a_failed_stream_fetch_themselves(
         real = fs.cache.store.read_stream
 
         async def broken(info, **kw):
-            async for batch in real(info, **kw):
-                yield batch[:1]
-                raise OSError("stream broke")
+            async with contextlib.aclosing(real(info, **kw)) as batches:
+                async for batch in batches:
+                    yield batch[:1]
+                    raise OSError("stream broke")
 
         monkeypatch.setattr(fs.cache.store, "read_stream", broken)
     node = await fs.lookup(ROOT_INO, "big")
