@@ -49,7 +49,7 @@ from nats.aio.client import Client as NATS
 from benchmarks.common import SETTLE, Bench, MiB, Result, make_payload
 from benchmarks.mounts import Mount, fuse_ok
 from benchmarks.raw import raw_batch_direct_get, raw_push_consumer
-from benchmarks.report import Target
+from benchmarks.report import Target, print_figures
 from benchmarks.tls import TlsFiles, TlsServer, make_certs, openssl_missing
 
 CACHE = "256M"
@@ -651,13 +651,7 @@ def report_mount(ctx: Bench, info: dict[str, str], sizes: MountSizes) -> dict[st
         print(f"  {r.label:<58} {rate(r):>16}  {r.seconds:9.4f} s")
     for k, why in ctx.skipped.items():
         print(f"  {k:<58} not measured: {why}")
-    for fig in ctx.figures.values():
-        shown = ", ".join(
-            f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in fig.items()
-            if k != "label"
-        )
-        print(f"  {fig['label']:<58} {shown}")
+    print_figures(ctx, 58)
     print()
     rows = mount_ratios(ctx)
     for row in rows:
