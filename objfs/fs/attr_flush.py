@@ -25,7 +25,6 @@ from typing import Any
 import trio
 
 from objfs.fs.inodes import Node
-from objfs.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +78,15 @@ class DeferredAttrs:
             try:
                 if node.attached:
                     await self._persist(node)
-            except StoreError as e:
+            except Exception as e:
                 if not quiet:
                     raise
                 # Nobody waits for this one: keep it pending, for fsync or unmount to retry.
                 log.warning("storing the attributes of %s failed: %s", node.path, e)
                 self._pending.setdefault(node.ino, node)
+            except BaseException:
+                self._pending.setdefault(node.ino, node)  # cancelled (unmount): settle_all
+                raise
             finally:
                 if not lock.statistics().tasks_waiting:
                     self._busy.pop(node.ino, None)
@@ -108,5 +110,5 @@ class DeferredAttrs:
         for node in list(self._pending.values()):
             try:
                 await self.settle(node)
-            except StoreError as e:
+            except Exception as e:
                 log.error("the attributes of %s were not stored: %s", node.path, e)

@@ -93,3 +93,15 @@ async def test_rename_and_unlink_store_pending_attributes_first(store, bucket_na
         await trio.sleep(5 * attr_flush.DELAY)  # past the merge delay: nothing brings it back
     names = sorted(i.name for i in await store.list(bucket_name))
     assert names == ["g"]
+
+
+async def test_a_store_cut_short_by_unmount_is_done_at_unmount(mem, bucket_name, make_fs):
+    fs = await make_fs(mem, bucket_name)
+    async with _background(fs):
+        node = await write_file(fs, "f", b"x")
+        mem.store.delay = 0.5  # the deferred update is still running when the mount stops
+        await fs.setattr(node.ino, SetAttr(mode=0o604), None, CALLER)
+        await wait_for(lambda: mem.store.calls["update_meta"] == 1, "the deferred update")
+    mem.store.delay = 0.0
+    assert await fs.shutdown() == []
+    assert (await mem.info(bucket_name, "f")).headers["Objfs-Mode"] == ["604"]
