@@ -188,10 +188,11 @@ class Stream:
 
     async def run(self) -> None:
         index = 0
+        batches = self.store.read_stream(self.info)
         with self._scope:
             try:
                 self._claim_ahead(0)
-                async for batch in self.store.read_stream(self.info):
+                async for batch in batches:
                     for data in batch:
                         self.sink.deliver(self.layout, index, data)
                         event = self._claimed.pop(index, None)
@@ -212,3 +213,9 @@ class Stream:
                 self.finished = True
                 self.sink.release(self.layout, self._claimed)
                 self._claimed = {}
+                # Stopped or done: end the store's read now (its pump on the asyncio side
+                # would otherwise wait until the garbage collector finds the iterator).
+                aclose = getattr(batches, "aclose", None)
+                if aclose is not None:
+                    with trio.CancelScope(shield=True):
+                        await aclose()
