@@ -20,6 +20,11 @@ measures:
 
 then prints the ratios the project targets, PASS or MISS.
 
+``--mount`` runs the other suite, speed through real mounts (``benchmarks.mount_io``: ``dd``,
+``cp -r``, ``tar x``, random reads, ``ls -l``, the daemon's RSS, plain and TLS, each against a
+reference measured in the same run, medians of ``--repeat``), then change visibility and the
+big bucket. ``--quick`` shrinks every size for a smoke run.
+
 The benchmarks live outside the ``objfs`` package, which never imports them: they import nats
 (and nats-py's ObjectStore) on purpose, to measure raw NATS and the official Python client,
 where within objfs only the NATS backend may. This module is the command line (sizes parsed as
@@ -35,7 +40,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -43,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Bench, MiB, make_payload
+from benchmarks.mount_io import MountSizes, report_mount, suite
 from benchmarks.mounts import bench_change_latency, bench_scale
 from benchmarks.report import machine, report
 from benchmarks.throughput import (
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=[n for n, _ in BENCHMARKS],
+        choices=[n for n, _ in BENCHMARKS] + [n for n, _ in suite(MountSizes())],
         help="run only these benchmarks (repeatable; natspy_put always runs)",
     )
     parser.add_argument(
@@ -98,37 +106,59 @@ def main(argv: list[str] | None = None) -> int:
         "--objects", type=int, default=100_000, help="objects in the scale bucket (100000)"
     )
     parser.add_argument("--json", type=Path, help="write the results as JSON to this file")
+    parser.add_argument(
+        "--mount",
+        action="store_true",
+        help="speed through real mounts (dd, cp -r, tar x, ls -l, RSS, TLS) against references "
+        "in the same run, plus change visibility and a big bucket (medians of --repeat)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes for a smoke run (seconds instead of minutes)",
+    )
     args = parser.parse_args(argv)
 
+    sizes = MountSizes.quick() if args.quick else MountSizes()
+    if args.mount:
+        if args.size != 256 * MiB:
+            sizes = dataclasses.replace(sizes, seq=args.size)
+        size = sizes.seq
+        steps = [*suite(sizes), ("change_latency", bench_change_latency), ("scale", bench_scale)]
+    else:
+        size = sizes.seq if args.quick and args.size == 256 * MiB else args.size
+        steps = BENCHMARKS
     info = machine()
     with tempfile.TemporaryDirectory(prefix="objfs-bench-") as tmp:
         work = Path(tmp)
         payload = work / "payload.bin"
-        print(f"writing a {args.size / MiB:.0f} MiB payload ...", flush=True)
-        digest = make_payload(payload, args.size)
+        print(f"writing a {size / MiB:.0f} MiB payload ...", flush=True)
+        digest = make_payload(payload, size)
         with EmbeddedServer(work / "nats") as server, AsyncioThread("bench-asyncio") as thread:
             ctx = Bench(
                 server=server,
                 thread=thread,
                 workdir=work,
                 payload=payload,
-                size=args.size,
+                size=size,
                 digest=digest,
                 repeat=max(1, args.repeat),
                 natspy_get_cap=args.natspy_get_cap,
                 natspy_small=args.natspy_small,
-                changes=max(1, args.changes),
-                scale_objects=max(1, args.objects),
+                changes=max(1, 10 if args.quick else args.changes),
+                scale_objects=max(1, 500 if args.quick else args.objects),
             )
-            print(f"nats-server at {server.url}; measuring:", flush=True)
-            for name, fn in BENCHMARKS:
-                if args.only and name not in args.only and name != "natspy_put":
+            where = " through mounts" if args.mount else ""
+            print(f"nats-server at {server.url}; measuring{where}:", flush=True)
+            for name, fn in steps:
+                if args.only and name not in args.only and (args.mount or name != "natspy_put"):
                     continue
                 if asyncio.iscoroutinefunction(fn):
                     thread.run(fn(ctx))
                 else:
                     fn(ctx)
-    data = report(ctx, info)
+            info["load average after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    data = report_mount(ctx, info, sizes) if args.mount else report(ctx, info)
     if args.json:
         args.json.write_text(json.dumps(data, indent=2) + "\n")
         print(f"\nresults written to {args.json}")

@@ -23,7 +23,7 @@ CHANGE_P99_TARGET_MS = 200.0
 """The change-visibility p99 the project targets on the 2-core machine."""
 
 
-def _fuse_ok() -> str | None:
+def fuse_ok() -> str | None:
     """Why real mounts cannot be made here (None: they can)."""
     import shutil
 
@@ -32,15 +32,24 @@ def _fuse_ok() -> str | None:
     return None
 
 
-class _Mount:
+class Mount:
     """``objfs mount`` as a child process (as tests/mount/mounting.py, kept minimal)."""
 
-    def __init__(self, ctx: Bench, bucket: str, name: str) -> None:
+    def __init__(
+        self,
+        ctx: Bench,
+        bucket: str,
+        name: str,
+        *,
+        url: str | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.path = ctx.workdir / name
-        self.path.mkdir()
-        self.log = open(ctx.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "objfs", "mount", "--server", ctx.server.url]
-        cmd += ["--timeout", "30", "--bucket", bucket, "--create", str(self.path)]
+        self.path.mkdir(exist_ok=True)
+        self.log = open(ctx.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, "-m", "objfs", "mount", "--server", url or ctx.server.url]
+        cmd += ["--timeout", "30", "--bucket", bucket, "--create", *extra]
+        cmd += ["--data-dir", str(ctx.workdir / "objfs-data"), str(self.path)]
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log
@@ -54,10 +63,10 @@ class _Mount:
         os.stat(self.path)
         self.seconds = time.perf_counter() - self.started
 
-    def rss(self) -> int:
-        """Resident memory of the mount process, bytes."""
+    def rss(self, field: str = "VmRSS") -> int:
+        """Resident memory of the mount process (``VmHWM``: its peak so far), bytes."""
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
         return 0
 
@@ -79,7 +88,7 @@ class _Mount:
         self.log.close()
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
@@ -91,13 +100,13 @@ def bench_change_latency(ctx: Bench) -> None:
     kernel holds a negative dentry), half overwrite one with a new size (the second mount has
     its attributes cached). Both caches last 1 s: anything faster is the watcher's doing.
     """
-    why = _fuse_ok()
+    why = fuse_ok()
     if why is not None:
         ctx.skipped["change_latency"] = why
         return
-    a = _Mount(ctx, "bench_latency", "lat_a")
+    a = Mount(ctx, "bench_latency", "lat_a")
     try:
-        b = _Mount(ctx, "bench_latency", "lat_b")
+        b = Mount(ctx, "bench_latency", "lat_b")
         try:
             times: list[float] = []
             for i in range(ctx.changes):
@@ -120,11 +129,11 @@ def bench_change_latency(ctx: Bench) -> None:
                         raise RuntimeError(f"change {i} not visible in the other mount in 10 s")
                     time.sleep(0.0005)
                 times.append((time.perf_counter() - t0) * 1000)
-            p99 = _percentile(times, 99)
+            p99 = percentile(times, 99)
             ctx.figure(
                 "change_latency",
                 f"change visibility, {len(times)} changes (ms)",
-                p50=_percentile(times, 50),
+                p50=percentile(times, 50),
                 p99=p99,
                 max=max(times),
                 target_p99=CHANGE_P99_TARGET_MS,
@@ -180,19 +189,19 @@ async def populate_metas(url: str, bucket: str, count: int, window: int = 2000) 
 def bench_scale(ctx: Bench) -> None:
     """A bucket of ``--objects`` objects: populate, mount, list (``ls -f`` and ``ls -l``),
     and the mount's resident memory per object against a mount of an empty bucket."""
-    why = _fuse_ok()
+    why = fuse_ok()
     if why is not None:
         ctx.skipped["scale"] = why
         return
     n = ctx.scale_objects
     populate = ctx.thread.run(populate_metas(ctx.server.url, "bench_scale", n))
-    empty = _Mount(ctx, "bench_scale_empty", "scale_empty")
+    empty = Mount(ctx, "bench_scale_empty", "scale_empty")
     try:
         os.listdir(empty.path)
         rss_empty = empty.rss()
     finally:
         empty.stop()
-    m = _Mount(ctx, "bench_scale", "scale")
+    m = Mount(ctx, "bench_scale", "scale")
     try:
         t0 = time.perf_counter()
         names = os.listdir(m.path)

@@ -100,6 +100,17 @@ def ratios(ctx: Bench, targets: list[Target]) -> list[dict[str, Any]]:
     return out
 
 
+def print_figures(ctx: Bench, width: int) -> None:
+    """The figures that are not throughputs (latencies, times, memory), one line each."""
+    for fig in ctx.figures.values():
+        shown = ", ".join(
+            f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in fig.items()
+            if k != "label"
+        )
+        print(f"  {fig['label']:<{width}} {shown}")
+
+
 def report(ctx: Bench, info: dict[str, str]) -> dict[str, Any]:
     print("\nmachine:")
     for k, v in info.items():
@@ -115,13 +126,7 @@ def report(ctx: Bench, info: dict[str, str]) -> dict[str, Any]:
         print(f"  {r.label:<56} {rate} {r.seconds:9.2f}{note}")
     for k, why in ctx.skipped.items():
         print(f"  {k:<56} {'-':>9}  not measured: {why}")
-    for fig in ctx.figures.values():
-        shown = ", ".join(
-            f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in fig.items()
-            if k != "label"
-        )
-        print(f"  {fig['label']:<56} {shown}")
+    print_figures(ctx, 56)
     print()
     rows = ratios(ctx, TARGETS)
     info_rows = ratios(ctx, INFO_RATIOS)

@@ -32,6 +32,7 @@ from objfs.store.api import (
     ObjectInfo,
     ObjectMeta,
     ObjectStore,
+    Source,
     WatchEvent,
 )
 from objfs.store.errors import Unavailable
@@ -271,6 +272,50 @@ class _Failure:
         self.error = error
 
 
+class Feed:
+    """Bytes pushed from trio, iterated by a streaming ``put`` on the asyncio loop.
+
+    ``push`` waits while ``maxsize`` pieces are queued (the put holds the writer back, so
+    memory stays bounded); ``end`` ends the source, ``fail`` makes the put raise (abandoning
+    its chunks). ``close`` (once the put is over, however it ended) empties the queue, so a
+    writer blocked in ``push`` behind a put that died returns; later pushes are dropped.
+    """
+
+    def __init__(self, bridge: Bridge, maxsize: int = 8) -> None:
+        self._bridge = bridge
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+        self.closed = False
+
+    async def push(self, data: bytes) -> None:
+        if not self.closed:
+            await self._bridge.call(self._queue.put, data)
+
+    async def end(self) -> None:
+        if not self.closed:
+            await self._bridge.call(self._queue.put, _END)
+
+    async def fail(self, error: BaseException) -> None:
+        if not self.closed:
+            await self._bridge.call(self._queue.put, _Failure(error))
+
+    async def close(self) -> None:
+        self.closed = True
+        await self._bridge.call(self._drain)
+
+    async def _drain(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:  # on the asyncio loop
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+
+
 async def _as_coro(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     return await fn(*args, **kwargs)
 
@@ -350,7 +395,7 @@ class TrioStore:
         self,
         bucket: str,
         name: str,
-        source: BinaryIO | bytes,
+        source: Source,
         *,
         meta: ObjectMeta | None = None,
         chunk_size: int | None = None,
@@ -371,6 +416,10 @@ class TrioStore:
 
     async def read_chunks(self, layout: ChunkLayout, first: int, count: int) -> Chunks:
         return await self.bridge.call(self.store.read_chunks, layout, first, count)
+
+    def feed(self) -> Feed:
+        """A source for a streaming ``put`` (see ``Feed``)."""
+        return Feed(self.bridge)
 
     def read_stream(self, info: ObjectInfo, *, window: int | None = None) -> AsyncIterator[Chunks]:
         """``window`` None: the backend's own default (it may differ from the API's)."""

@@ -41,6 +41,7 @@ from objfs.connection import SettingsError, check_files
 from objfs.daemon import Reporter, daemonize
 from objfs.fs import Filesystem, spool_dir
 from objfs.fs.stats import RecentErrors
+from objfs.kernel_readahead import raise_readahead
 from objfs.log import console, level_for, setup
 from objfs.options import MountOptions, redact
 from objfs.sd_notify import Notifier
@@ -497,6 +498,7 @@ async def _announce(options: MountOptions, before: int, reporter: Reporter, via:
     if scope.cancelled_caught:
         reporter.failed(f"the mount at {mp} did not appear")
         return
+    raise_readahead(st.st_dev)
     what = f"bucket {options.bucket}" if options.bucket else "all buckets"
     line = f"mounted {what} at {mp} via {via}"
     log.info("%s", line)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from objfs.bridge import TrioStore
+from objfs.fs.attr_flush import DeferredAttrs
 from objfs.fs.errors import FsError
 from objfs.fs.files import Files
 from objfs.fs.inodes import InodeTable, Kind, Node
@@ -71,6 +72,8 @@ class Attributes:
         """``Links.symlink_size``: a symlink's size is the length of what readlink returns."""
         self.note_status = note_status
         """``WriteGuard.note_status``: every bucket status read tells whether it is sealed."""
+        self.deferred = DeferredAttrs(self.persist)
+        """Attribute changes of stored files, stored shortly after and merged (attr_flush)."""
 
     def stat(self, node: Node) -> Stat:
         size = self.symlink_size(node) if node.kind is Kind.SYMLINK else node.size
@@ -126,7 +129,9 @@ class Attributes:
                 await self.files.upload(node)  # a truncate of a file nobody has open
             return node  # otherwise the attributes travel with the pending upload
         if changes.size is None or node.spool is None:
-            await self.persist(node)
+            deferred = changes.size is None and node.kind is Kind.FILE and node.info is not None
+            if not (deferred and self.deferred.mark(node)):  # see attr_flush
+                await self.persist(node)
         return node
 
     async def persist(self, node: Node) -> None:

@@ -8,7 +8,9 @@
   never fetched twice.
 - Missing chunks of one read are fetched in one ``read_chunks`` call (one bridge hop, one
   batch request), and sequential access starts a background fetch of the next chunks
-  (readahead) when a task spawner is available (``Filesystem.run_background`` provides one).
+  (``readahead``: a window that grows while the access stays sequential, or a streaming read
+  of an object read from its start) when a task spawner is available
+  (``Filesystem.run_background`` provides one).
 - Layouts (where an object's chunks are) are cached per ``(bucket, nuid)``.
 """
 
@@ -24,15 +26,17 @@ from cachetools import LRUCache
 
 from objfs.bridge import TrioStore
 from objfs.fs.digests import DigestCheck
+from objfs.fs.readahead import MAX_BYTES, Readahead
 from objfs.fs.stats import Stats
 from objfs.store.api import ChunkLayout, ObjectInfo
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str, int]
-Spawner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
-READAHEAD_BYTES = 4 * 1024 * 1024
+IN_FLIGHT_BYTES = 32 << 20
+"""Kept out of the cache's capacity for readahead in flight (see ``ChunkCache.__init__``)."""
+Spawner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
 class ChunkCache:
@@ -42,16 +46,24 @@ class ChunkCache:
         capacity: int,
         stats: Stats,
         *,
-        readahead_bytes: int = READAHEAD_BYTES,
+        readahead_bytes: int = MAX_BYTES,
     ) -> None:
         self.store = store
-        self._chunks: LRUCache[Key, bytes] = LRUCache(maxsize=max(capacity, 1), getsizeof=len)
+        # ``capacity`` bounds the read path's memory, readahead in flight included: a stream's
+        # lead and the store's push credit (16 MiB), and the windows being fetched, are held
+        # outside the LRU, so it keeps that much less (measured: four readers went past the
+        # cache size + 64 MiB without it, BENCHMARKS.md).
+        reserve = min(capacity // 4, IN_FLIGHT_BYTES)
+        self._chunks: LRUCache[Key, bytes] = LRUCache(
+            maxsize=max(capacity - reserve, 1), getsizeof=len
+        )
         self.stats = stats
         stats.cache_bytes = lambda: (int(self._chunks.currsize), int(self._chunks.maxsize))
         self._layouts: LRUCache[tuple[str, str], ChunkLayout] = LRUCache(maxsize=4096)
         self._inflight: dict[Key, trio.Event] = {}
-        self._next_expected: LRUCache[tuple[str, str], int] = LRUCache(maxsize=1024)
-        self.readahead_bytes = readahead_bytes
+        # At most a quarter of the cache: what is read ahead must still be there when the
+        # reader gets to it.
+        self.readahead = Readahead(min(readahead_bytes, max(1, capacity // 4)))
         self.spawn: Spawner | None = None
         self.digests = DigestCheck()
         """Whole-file sequential reads are checked against the object's digest."""
@@ -74,9 +86,9 @@ class ChunkCache:
             return b""
         first = layout.chunk_at(offset)
         last = layout.chunk_at(end - 1)
+        self._maybe_readahead(info, layout, first, last)
         chunks = await self.chunks(layout, first, last - first + 1)
         await self.digests.feed(info, layout, first, chunks)
-        self._maybe_readahead(layout, first, last)
         data = b"".join(chunks)
         start = offset - layout.offsets[first]
         return data[start : start + (end - offset)]
@@ -137,11 +149,7 @@ class ChunkCache:
                     out[start + j] = data
                     self._put(layout, start + j, data)
         finally:
-            for i, event in claimed.items():
-                key = (layout.bucket, layout.nuid, i)
-                if self._inflight.get(key) is event:
-                    del self._inflight[key]
-                event.set()
+            self.release(layout, claimed)
         return out
 
     def _put(self, layout: ChunkLayout, index: int, data: bytes) -> None:
@@ -149,21 +157,25 @@ class ChunkCache:
         with contextlib.suppress(ValueError):
             self._chunks[(layout.bucket, layout.nuid, index)] = data
 
-    def _maybe_readahead(self, layout: ChunkLayout, first: int, last: int) -> None:
-        key = (layout.bucket, layout.nuid)
-        expected = self._next_expected.get(key)
-        self._next_expected[key] = last + 1
-        if self.spawn is None or expected is None or not (expected - 1 <= first <= expected):
+    def _maybe_readahead(
+        self, info: ObjectInfo, layout: ChunkLayout, first: int, last: int
+    ) -> None:
+        access = self.readahead.observe((layout.bucket, layout.nuid), first, last)
+        if self.spawn is None or access.window == 0:
+            return
+        if access.stream is not None and not access.stream.finished:
+            return  # the stream keeps ahead of this reader
+        if self.readahead.may_stream(access, layout):
+            spawn = self.spawn
+            with contextlib.suppress(RuntimeError):  # the background nursery is closing
+                self.readahead.start_stream(
+                    access, self.store, self, info, layout, lambda s: spawn(s.run)
+                )
             return
         chunk_len = max(1, layout.offsets[1] - layout.offsets[0]) if layout.chunks else 1
-        window = max(1, self.readahead_bytes // chunk_len)
+        window = max(1, access.window // chunk_len)
         start = last + 1
-        wanted = [
-            i
-            for i in range(start, min(start + window, layout.chunks))
-            if (layout.bucket, layout.nuid, i) not in self._chunks
-            and (layout.bucket, layout.nuid, i) not in self._inflight
-        ]
+        wanted = self.wanted(layout, start, min(start + window, layout.chunks))
         # Top the window up in big steps, not one chunk per read (one call per half window).
         if not wanted or (len(wanted) < window // 2 and start + window < layout.chunks):
             return
@@ -178,13 +190,37 @@ class ChunkCache:
         try:
             self.spawn(prefetch)
         except RuntimeError:  # the background nursery is closing: give the claims back
-            for i, event in claimed.items():
-                self._inflight.pop((layout.bucket, layout.nuid, i), None)
-                event.set()
+            self.release(layout, claimed)
+
+    # -- what a readahead stream uses (readahead.Sink) -----------------------------------------
+    def wanted(self, layout: ChunkLayout, start: int, stop: int) -> list[int]:
+        """Chunks in ``start`` .. ``stop - 1`` neither cached nor in flight."""
+        return [
+            i
+            for i in range(start, stop)
+            if (layout.bucket, layout.nuid, i) not in self._chunks
+            and (layout.bucket, layout.nuid, i) not in self._inflight
+        ]
+
+    def claim(self, layout: ChunkLayout, indexes: list[int]) -> dict[int, trio.Event]:
+        return self._claim(layout, indexes)
+
+    def deliver(self, layout: ChunkLayout, index: int, data: bytes) -> None:
+        self._put(layout, index, data)
+
+    def release(self, layout: ChunkLayout, claimed: dict[int, trio.Event]) -> None:
+        """End claims (delivered or given up): waiters take the chunk from the cache or fetch
+        it themselves."""
+        for i, event in claimed.items():
+            key = (layout.bucket, layout.nuid, i)
+            if self._inflight.get(key) is event:
+                del self._inflight[key]
+            event.set()
 
     def forget(self, bucket: str, nuid: str) -> None:
         """Drop the layout of an object version that no longer exists (chunks age out)."""
         self._layouts.pop((bucket, nuid), None)
+        self.readahead.forget((bucket, nuid))
 
 
 def _runs(indexes: list[int]) -> list[tuple[int, int]]:

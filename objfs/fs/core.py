@@ -23,6 +23,7 @@ has the graph of who holds whom and the concurrency contract.
 from __future__ import annotations
 
 import logging
+import os
 import stat
 import time
 
@@ -165,13 +166,15 @@ class Filesystem:
         """Watch consumers, readahead and the invalidation worker; runs until cancelled."""
         try:
             async with trio.open_nursery() as nursery:
-                self.cache.spawn = nursery.start_soon
+                self.cache.spawn = self.files.early.spawn = nursery.start_soon
+                self.attributes.deferred.spawn = nursery.start_soon
                 self.coherence.run(nursery)
                 nursery.start_soon(self.files.retry.run)
                 await trio.sleep_forever()
         finally:
             self.coherence.stopped()
-            self.cache.spawn = None
+            self.cache.spawn = self.files.early.spawn = None
+            self.attributes.deferred.spawn = None
 
     async def shutdown(self) -> list[Failure]:
         """Upload what is still dirty, stop the watches; returns the uploads that failed.
@@ -182,6 +185,7 @@ class Filesystem:
         if self._shut_down:
             return []
         self._shut_down = True
+        await self.attributes.deferred.settle_all()
         failures = await self.files.shutdown()
         await self.coherence.close()
         if not failures:
@@ -249,6 +253,7 @@ class Filesystem:
 
     async def unlink(self, parent_ino: int, name: str, caller: Caller | None = None) -> None:
         self.guard.entry(parent_ino, name)
+        await self._settle_entry(parent_ino, name)
         await self.names.unlink(parent_ino, name, caller)
 
     async def rename(
@@ -264,6 +269,8 @@ class Filesystem:
     ) -> None:
         self.guard.entry(old_parent_ino, old_name)
         self.guard.entry(new_parent_ino, new_name)
+        await self._settle_entry(old_parent_ino, old_name)
+        await self._settle_entry(new_parent_ino, new_name)
         await self.names.rename(
             old_parent_ino,
             old_name,
@@ -278,6 +285,7 @@ class Filesystem:
         self, ino: int, parent_ino: int, name: str, caller: Caller | None = None
     ) -> Node:
         self.guard.link(ino, parent_ino, name)
+        await self._settle(ino)
         return await self.names.link(ino, parent_ino, name, caller)
 
     async def symlink(self, parent_ino: int, name: str, target: str, caller: Caller) -> Node:
@@ -286,6 +294,15 @@ class Filesystem:
 
     def readlink(self, ino: int) -> str:
         return self.links.readlink(ino)
+
+    async def _settle(self, ino: int) -> None:
+        """Store attribute changes still pending (attr_flush) before the object is touched."""
+        await self.attributes.deferred.settle(self.table.find(ino))
+
+    async def _settle_entry(self, parent_ino: int, name: str) -> None:
+        parent = self.table.find(parent_ino)
+        if parent is not None:
+            await self.attributes.deferred.settle(self.table.child(parent, name))
 
     # -- files ---------------------------------------------------------------------------------
     async def create(
@@ -301,6 +318,8 @@ class Filesystem:
     async def open(self, ino: int, flags: int, caller: Caller | None = None) -> tuple[Handle, bool]:
         """Open inode ``ino``; returns the handle and whether the kernel may keep its cache."""
         self.guard.open(ino, flags)
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            await self._settle(ino)
         return await self.files.open(ino, flags, caller)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -319,6 +338,7 @@ class Filesystem:
 
     async def fsync(self, fh: int, datasync: bool = False) -> None:
         await self.files.fsync(fh, datasync)
+        await self.attributes.deferred.settle(self.handles.get(fh).node)
 
     async def release(self, fh: int) -> None:
         await self.files.release(fh)
@@ -332,8 +352,10 @@ class Filesystem:
 
     async def setxattr(self, ino: int, name: str, value: bytes) -> None:
         self.guard.inode(ino)
+        await self._settle(ino)
         await self.xattrs.setxattr(ino, name, value)
 
     async def removexattr(self, ino: int, name: str) -> None:
         self.guard.inode(ino)
+        await self._settle(ino)
         await self.xattrs.removexattr(ino, name)

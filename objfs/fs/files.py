@@ -47,6 +47,7 @@ from objfs.fs.posix_attrs import Attrs, attrs_to_headers
 from objfs.fs.spool import Spool
 from objfs.fs.spool_record import SpoolRecord
 from objfs.fs.stats import Progress, Stats
+from objfs.fs.streaming_upload import EarlyUploads
 from objfs.fs.upload_retry import PendingUpload, UploadRetry
 from objfs.fs.values import Caller
 from objfs.fs.watcher import Watcher
@@ -86,6 +87,8 @@ class Files:
         """``Coherence.directory``: a directory by inode, its bucket loaded."""
         self.stats = stats
         self.retry = UploadRetry(self.upload, self.settle, self._display)
+        self.early = EarlyUploads(store, options.chunk_size)
+        """Streaming puts of files written sequentially (see ``streaming_upload``)."""
 
     def pending_uploads(self) -> list[PendingUpload]:
         """Failed uploads waiting for their retry: ``(path, bytes, attempts, last_error)``."""
@@ -190,11 +193,14 @@ class Files:
             raise FsError(errno.EBADF)
         node = handle.node
         check_size(offset + len(data))
-        written = await self._spool(node).write(self.store, offset, data)
+        spool = self._spool(node)
+        written = await spool.write(self.store, offset, data)
         node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
+        await self.early.wrote(node, spool, offset, spool.size, data)
         return written
 
     async def truncate(self, node: Node, size: int) -> None:
+        self.early.discard(node)
         await self._spool(node).truncate(self.store, size)
 
     # -- closing -------------------------------------------------------------------------------
@@ -230,6 +236,7 @@ class Files:
         if spool is not None and node.file.writers == 0:
             done = node.file.handles == 0 if not node.attached else not spool.dirty
             if done:
+                self.early.discard(node)
                 spool.close()
                 node.file.spool = None
                 self.watcher.local_done(node)  # a remote change held while writing
@@ -271,7 +278,7 @@ class Files:
                 await spool.fill(self.store)
                 spool.mark_complete(SpoolRecord.of(bucket, node.path, old, meta, spool.size))
                 with self.stats.upload(self._display(node), spool.size) as progress:
-                    info = await self.store.put(
+                    info = await self.early.finish(node, spool, meta) or await self.store.put(
                         bucket,
                         node.path,
                         Progress(spool.rewind(), progress).as_file(),
@@ -348,6 +355,7 @@ class Files:
                     spool.close(delete=False)
                     node.file.spool = None
                     continue
+            self.early.discard(node)
             spool.close()
             node.file.spool = None
         for node in self.table.nodes():  # unlinked while open, still open at unmount

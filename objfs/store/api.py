@@ -30,7 +30,7 @@ import abc
 import asyncio
 import bisect
 import dataclasses
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal, Protocol
 
@@ -285,7 +285,7 @@ class ObjectStore(Protocol):
         self,
         bucket: str,
         name: str,
-        source: BinaryIO | bytes,
+        source: Source,
         *,
         meta: ObjectMeta | None = None,
         chunk_size: int | None = None,
@@ -298,6 +298,11 @@ class ObjectStore(Protocol):
         that (0: the name must not exist), and nothing is left behind. The check is the
         server's, atomic with the write: ``if_revision=0`` is an exclusive create, of two
         clients racing for one name exactly one wins (O_EXCL across machines).
+
+        ``source`` may be an async iterable of bytes (a streaming put: chunks are published
+        as the bytes come, the meta when it ends; an exception it raises abandons the put and
+        its chunks). ``meta`` is read only once the source is exhausted, so a streaming
+        writer may still change it in place until it ends the source.
         """
 
     @abc.abstractmethod
@@ -347,6 +352,36 @@ class ObjectStore(Protocol):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
+
+
+Source = BinaryIO | bytes | AsyncIterable[bytes]
+"""What ``put`` stores: a file, bytes, or bytes arriving over time (see ``put``)."""
+
+
+async def apieces(source: Source, size: int) -> AsyncIterator[bytes]:
+    """``pieces`` of any ``Source``: an async iterable's bytes regrouped into ``size``-byte
+    pieces (every piece but the last full), sliced, never joined more than needed."""
+    if not isinstance(source, AsyncIterable):
+        for piece in pieces(source, size):
+            yield piece
+        return
+    rest = b""
+    async for data in source:
+        if rest:
+            need = size - len(rest)
+            rest += data[:need]
+            data = data[need:]
+            if len(rest) < size:
+                continue
+            yield rest
+            rest = b""
+        off = 0
+        while len(data) - off >= size:
+            yield data[off : off + size]
+            off += size
+        rest = data[off:]
+    if rest:
+        yield rest
 
 
 def pieces(source: BinaryIO | bytes | bytearray | memoryview, size: int) -> Iterator[bytes]:

@@ -48,7 +48,6 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from objfs.store.api import (
     AccountUsage,
@@ -61,8 +60,9 @@ from objfs.store.api import (
     ObjectInfo,
     ObjectMeta,
     ObjectStore,
+    Source,
     WatchEvent,
-    pieces,
+    apieces,
     poll_buckets,
 )
 from objfs.store.errors import (
@@ -406,7 +406,7 @@ class MemoryObjectStore(ObjectStore):
         self,
         bucket: str,
         name: str,
-        source: BinaryIO | bytes,
+        source: Source,
         *,
         meta: ObjectMeta | None = None,
         chunk_size: int | None = None,
@@ -427,7 +427,7 @@ class MemoryObjectStore(ObjectStore):
         sha = hashlib.sha256()
         chunks: list[bytes] = []
         total = 0
-        for piece in pieces(source, size_limit):
+        async for piece in apieces(source, size_limit):
             sha.update(piece)
             chunks.append(bytes(piece))
             total += len(piece)

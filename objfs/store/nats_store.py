@@ -56,8 +56,8 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator
-from typing import Any, BinaryIO
+from collections.abc import AsyncGenerator, AsyncIterable
+from typing import Any, BinaryIO, TypeGuard
 
 import nats.errors
 from nats.aio.client import Client
@@ -77,8 +77,9 @@ from objfs.store.api import (
     ObjectInfo,
     ObjectMeta,
     ObjectStore,
+    Source,
     WatchEvent,
-    pieces,
+    apieces,
 )
 from objfs.store.names import (
     check_bucket,
@@ -502,7 +503,7 @@ class NatsObjectStore(ObjectStore):
         await self.js.purge(bucket_stream(bucket), chunk_subject(bucket, nuid))
 
     async def _send_chunks(
-        self, bucket: str, source: BinaryIO | bytes, size_per_chunk: int
+        self, bucket: str, source: Source, size_per_chunk: int
     ) -> tuple[_ChunkSender, Any, builtins.list[int]]:
         """Store ``source``'s chunks under a fresh nuid; the sender (with every chunk's
         sequence), the running hash and the chunk sizes.
@@ -510,16 +511,17 @@ class NatsObjectStore(ObjectStore):
         After an outage during the put, the chunks are checked on the server before the meta
         may refer to them: a server killed (not stopped) may lose messages it had
         acknowledged, and a chunk re-sent after the loss lands out of order. The put then
-        starts over from the source's first byte under a new nuid (if the source can seek).
+        starts over from the source's first byte under a new nuid (if the source can seek: a
+        streaming source cannot, and such a put fails instead).
         """
-        start = None if isinstance(source, bytes) or not source.seekable() else source.tell()
+        start = None if not _seekable(source) else source.tell()
         for attempt in range(1, PUT_RESTARTS + 2):
             nuid = self._nuid.next().decode()
             chunks = _ChunkSender(self._publisher, chunk_subject(bucket, nuid), nuid, self.timeout)
             sha = hashlib.sha256()
             sizes: list[int] = []
             try:
-                for piece in pieces(source, size_per_chunk):
+                async for piece in apieces(source, size_per_chunk):
                     sha.update(piece)
                     sizes.append(len(piece))
                     await chunks.send(piece)
@@ -535,7 +537,7 @@ class NatsObjectStore(ObjectStore):
                 if not retry or not (isinstance(source, bytes) or start is not None):
                     raise
                 log.warning("put to %s: %s; starting over", bucket, e)
-                if not isinstance(source, bytes):
+                if _seekable(source):
                     assert start is not None
                     source.seek(start)
         raise AssertionError("unreachable")
@@ -640,7 +642,7 @@ class NatsObjectStore(ObjectStore):
         self,
         bucket: str,
         name: str,
-        source: BinaryIO | bytes,
+        source: Source,
         *,
         meta: ObjectMeta | None = None,
         chunk_size: int | None = None,
@@ -735,6 +737,11 @@ def _meta_fields(meta: ObjectMeta | None) -> dict[str, Any]:
         "headers": {k: list(v) for k, v in meta.headers.items()},
         "metadata": dict(meta.metadata),
     }
+
+
+def _seekable(source: Source) -> TypeGuard[BinaryIO]:
+    """A file the put can read again from where it started."""
+    return not isinstance(source, bytes | AsyncIterable) and source.seekable()
 
 
 class _Reordered(errors.Unavailable):

@@ -62,7 +62,7 @@ async def test_sequential_reads_read_ahead(mem, bucket_name, make_fs):
     data = os.urandom(64 * CHUNK)
     await mem.put(bucket_name, "seq", data)
     fs = await make_fs(mem, bucket_name)
-    fs.cache.readahead_bytes = 16 * CHUNK
+    fs.cache.readahead.max_bytes = 16 * CHUNK
     node = await fs.lookup(ROOT_INO, "seq")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fs.run_background)

@@ -813,3 +813,79 @@ async def test_account_usage_counts_what_is_stored(
     after = await store.account_usage()
     assert after.used >= before.used + 100_000
     assert after.limit is None
+
+
+async def _stream_messages(store: TrioStore, bucket: str) -> int | None:
+    """Messages in the bucket's stream (chunks and metas), on NATS; None on memory."""
+    nc = getattr(store.store, "nc", None)
+    if nc is None:
+        return None
+
+    async def count() -> int:
+        info = await nc.jetstream().stream_info(f"OBJ_{bucket}")
+        return int(info.state.messages)
+
+    return await store.bridge.call(count)
+
+
+async def test_streaming_put_publishes_the_meta_only_at_the_end(
+    store: TrioStore, bucket: str
+) -> None:
+    old = await store.put(bucket, "s", b"old version")
+    data = os.urandom(10 * 4096 + 17)
+    meta = ObjectMeta(description="early")
+    feed = store.feed()
+    async with trio.open_nursery() as nursery:
+        done: list[ObjectInfo] = []
+
+        async def put() -> None:
+            done.append(await store.put(bucket, "s", feed, meta=meta, chunk_size=4096))
+
+        nursery.start_soon(put)
+        for off in range(0, len(data), 3000):  # pieces that do not match the chunks
+            await feed.push(data[off : off + 3000])
+        # Every byte is sent (and most chunks published), the source not ended: the old
+        # version is still the object, whole.
+        await trio.sleep(0.05)
+        assert (await store.info(bucket, "s")).nuid == old.nuid
+        assert await read_all(store, await store.info(bucket, "s")) == b"old version"
+        meta.headers = {"X-Late": ["set before the end"]}  # read once the source ends
+        await feed.end()
+    info = done[0]
+    assert info.nuid != old.nuid and info.size == len(data) and info.chunks == 11
+    assert info.headers == {"X-Late": ["set before the end"]} and info.description == "early"
+    assert await read_all(store, await store.info(bucket, "s")) == data
+
+
+async def test_a_failed_streaming_put_leaves_the_old_version_and_no_chunks(
+    store: TrioStore, bucket: str
+) -> None:
+    old = await store.put(bucket, "s", b"old version")
+    before = await _stream_messages(store, bucket)
+    feed = store.feed()
+    raised: list[BaseException] = []
+    async with trio.open_nursery() as nursery:
+
+        async def put() -> None:
+            try:
+                await store.put(bucket, "s", feed, chunk_size=4096)
+            except OSError as e:
+                raised.append(e)
+            await feed.close()
+
+        nursery.start_soon(put)
+        for _ in range(8):
+            await feed.push(os.urandom(4096))
+        await feed.fail(OSError("writer gave up"))
+    assert [str(e) for e in raised] == ["writer gave up"]
+    assert (await store.info(bucket, "s")).nuid == old.nuid
+    assert await read_all(store, await store.info(bucket, "s")) == b"old version"
+    if before is not None:  # NATS: the abandoned chunks were purged
+        await wait_until(lambda: _stream_messages(store, bucket), before)
+
+
+async def wait_until(get: Callable[[], Awaitable[int | None]], want: int) -> None:
+    with trio.fail_after(60):
+        while (got := await get()) != want:
+            await trio.sleep(0.05)
+    assert got == want

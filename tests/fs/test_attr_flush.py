@@ -1,0 +1,107 @@
+"""Merged attribute updates (fs/attr_flush.py): chmod, chown and utime of a stored file are
+stored together shortly after; fsync, unmount and a rename store them first."""
+
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+
+import trio
+from fs_helpers import CALLER, wait_for, write_file
+
+from objfs.fs import attr_flush
+from objfs.fs.inodes import ROOT_INO
+from objfs.fs.values import SetAttr
+
+WHEN = 1_234_567_890_123_456_789
+
+
+async def _tar_like(fs, name):
+    """What tar x does to each file: create, write, close, then owner, mode and times."""
+    node = await write_file(fs, name, b"content of " + name.encode())
+    await fs.setattr(node.ino, SetAttr(uid=4242, gid=4343), None, CALLER)
+    await fs.setattr(node.ino, SetAttr(mode=0o604), None, CALLER)
+    await fs.setattr(node.ino, SetAttr(mtime_ns=WHEN, atime_ns=WHEN), None, CALLER)
+    return node
+
+
+def _stored_attrs(info):
+    h = info.headers
+    return h["Objfs-Uid"], h["Objfs-Gid"], h["Objfs-Mode"], h["Objfs-Mtime"]
+
+
+WANT = (["4242"], ["4343"], ["604"], [str(WHEN)])
+
+
+@asynccontextmanager
+async def _background(fs):
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.run_background)
+        await wait_for(lambda: fs.attributes.deferred.spawn is not None, "run_background")
+        yield
+        nursery.cancel_scope.cancel()
+
+
+async def test_attribute_changes_after_a_close_are_merged_into_one_update(
+    mem, bucket_name, make_fs
+):
+    fs = await make_fs(mem, bucket_name)
+    async with _background(fs):
+        for i in range(5):
+            await _tar_like(fs, f"f{i}")
+        # The mount shows the changes at once, from memory.
+        node = await fs.lookup(ROOT_INO, "f0")
+        assert (fs.stat(node).uid, fs.stat(node).mode & 0o7777) == (4242, 0o604)
+
+        async def all_stored():
+            infos = [await mem.info(bucket_name, f"f{i}") for i in range(5)]
+            return all(_stored_attrs(info) == WANT for info in infos)
+
+        with trio.fail_after(60):
+            while not await all_stored():
+                await trio.sleep(0.01)
+    # Three changes a file, one meta update a file (none of them on the caller's path).
+    assert mem.store.calls["update_meta"] == 5, mem.store.calls["update_meta"]
+
+
+async def test_fsync_stores_pending_attributes(store, bucket_name, make_fs):
+    fs = await make_fs(store, bucket_name)
+    async with _background(fs):
+        node = await _tar_like(fs, "f")
+        handle, _ = await fs.open(node.ino, os.O_RDONLY)
+        await fs.fsync(handle.fh)
+        assert _stored_attrs(await store.info(bucket_name, "f")) == WANT  # at once, no wait
+        await fs.release(handle.fh)
+
+
+async def test_unmount_stores_pending_attributes(store, bucket_name, make_fs):
+    fs = await make_fs(store, bucket_name)
+    async with _background(fs):
+        await _tar_like(fs, "f")
+    assert await fs.shutdown() == []
+    assert _stored_attrs(await store.info(bucket_name, "f")) == WANT
+
+
+async def test_rename_and_unlink_store_pending_attributes_first(store, bucket_name, make_fs):
+    fs = await make_fs(store, bucket_name)
+    async with _background(fs):
+        await _tar_like(fs, "f")
+        await fs.rename(ROOT_INO, "f", ROOT_INO, "g")
+        assert _stored_attrs(await store.info(bucket_name, "g")) == WANT
+        await _tar_like(fs, "gone")
+        await fs.unlink(ROOT_INO, "gone")
+        await trio.sleep(5 * attr_flush.DELAY)  # past the merge delay: nothing brings it back
+    names = sorted(i.name for i in await store.list(bucket_name))
+    assert names == ["g"]
+
+
+async def test_a_store_cut_short_by_unmount_is_done_at_unmount(mem, bucket_name, make_fs):
+    fs = await make_fs(mem, bucket_name)
+    async with _background(fs):
+        node = await write_file(fs, "f", b"x")
+        mem.store.delay = 0.5  # the deferred update is still running when the mount stops
+        await fs.setattr(node.ino, SetAttr(mode=0o604), None, CALLER)
+        await wait_for(lambda: mem.store.calls["update_meta"] == 1, "the deferred update")
+    mem.store.delay = 0.0
+    assert await fs.shutdown() == []
+    assert (await mem.info(bucket_name, "f")).headers["Objfs-Mode"] == ["604"]
