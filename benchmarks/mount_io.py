@@ -133,11 +133,14 @@ class Server:
         return await nats.connect(self.url, tls=tls, connect_timeout=10, max_reconnect_attempts=0)
 
     async def store(self) -> Any:
+        from objfs.options import ConnectOptions
         from objfs.store.api import BucketConfig
         from objfs.store.nats_store import connect
 
         store = await connect(
-            [self.url], timeout=30.0, tls_ca=str(self.tls.ca) if self.tls else None
+            ConnectOptions(
+                servers=[self.url], timeout=30.0, tls_ca=str(self.tls.ca) if self.tls else None
+            )
         )
         for bucket in ("bench_put", "bench_big"):
             with contextlib.suppress(Exception):
