@@ -58,7 +58,8 @@ class ChunkCache:
             maxsize=max(capacity - reserve, 1), getsizeof=len
         )
         self.stats = stats
-        stats.cache_bytes = lambda: (int(self._chunks.currsize), int(self._chunks.maxsize))
+        # Reported against the --cache-size asked for (the readahead reserve is part of it).
+        stats.cache_bytes = lambda: (int(self._chunks.currsize), capacity)
         self._layouts: LRUCache[tuple[str, str], ChunkLayout] = LRUCache(maxsize=4096)
         self._inflight: dict[Key, trio.Event] = {}
         # At most a quarter of the cache: what is read ahead must still be there when the

@@ -87,7 +87,7 @@ class Files:
         """``Coherence.directory``: a directory by inode, its bucket loaded."""
         self.stats = stats
         self.retry = UploadRetry(self.upload, self.settle, self._display)
-        self.early = EarlyUploads(store, options.chunk_size)
+        self.early = EarlyUploads(store, options.chunk_size, stats, self._display)
         """Streaming puts of files written sequentially (see ``streaming_upload``)."""
 
     def pending_uploads(self) -> list[PendingUpload]:
@@ -277,14 +277,17 @@ class Files:
             try:
                 await spool.fill(self.store)
                 spool.mark_complete(SpoolRecord.of(bucket, node.path, old, meta, spool.size))
-                with self.stats.upload(self._display(node), spool.size) as progress:
-                    info = await self.early.finish(node, spool, meta) or await self.store.put(
-                        bucket,
-                        node.path,
-                        Progress(spool.rewind(), progress).as_file(),
-                        meta=meta,
-                        chunk_size=self.options.chunk_size,
-                    )
+                # An early upload counts itself in flight (streaming_upload).
+                info = await self.early.finish(node, spool, meta)
+                if info is None:
+                    with self.stats.upload(self._display(node), spool.size) as progress:
+                        info = await self.store.put(
+                            bucket,
+                            node.path,
+                            Progress(spool.rewind(), progress).as_file(),
+                            meta=meta,
+                            chunk_size=self.options.chunk_size,
+                        )
             except StoreError as e:
                 spool.last_error = f"{type(e).__name__}: {e}"
                 self._kept(node, spool)

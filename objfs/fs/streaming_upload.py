@@ -34,6 +34,7 @@ import trio
 from objfs.bridge import Feed, TrioStore
 from objfs.fs.inodes import Node
 from objfs.fs.spool import Spool
+from objfs.fs.stats import Stats, Upload
 from objfs.store.api import ObjectInfo, ObjectMeta
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,34 @@ class Early:
         self.done = trio.Event()
         self.result: ObjectInfo | None = None
         self.failed = False
+        self.pushed = 0
+        """Bytes handed to the streaming put so far."""
+        self.upload: Upload | None = None
+        """Its entry among the uploads in flight (``objfs status``), once the put runs."""
+
+    async def push(self, feed: Feed, data: bytes) -> None:
+        await feed.push(data)
+        self.pushed += len(data)
+        if self.upload is not None:
+            self.upload.done = self.pushed
+            self.upload.size = max(self.upload.size, self.end)
 
 
 class EarlyUploads:
     """The early uploads of the files being written (see the module docstring)."""
 
-    def __init__(self, store: TrioStore, chunk_size: int | None) -> None:
+    def __init__(
+        self,
+        store: TrioStore,
+        chunk_size: int | None,
+        stats: Stats,
+        display: Callable[[Node], str],
+    ) -> None:
+        """``display``: the path a user knows the node by (``Files._display``)."""
         self.store = store
         self.chunk_size = chunk_size
+        self.stats = stats
+        self.display = display
         self.spawn: Spawner | None = None
         """Set while ``Filesystem.run_background`` runs; without it nothing starts early."""
         self._files: dict[int, Early] = {}
@@ -89,7 +110,7 @@ class EarlyUploads:
                 return
             early.end += len(data)
             if early.feed is not None:
-                await early.feed.push(data)
+                await early.push(early.feed, data)
                 return
         await self._maybe_start(node, spool, early)
 
@@ -104,12 +125,17 @@ class EarlyUploads:
                 return
             feed = early.feed = self.store.feed()
             name = early.name = node.path
+            shown = self.display(node)
 
             async def run() -> None:
                 try:
-                    early.result = await self.store.put(
-                        bucket, name, feed, meta=early.meta, chunk_size=self.chunk_size
-                    )
+                    # In flight from its start: status shows it moving while the file is
+                    # still being written (its size: what is written so far).
+                    with self.stats.upload(shown, early.end) as upload:
+                        upload.done, early.upload = early.pushed, upload
+                        early.result = await self.store.put(
+                            bucket, name, feed, meta=early.meta, chunk_size=self.chunk_size
+                        )
                 except BaseException as e:
                     early.failed = True
                     log.debug("early upload of %s abandoned: %r", name, e)
@@ -132,7 +158,7 @@ class EarlyUploads:
                 piece = await spool.read(sent, min(PIECE, early.end - sent))
                 if not piece:
                     break
-                await feed.push(piece)
+                await early.push(feed, piece)
                 sent += len(piece)
             if sent != early.end:
                 self.discard(node)

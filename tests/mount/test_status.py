@@ -427,6 +427,16 @@ class GatedRelay:
                 s.close()
 
 
+def _write_backwards(path: Path, data: bytes) -> None:
+    """``data`` written last byte first, so that the upload is the close's (a file written in
+    order from its start is uploaded while written: fs/streaming_upload.py)."""
+    with open(path, "wb") as f:
+        f.seek(len(data) - 1)
+        f.write(data[-1:])
+        f.seek(0)
+        f.write(data[:-1])
+
+
 def test_status_shows_an_upload_moving(
     fuse: None, runtime_dir: Path, nats_server: EmbeddedServer, tmp_path: Path, bucket_name: str
 ) -> None:
@@ -439,7 +449,7 @@ def test_status_shows_an_upload_moving(
         sock = status.socket_path(m.mountpoint)
         data = os.urandom(8 << 20)
         relay.hold()  # from here the server gets only what the test grants
-        writer = threading.Thread(target=(m.mountpoint / "big.bin").write_bytes, args=(data,))
+        writer = threading.Thread(target=_write_backwards, args=(m.mountpoint / "big.bin", data))
         writer.start()  # the write goes to the spool; the close uploads, through the relay
 
         def upload() -> dict[str, Any] | None:
