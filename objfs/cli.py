@@ -594,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def manual_page(parser: argparse.ArgumentParser) -> str:
     """objfs(1) in roff, generated from the parser (argparse-manpage)."""
-    from argparse_manpage.manpage import Manpage  # type: ignore[import-untyped]
+    from argparse_manpage.manpage import Manpage
 
     page = Manpage(
         parser,
