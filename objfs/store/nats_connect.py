@@ -121,12 +121,37 @@ async def connect(
             await nc.close()
         cause = events.refused or events.last_error or failed
         text = describe(cause) if cause is not None else f"no answer in {options.timeout:g}s"
+        if cause is not None and closed_after_tls(cause, options):
+            text = CLOSED_AFTER_TLS
         raise errors.Unavailable(f"cannot connect to {where}: {text}")
     events.connected = True
     # Imported here: nats_store imports this module (it re-exports connect).
     from objfs.store.nats_store import NatsObjectStore
 
     return NatsObjectStore(nc, options.timeout, options=options, events=events)
+
+
+CLOSED_AFTER_TLS = (
+    "TLS handshake failed: the server closed the connection after the handshake; "
+    "it requires a client certificate (--tls-cert)"
+)
+
+
+def closed_after_tls(e: BaseException, options: ConnectOptions) -> bool:
+    """Whether a TLS connection without a client certificate was closed by the server.
+
+    With TLS 1.3 the client's side of the handshake ends before the server checks for a
+    client certificate, so the server's refusal arrives after it: as the "certificate
+    required" alert if the client reads first, as a broken pipe or a reset if it writes
+    its CONNECT first. Which one a client sees is a matter of timing; both mean the same.
+    """
+    resets = (errno.EPIPE, errno.ECONNRESET)
+    return (
+        (options.tls_wanted or any(u.startswith(("tls://", "wss://")) for u in options.servers))
+        and not options.tls_cert
+        and isinstance(e, OSError) and not isinstance(e, ssl.SSLError)
+        and (isinstance(e, BrokenPipeError | ConnectionResetError) or e.errno in resets)
+    )
 
 
 def is_auth_error(e: BaseException) -> bool:

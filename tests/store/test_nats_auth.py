@@ -26,7 +26,7 @@ from secure_nats import ServerWith, closed_port, make_operator, make_pki, new_nk
 from objfs.options import ConnectOptions
 from objfs.store import errors
 from objfs.store.api import BucketConfig
-from objfs.store.nats_connect import ConnectionEvents, describe
+from objfs.store.nats_connect import CLOSED_AFTER_TLS, ConnectionEvents, closed_after_tls, describe
 from objfs.store.nats_store import NatsObjectStore, connect
 
 LONG = 60.0
@@ -343,3 +343,21 @@ async def test_an_auth_error_stays_the_cause(run: Run[None]) -> None:
         assert describe(events.refused).startswith("authorization violation")
 
     await run(body)
+
+
+def test_a_tls_refusal_seen_as_a_broken_pipe_names_the_client_certificate() -> None:
+    """With TLS 1.3 a server's refusal of a missing client certificate reaches the client as
+    the alert or, if it wrote its CONNECT first, as a broken pipe (seen in CI): both must
+    name the missing certificate, and a broken pipe anywhere else must not."""
+    tls = ConnectOptions(servers=["nats://127.0.0.1:4222"], tls_ca="ca.pem")
+    plain = ConnectOptions(servers=["nats://127.0.0.1:4222"])
+    with_cert = ConnectOptions(
+        servers=["tls://127.0.0.1:4222"], tls_cert="c.pem", tls_key="k.pem"
+    )  # fmt: skip
+    pipe = BrokenPipeError(32, "Broken pipe")
+    assert closed_after_tls(pipe, tls) and "--tls-cert" in CLOSED_AFTER_TLS
+    assert closed_after_tls(ConnectionResetError(104, "reset"), tls)
+    assert closed_after_tls(pipe, ConnectOptions(servers=["tls://127.0.0.1:4222"]))
+    assert not closed_after_tls(pipe, plain)
+    assert not closed_after_tls(pipe, with_cert)
+    assert not closed_after_tls(ConnectionRefusedError(111, "refused"), tls)
