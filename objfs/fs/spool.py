@@ -70,8 +70,8 @@ class Spool:
         now for a large spool, see ``RECORD_BEFORE_UPLOAD``, else if the upload fails)."""
         self.record = record
         if self._size >= RECORD_BEFORE_UPLOAD:
+            self._recorded = True  # first: a write that fails half-way is still cleaned up
             spool_record.write(self.path, record)
-            self._recorded = True
 
     def make_durable(self) -> None:
         """After a failed upload: fsync the content and its record (survives a power loss)."""
@@ -79,8 +79,8 @@ class Spool:
             return
         os.fsync(self.file.fileno())
         self.record.synced = True
+        self._recorded = True  # first: a write that fails half-way is still cleaned up
         spool_record.write(self.path, self.record, sync=True)
-        self._recorded = True
 
     def _changing(self) -> None:
         """A write after a complete record: a crash from now on leaves a half-written file."""
@@ -191,4 +191,5 @@ class Spool:
             if delete:
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
-                spool_record.remove(self.path)
+                if self._recorded:  # most spools never write one: no unlinks to fail
+                    spool_record.remove(self.path)
