@@ -488,10 +488,13 @@ class OrderedConsumer:
             task.add_done_callback(_background.discard)
         self.name = None
 
-    async def next(self, timeout: float) -> StoredMsg | None:
-        """The next message in order; None when ``timeout`` passes without one.
+    async def next(self, timeout: float, *, hard: bool = False) -> StoredMsg | None:
+        """The next message in order; None when ``timeout`` passes without any message.
 
-        Control messages are handled here and never returned. A gap triggers a reset.
+        Control messages are handled here and never returned, but they count as signs of
+        life: each starts the timeout again, unless ``hard`` (a listing that must end). They
+        did not, and an idle watch took the server's heartbeats for silence and read its
+        whole bucket again every three heartbeats. A gap triggers a reset.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -509,6 +512,8 @@ class OrderedConsumer:
             status = _status(msg)
             if status is not None:
                 await self._control(msg, status)
+                if not hard:
+                    deadline = loop.time() + timeout
                 continue
             if not msg.reply:
                 continue
@@ -562,7 +567,7 @@ async def consume_snapshot(
         if await oc.start() == 0:
             return
         while True:
-            m = await oc.next(js.timeout)
+            m = await oc.next(js.timeout, hard=True)
             if m is None:
                 raise errors.Timeout(f"listing {filter_subject}: no message in {js.timeout}s")
             on_msg(m)

@@ -41,6 +41,9 @@ from objfs.store.wire import decode_stored
 # The store's logger, as before the split: the log lines keep their name.
 log = logging.getLogger("objfs.store.nats_store")
 
+WATCH_HEARTBEAT = 2.0
+"""Seconds between the server's idle heartbeats to a watch; three missed ones mean the
+consumer is gone (see ``watch``)."""
 BUCKET_ADVISORIES = "$JS.EVENT.ADVISORY.STREAM.*.*"
 """Stream CREATED/UPDATED/DELETED advisories: how the bucket-list watch hears of changes."""
 BUCKET_RESYNC = 30.0
@@ -67,7 +70,9 @@ class NatsWatcher:
         ``delete``; unchanged objects produce nothing, so a reconnect does not flood.
         """
         check_bucket(bucket)
-        oc = OrderedConsumer(self.js, bucket_stream(bucket), meta_filter(bucket))
+        oc = OrderedConsumer(
+            self.js, bucket_stream(bucket), meta_filter(bucket), heartbeat=WATCH_HEARTBEAT
+        )
         live: dict[str, ObjectInfo] = {}
         by_nuid: dict[str, str] = {}
         resync: set[str] | None = None

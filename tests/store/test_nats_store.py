@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -18,6 +19,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import nats
 import nats.js.errors
@@ -27,7 +29,7 @@ from nats_helpers import Run, read_all
 from store_bounds import HANG_TIMEOUT, assert_no_timeout_waited, assert_within
 
 from objfs.server import EmbeddedServer
-from objfs.store import errors, nats_reads
+from objfs.store import errors, nats_js, nats_reads, nats_watch
 from objfs.store.api import BucketConfig, ObjectInfo, ObjectMeta, WatchEvent
 from objfs.store.names import encode_name
 from objfs.store.nats_store import connect
@@ -416,6 +418,63 @@ async def test_watch_infers_go_style_rename(
             finally:
                 await events.aclose()
             assert sorted(i.name for i in await s.store.list(b)) == ["marker", "new2"]
+            await s.store.delete_bucket(b)
+
+    await run(body)
+
+
+async def test_an_idle_watch_keeps_its_consumer(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Heartbeats are signs of life: an idle watch must not take them for silence and read
+    the whole bucket again (it did every three heartbeats). The consumer the server holds
+    for the watch stays the same one, and delivers nothing after the snapshot."""
+    heartbeat = 1.0
+    monkeypatch.setattr(nats_watch, "WATCH_HEARTBEAT", heartbeat)
+    controls = 0
+    control = nats_js.OrderedConsumer._control
+
+    async def counted(self: nats_js.OrderedConsumer, msg: Any, status: str) -> None:
+        nonlocal controls
+        controls += 1
+        await control(self, msg, status)
+
+    monkeypatch.setattr(nats_js.OrderedConsumer, "_control", counted)
+
+    async def body() -> None:
+        async with session(nats_server.url, bucket_name) as s:
+            b = bucket_name
+            await s.store.create_bucket(BucketConfig(b, storage="memory"))
+            for name in ("a", "b", "c"):
+                await s.store.put(b, name, name.encode())
+            events = s.store.watch(b)
+
+            async def consumers() -> list[dict[str, Any]]:
+                resp = await s.nc.request(f"$JS.API.CONSUMER.LIST.{s.stream}", b"{}")
+                return list(json.loads(resp.data)["consumers"])
+
+            try:
+                kinds = [(await _next(events)).kind for _ in range(4)]
+                assert kinds == ["put", "put", "put", "snapshot_end"]
+                before = await consumers()
+                assert len(before) == 1
+                # The watch runs while iterated: pull (nothing is to come) while waiting for
+                # twice the three heartbeats after which silence means a lost consumer.
+                pull = asyncio.ensure_future(_next(events))
+                seen = controls
+                deadline = time.monotonic() + WAIT
+                while controls < seen + 6:
+                    assert time.monotonic() < deadline, "no heartbeats from the server"
+                    assert not pull.done(), f"an idle watch reported {pull.result()}"
+                    await asyncio.sleep(heartbeat / 4)
+                pull.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pull
+                after = await consumers()
+                assert [c["name"] for c in after] == [before[0]["name"]]
+                assert after[0]["delivered"]["consumer_seq"] == 3  # the snapshot, once
+            finally:
+                await events.aclose()
             await s.store.delete_bucket(b)
 
     await run(body)
