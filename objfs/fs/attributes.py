@@ -76,23 +76,16 @@ class Attributes:
         """Attribute changes of stored files, stored shortly after and merged (attr_flush)."""
 
     def stat(self, node: Node) -> Stat:
+        # Called once per entry of every readdir (readdirplus): positional, attributes read
+        # once (a warm ``ls -l`` of a big directory is mostly this).
         size = self.symlink_size(node) if node.kind is Kind.SYMLINK else node.size
+        a = node.attrs
+        timeout = self.options.attr_timeout
         return Stat(
-            ino=node.ino,
-            mode=node.attrs.mode,
-            nlink=nlink(node),
-            uid=node.attrs.uid,
-            gid=node.attrs.gid,
-            rdev=node.attrs.rdev,
-            size=size,
-            blksize=self.options.chunk_size,
-            blocks=(size + 511) // 512,
-            atime_ns=node.attrs.atime_ns,
-            mtime_ns=node.attrs.mtime_ns,
-            ctime_ns=node.attrs.ctime_ns,
-            entry_timeout=self.options.attr_timeout,
-            attr_timeout=self.options.attr_timeout,
-        )
+            node.ino, a.mode, nlink(node), a.uid, a.gid, a.rdev, size,
+            self.options.chunk_size, (size + 511) // 512,
+            a.atime_ns, a.mtime_ns, a.ctime_ns, timeout, timeout,
+        )  # fmt: skip
 
     async def setattr(self, ino: int, changes: SetAttr) -> Node:
         node = self.table.get(ino)
