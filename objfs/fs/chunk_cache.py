@@ -90,7 +90,7 @@ class ChunkCache:
         self._maybe_readahead(info, layout, first, last)
         chunks = await self.chunks(layout, first, last - first + 1)
         await self.digests.feed(info, layout, first, chunks)
-        data = b"".join(chunks)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)  # no copy for one chunk
         start = offset - layout.offsets[first]
         return data[start : start + (end - offset)]
 

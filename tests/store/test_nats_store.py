@@ -467,10 +467,10 @@ async def test_an_idle_watch_keeps_its_consumer(
                     assert time.monotonic() < deadline, "no heartbeats from the server"
                     assert not pull.done(), f"an idle watch reported {pull.result()}"
                     await asyncio.sleep(heartbeat / 4)
+                after = await consumers()  # before the pull ends: that closes the watch
                 pull.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pull
-                after = await consumers()
                 assert [c["name"] for c in after] == [before[0]["name"]]
                 assert after[0]["delivered"]["consumer_seq"] == 3  # the snapshot, once
             finally:
