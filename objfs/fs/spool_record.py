@@ -22,6 +22,7 @@ record, never a torn one. The spool file is written first and the record last.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -34,8 +35,10 @@ SUFFIX = ".json"
 VERSION = 1
 
 
+@functools.cache
 def boot_id() -> str:
-    """This boot's id (empty where the kernel does not say)."""
+    """This boot's id (empty where the kernel does not say). Read once: it cannot change
+    while the process lives, and every close of a written file would read /proc again."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
