@@ -37,8 +37,8 @@ VERSION = 1
 
 @functools.cache
 def boot_id() -> str:
-    """This boot's id (empty where the kernel does not say); read once (a record is written
-    at each close that uploads, and the id cannot change while the process runs)."""
+    """This boot's id (empty where the kernel does not say). Read once: it cannot change
+    while the process lives, and every close of a written file would read /proc again."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:

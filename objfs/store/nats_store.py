@@ -36,10 +36,19 @@ Choices worth knowing:
   checks its chunks on the server before the meta refers to them.
 - Buckets with replicas have their metas read from the stream leader (a direct get may be
   answered by a replica that is behind); the reader retries a chunk a replica lacks.
+- A put costs as few serial round trips as its guarantees allow (a small file's is two): the
+  name's current meta (whose chunks a replacing put purges, and whose revision
+  ``if_revision=N`` checks) is looked up while the chunks go out, and awaited before the meta
+  is published; the meta itself waits for every chunk's ack (a meta stored over a failed
+  chunk would be a corrupt object).
 - ``if_revision=0`` is exclusive create: the meta is published with
-  ``Nats-Expected-Last-Subject-Sequence`` (0, or the tombstone's sequence), so of racing
-  creators exactly one wins. ``create_bucket`` is exclusive too: each creator's stream config
-  carries its own token in the metadata, so the server refuses the second identical create.
+  ``Nats-Expected-Last-Subject-Sequence``, so of racing creators exactly one wins. It expects
+  0 without looking first (an empty object, as ``O_EXCL`` claims one, is then one round
+  trip); only if the server refuses is the name looked up: a live object is Exists, a
+  tombstone is tried once more with the tombstone's sequence expected. A non-empty source
+  is sent before that answer, so a create that loses pays for its chunks, which it purges.
+- ``create_bucket`` is exclusive too: each creator's stream config carries its own token in
+  the metadata, so the server refuses the second identical create.
 - ``BucketStatus.objects`` counts live objects by listing the meta subjects (one ordered
   consumer, last message per subject): exact, and O(objects) per call.
 - Bucket settings that ADR-20 has no field for (the chunk size) live in the stream config's
@@ -120,6 +129,9 @@ ROLLUP = {"Nats-Rollup": "sub"}
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 RENAMED_FROM = "Objfs-Renamed-From"
 """Header of a renamed meta: the old name (encoded), whose tombstone follows it."""
+
+_Meta = tuple[ObjectInfo | None, dict[str, str]]
+"""A name's last meta (None if it never existed) and its message's headers."""
 
 
 def _stream_config(cfg: BucketConfig) -> dict[str, Any]:
@@ -334,9 +346,7 @@ class NatsObjectStore(ObjectStore):
         """The name's current meta, tombstones included; None if it never existed."""
         return (await self._last_meta_msg(bucket, name))[0]
 
-    async def _last_meta_msg(
-        self, bucket: str, name: str
-    ) -> tuple[ObjectInfo | None, dict[str, str]]:
+    async def _last_meta_msg(self, bucket: str, name: str) -> _Meta:
         """``_last_meta`` and the headers of its message."""
         check_bucket(bucket)
         check_object(name)
@@ -503,10 +513,17 @@ class NatsObjectStore(ObjectStore):
         await self.js.purge(bucket_stream(bucket), chunk_subject(bucket, nuid))
 
     async def _send_chunks(
-        self, bucket: str, source: Source, size_per_chunk: int
+        self,
+        bucket: str,
+        source: Source,
+        size_per_chunk: int,
+        lookup: asyncio.Future[Any] | None = None,
     ) -> tuple[_ChunkSender, Any, builtins.list[int]]:
         """Store ``source``'s chunks under a fresh nuid; the sender (with every chunk's
         sequence), the running hash and the chunk sizes.
+
+        ``lookup``: the put's look-up running meanwhile; if it fails, so does the put, at
+        once (its chunks dropped) rather than after the whole source was sent.
 
         After an outage during the put, the chunks are checked on the server before the meta
         may refer to them: a server killed (not stopped) may lose messages it had
@@ -525,6 +542,8 @@ class NatsObjectStore(ObjectStore):
                     sha.update(piece)
                     sizes.append(len(piece))
                     await chunks.send(piece)
+                    if lookup is not None and lookup.done() and lookup.exception() is not None:
+                        await lookup  # raises its error
                 await chunks.finish()
                 if chunks.patience.retried and not await self._chunks_intact(bucket, chunks):
                     raise _Reordered(f"{bucket}: chunks of {nuid} lost or reordered by the server")
@@ -638,6 +657,26 @@ class NatsObjectStore(ObjectStore):
     def watch_buckets(self) -> AsyncGenerator[BucketEvent, None]:
         return self.watcher.watch_buckets()
 
+    async def _replaced(self, bucket: str, name: str, if_revision: int | None) -> _Meta:
+        """The meta a put replaces and its headers (run while the put's chunks go out);
+        Exists unless the name's live revision is ``if_revision`` (0: none), if given."""
+        old, headers = await self._last_meta_msg(bucket, name)
+        if if_revision is not None:
+            current = old.revision if old is not None and not old.deleted else 0
+            if current != if_revision:
+                raise errors.Exists(
+                    f"{bucket}/{name}: revision is {current}, expected {if_revision}"
+                )
+        return old, headers
+
+    async def _free_at(self, bucket: str, name: str) -> int:
+        """After an exclusive create's meta was refused: the sequence to expect instead if
+        the name is free after all (a tombstone's, or 0 if its meta is gone); Exists if not."""
+        now = await self._last_meta(bucket, name)
+        if now is not None and not now.deleted:
+            raise errors.Exists(f"{bucket}/{name}: revision is {now.revision}, expected 0")
+        return now.revision if now is not None else 0
+
     async def put(
         self,
         bucket: str,
@@ -651,23 +690,27 @@ class NatsObjectStore(ObjectStore):
         check_bucket(bucket)
         check_object(name)
         size_per_chunk = chunk_size or await self._chunk_size(bucket)
-        old, old_headers = await self._last_meta_msg(bucket, name)
-        old_live = old if old is not None and not old.deleted else None
-        expected: int | None = None
-        if if_revision is not None:
-            current = old_live.revision if old_live else 0
-            if current != if_revision:
-                raise errors.Exists(
-                    f"{bucket}/{name}: revision is {current}, expected {if_revision}"
-                )
-            # 0 means "no live object": a tombstone may be there, whose sequence we expect.
-            expected = old.revision if old is not None else 0
-
-        chunks, sha, sizes = await self._send_chunks(bucket, source, size_per_chunk)
+        # The name's current meta is looked up while the chunks go out, so its round trip
+        # overlaps theirs; an exclusive create does not look at all unless the server
+        # refuses its meta (see the module docstring).
+        lookup: asyncio.Task[_Meta] | None = None
+        if if_revision != 0:
+            lookup = asyncio.create_task(self._replaced(bucket, name, if_revision))
+            lookup.add_done_callback(_retrieved)
+        try:
+            chunks, sha, sizes = await self._send_chunks(bucket, source, size_per_chunk, lookup)
+        except BaseException:
+            if lookup is not None:
+                await _settle(lookup)
+            raise
         nuid = chunks.nuid
         seqs = chunks.seqs
         meta_sent = False
+        old: ObjectInfo | None = None
+        old_headers: dict[str, str] = {}
         try:
+            if lookup is not None:
+                old, old_headers = await lookup
             size = sum(sizes)
             info = ObjectInfo(
                 bucket=bucket,
@@ -680,15 +723,28 @@ class NatsObjectStore(ObjectStore):
                 chunk_size=size_per_chunk,
                 **_meta_fields(meta),
             )
-            meta_sent = True
-            try:
-                # Shielded: once sent, the meta's outcome is settled (its retries included)
-                # before a cancelled put gives up, so the put knows whether it stored.
-                info = await asyncio.shield(self._publish_meta(info, expected))
-            except WrongLastSequence:
-                meta_sent = False  # a definite refusal: nothing was stored
-                raise errors.Exists(f"{bucket}/{name} changed during the put") from None
+            # None: unconditional; N: the revision ``_replaced`` checked, so a write since
+            # the lookup fails the put; 0: exclusive, optimistically that the name never
+            # existed (a tombstone there is found only if the server refuses).
+            expected = if_revision
+            for attempt in range(2):
+                meta_sent = True
+                try:
+                    # Shielded: once sent, the meta's outcome is settled (its retries
+                    # included) before a cancelled put gives up, so the put knows whether
+                    # it stored.
+                    info = await asyncio.shield(self._publish_meta(info, expected))
+                    break
+                except WrongLastSequence:
+                    meta_sent = False  # a definite refusal: nothing was stored
+                    if if_revision != 0:
+                        raise errors.Exists(f"{bucket}/{name} changed during the put") from None
+                    if attempt:
+                        raise errors.Exists(f"{bucket}/{name} was created concurrently") from None
+                expected = await self._free_at(bucket, name)
         except BaseException as exc:
+            if lookup is not None:
+                await _settle(lookup)  # cancelled with the put while it awaited the lookup
             if chunks.started:
                 # Shielded: a cancelled put must still not leave orphan chunks behind.
                 landed = await asyncio.shield(
@@ -702,6 +758,7 @@ class NatsObjectStore(ObjectStore):
                     raise
             else:
                 raise
+        old_live = old if old is not None and not old.deleted else None
         offsets = [0]
         for s in sizes:
             offsets.append(offsets[-1] + s)
@@ -737,6 +794,20 @@ def _meta_fields(meta: ObjectMeta | None) -> dict[str, Any]:
         "headers": {k: list(v) for k, v in meta.headers.items()},
         "metadata": dict(meta.metadata),
     }
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Done callback of a put's look-up: a failure the put does not await (it failed first
+    itself) is not logged as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _settle(task: asyncio.Future[Any]) -> None:
+    """Cancel a put's look-up and wait for it to end, so that a failed or cancelled put
+    leaves no request of its own behind; its outcome is dropped (the put's error wins)."""
+    task.cancel()
+    await asyncio.wait([task])
 
 
 def _seekable(source: Source) -> TypeGuard[BinaryIO]:
