@@ -4,11 +4,18 @@ It is objfs's default when no server is named, and what the tests use. It listen
 loopback only, on a free port, keeps its JetStream store and its log under a data directory
 (default ``~/.local/share/objfs``), and is shut down with the mount. A lock file keeps two objfs
 processes from running servers on one store, which would corrupt it.
+
+The server inherits the lock (its file descriptor), so the lock lives as long as either
+process: an objfs killed with SIGKILL leaves its server running, holding the store. The lock
+file names both processes; the next start on that data directory finds the objfs process
+gone and stops the orphaned server (only a nats-server whose command line names this data
+directory's configuration) before it starts its own.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -19,6 +26,8 @@ import time
 from pathlib import Path
 
 from objfs.store.names import CONTROL_LINE, EMBEDDED_SERVER_NAME
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "objfs"
 
@@ -42,6 +51,26 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _owners(fd: int) -> tuple[int, int]:
+    """The objfs pid and server pid a lock file names (0 where it does not)."""
+    try:
+        owner, server = os.pread(fd, 64, 0).split()[:2]
+        return int(owner), int(server)
+    except ValueError:
+        return 0, 0
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie counts as gone: it holds no lock)."""
+    if pid <= 0:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 class EmbeddedServer:
@@ -99,6 +128,7 @@ class EmbeddedServer:
             port = self.port or free_port(self.host)
             conf = self.data_dir / "nats-server.conf"
             conf.write_text(self._config(port))
+            assert self._lock_fd is not None
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
                     [binary, "-c", str(conf)],
@@ -106,7 +136,9 @@ class EmbeddedServer:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,  # Ctrl-C in a terminal reaches objfs, which stops it
+                    pass_fds=(self._lock_fd,),  # the lock lives while the server does
                 )
+            self._note_owners(self.proc.pid)
             try:
                 self._wait_ready(port)
                 self.port = port
@@ -172,13 +204,57 @@ class EmbeddedServer:
     def _lock(self) -> None:
         fd = os.open(self.data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner, server = _owners(fd)
+                if not self._stop_orphan(owner, server):
+                    who = f" (pid {owner})" if owner else ""
+                    raise ServerError(
+                        f"{self.data_dir} is in use by another objfs{who} (its embedded server "
+                        "holds the lock)"
+                    ) from None
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: see below
         except BlockingIOError:
             os.close(fd)
-            raise ServerError(
-                f"{self.data_dir} is in use by another objfs (its embedded server holds the lock)"
-            ) from None
+            raise ServerError(f"{self.data_dir} is still locked by its previous server") from None
+        except BaseException:
+            os.close(fd)
+            raise
         self._lock_fd = fd
+        self._note_owners(0)
+
+    def _note_owners(self, server_pid: int) -> None:
+        """Write this process's pid and its server's into the lock file (see the docstring)."""
+        assert self._lock_fd is not None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()} {server_pid}\n".encode(), 0)
+
+    def _stop_orphan(self, owner: int, server: int) -> bool:
+        """Stop ``server`` if it is this data directory's nats-server and ``owner``, the objfs
+        that started it, is gone; whether it did (the lock is then free)."""
+        if not server or _alive(owner):
+            return False
+        try:
+            cmdline = Path(f"/proc/{server}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False  # gone already, or not ours to look at
+        conf = str(self.data_dir / "nats-server.conf").encode()
+        if conf not in cmdline:
+            return False
+        log.warning(
+            "stopping the nats-server (pid %d) that objfs pid %d left running on %s",
+            server, owner, self.data_dir,
+        )  # fmt: skip
+        os.kill(server, signal.SIGTERM)  # a clean shutdown flushes the store
+        deadline = time.monotonic() + 15
+        while _alive(server) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(server):
+            os.kill(server, signal.SIGKILL)
+            while _alive(server):
+                time.sleep(0.05)
+        return True
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:

@@ -19,7 +19,7 @@ import pytest
 from helpers import WAIT, wait_for
 from mounting import Mount, MountFactory, mounted, objfs_command
 
-from objfs.server import EmbeddedServer
+from objfs.server import EmbeddedServer, ServerError
 
 
 def pids_mentioning(text: str) -> list[int]:
@@ -81,6 +81,46 @@ def test_embedded_server_is_started_and_stopped(tmp_path: Path) -> None:
         m.stop()
     wait_gone(str(data_dir))
     assert "embedded nats-server" in m.stderr()
+
+
+def test_a_data_directory_in_use_is_refused(tmp_path: Path) -> None:
+    """A second server on a store that a live objfs uses would corrupt it: refused, naming
+    the process, and the first server is left alone."""
+    with EmbeddedServer(tmp_path) as first:
+        assert first.proc is not None
+        with pytest.raises(ServerError, match=rf"in use by another objfs \(pid {os.getpid()}\)"):
+            EmbeddedServer(tmp_path).start()
+        assert first.proc.poll() is None
+
+
+@pytest.mark.usefixtures("fuse")
+def test_the_next_mount_stops_the_server_a_killed_mount_left(tmp_path: Path) -> None:
+    """SIGKILL leaves the embedded nats-server running (nothing of objfs runs after it), on
+    the store: the next mount on that data directory stops it and starts its own."""
+    data_dir = tmp_path / "data"
+    conf = str(data_dir / "nats-server.conf")
+    m = Mount(tmp_path / "mnt", "", "emb", log_dir=tmp_path, args=("--data-dir", str(data_dir)))
+    m.command = lambda: objfs_command(  # type: ignore[method-assign]
+        "mount", "--bucket", "emb", "--create", "--data-dir", str(data_dir), str(m.mountpoint)
+    )
+    try:
+        m.start()
+        (m.mountpoint / "f").write_bytes(b"before the kill")
+        [orphan] = pids_mentioning(conf)
+        assert m.proc is not None
+        os.kill(m.proc.pid, signal.SIGKILL)
+        m.proc.wait()
+        m.proc = None
+        m.stop(check=False)  # lazy unmount of what the dead process left
+        assert pids_mentioning(conf) == [orphan], "the server did not outlive its mount"
+        m.start()
+        assert (m.mountpoint / "f").read_bytes() == b"before the kill"
+        wait_for(lambda: orphan not in pids_mentioning(conf), "the orphaned server stopped")
+        assert len(pids_mentioning(conf)) == 1  # the new mount's own server
+        assert f"stopping the nats-server (pid {orphan})" in m.stderr()
+    finally:
+        m.stop(check=False)
+    wait_gone(str(data_dir))
 
 
 @pytest.mark.usefixtures("fuse")
