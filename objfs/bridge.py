@@ -354,8 +354,8 @@ class TrioStore:
     async def delete_bucket(self, name: str) -> None:
         await self.bridge.call(self.store.delete_bucket, name)
 
-    async def bucket_status(self, name: str) -> BucketStatus:
-        return await self.bridge.call(self.store.bucket_status, name)
+    async def bucket_status(self, name: str, *, count: bool = True) -> BucketStatus:
+        return await self.bridge.call(self.store.bucket_status, name, count=count)
 
     async def list_buckets(self) -> list[BucketStatus]:
         return await self.bridge.call(self.store.list_buckets)
