@@ -165,9 +165,11 @@ class Coherence:
                 self.options.bucket,
                 e,
             )
+        except Exception:  # a bug must not end run_background, and the mount, either
+            log.exception("bucket %s: unexpected error loading it", self.options.bucket)
         else:
             log.info(
-                "bucket %s loaded: %d names in %.1f s",
+                "bucket %s loaded: %d inodes in %.1f s",
                 self.options.bucket,
                 len(self.table),
                 trio.current_time() - started,
