@@ -361,6 +361,7 @@ class BucketWatch:
 
     async def load(self, *, reconcile: bool = False) -> None:
         """Start the watch and apply its snapshot (returns at ``snapshot_end``)."""
+        started = trio.current_time()
         self._iter = aiter(self.store.watch(self.bucket))
         infos: list[ObjectInfo] = []
         async for event in self._iter:
@@ -368,7 +369,15 @@ class BucketWatch:
                 break
             if event.kind == "put" and event.info is not None:
                 infos.append(event.info)
+        received = trio.current_time()
         self.watcher.apply_snapshot(self.root, infos, reconcile=reconcile)
+        log.debug(
+            "snapshot of bucket %s: %d objects received in %.2f s, applied in %.2f s",
+            self.bucket,
+            len(infos),
+            received - started,
+            trio.current_time() - received,
+        )
 
     async def follow(self) -> None:
         """Apply live changes until cancelled; a failed watch is re-established."""
