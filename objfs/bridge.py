@@ -331,8 +331,10 @@ class TrioStore:
     READ_STREAM_PER_HOP = 1
     """``read_stream`` items are already batches of chunks (MiBs each): one a hop, so at most
     two wait in the pump's queue and memory stays bounded by the reader's own flow control."""
-    WATCH_PER_HOP = 256
-    """Watch events are small and a snapshot has one per object: many a hop."""
+    WATCH_PER_HOP = 4096
+    """Watch events are small and a snapshot has one per object: many a hop. A hop takes what
+    is queued, never waits for a full batch, so live events are not delayed; at 100,000
+    objects 4,096 (rather than 256) took the snapshot across in 3.4-3.7 s instead of 4.0 s."""
     WATCH_BUCKETS_PER_HOP = 16
 
     def __init__(self, store: ObjectStore, bridge: Bridge) -> None:
@@ -354,8 +356,8 @@ class TrioStore:
     async def delete_bucket(self, name: str) -> None:
         await self.bridge.call(self.store.delete_bucket, name)
 
-    async def bucket_status(self, name: str) -> BucketStatus:
-        return await self.bridge.call(self.store.bucket_status, name)
+    async def bucket_status(self, name: str, *, count: bool = True) -> BucketStatus:
+        return await self.bridge.call(self.store.bucket_status, name, count=count)
 
     async def list_buckets(self) -> list[BucketStatus]:
         return await self.bridge.call(self.store.list_buckets)

@@ -449,8 +449,14 @@ async def _close_store(bridge: Bridge, backend: ObjectStore) -> None:
 
 
 async def _start_fs(fs: Filesystem, options: MountOptions) -> None:
+    """Connect the filesystem to its bucket(s) before the kernel mount is made.
+
+    A ``--bucket`` mount checks (or creates) the bucket here, and loads its tree in the
+    background once mounted (``Coherence``): readiness does not wait for a snapshot of one
+    message per object, and operations in the bucket wait for it instead. A missing bucket,
+    refused credentials or an unreachable server still fail the mount here."""
     try:
-        await fs.start()
+        await fs.start(background=options.bucket is not None)
     except NotFound as e:
         if options.bucket is not None and not options.create:
             raise MountError(

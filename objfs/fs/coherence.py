@@ -9,6 +9,21 @@ first lookup; lookups and readdir are then answered from memory, no store round 
 
 ``run(nursery)`` starts the background tasks; watches of buckets loaded before it (during
 ``start``) wait in ``_pending_follow`` until then.
+
+A ``--bucket`` mount may load its bucket in the background (``start(background=True)``, what
+``objfs mount`` does): ``start`` then only checks (or creates) the bucket, one round trip,
+and ``run`` starts the load. Every operation that needs the bucket's tree (lookup, readdir,
+create, ...) goes through ``directory``, so it waits for the load under the bucket's lock,
+exactly as the first entry of a bucket in an all-buckets mount waits for its snapshot; a
+``getattr`` of the root does not wait (it shows the directory, not its entries). Why: the
+snapshot is one message per object (at 100,000 objects ~3 s on a two-core machine), and the
+kernel mount, hence readiness, used to wait for it; a mount that answers at once lets a
+service manager or ``mount -a`` go on while the tree comes in, and what needs the tree waits
+for it anyway. A failed load is logged (an error, with the reason) and kept in
+``load_error``; it is not retried in the background, and not papered over with an empty
+tree: each operation in the bucket tries the load again and fails with the store's error
+(EIO, ETIMEDOUT...) while it keeps failing, so users see an error, never a hang or an empty
+directory.
 """
 
 from __future__ import annotations
@@ -69,6 +84,13 @@ class Coherence:
         self._load_locks: dict[str, trio.Lock] = {}
         self._pending_follow: list[BucketWatch] = []
         self._nursery: trio.Nursery | None = None
+        self._load_later = False
+        """``start(background=True)`` left the root bucket's load to ``run``."""
+        self.loading = trio.Event()
+        """Set once the background load of a ``--bucket`` mount's bucket ended (loaded or
+        failed: see ``load_error``); set at once when ``start`` loaded it itself."""
+        self.load_error: StoreError | None = None
+        """Why the background load failed (None: it did not, or has not ended)."""
 
     @property
     def multi_bucket(self) -> bool:
@@ -80,10 +102,14 @@ class Coherence:
         return self.multi_bucket and (self.bucket_list is None or not self.bucket_list.live)
 
     # -- lifecycle ---------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Check (or create) the bucket and load the tree; raises StoreError (NotFound...)."""
+    async def start(self, *, background: bool = False) -> None:
+        """Check (or create) the bucket and load the tree; raises StoreError (NotFound...).
+
+        ``background`` (a ``--bucket`` mount): return once the bucket is known to exist; the
+        tree is loaded by ``run`` (see the module docstring)."""
         bucket = self.options.bucket
         if bucket is None:
+            self.loading.set()
             self.bucket_list = BucketListWatch(
                 self.store, self.tree, self.root, self.queue, self.guard, self.forget_bucket
             )
@@ -95,7 +121,9 @@ class Coherence:
                 await self.reload_buckets()
             return
         try:
-            status = await self.store.bucket_status(bucket)
+            # Not counted: that would read every meta subject once more, before the watch
+            # snapshot reads them all again (at 100,000 objects ~3 s of the start-up).
+            status = await self.store.bucket_status(bucket, count=False)
         except NotFound:
             if not self.options.create:
                 raise
@@ -103,7 +131,11 @@ class Coherence:
                 BucketConfig(name=bucket, chunk_size=self.options.chunk_size)
             )
         self.guard.note_status(status)
+        if background:
+            self._load_later = True
+            return
         await self.ensure_loaded(self.root)
+        self.loading.set()
 
     def run(self, nursery: trio.Nursery) -> None:
         """Start the invalidation worker and the watches in ``nursery`` (which outlives the
@@ -115,6 +147,35 @@ class Coherence:
             nursery.start_soon(watch.follow)
         if self.bucket_list is not None:
             nursery.start_soon(self.bucket_list.follow)
+        if self._load_later:
+            self._load_later = False
+            nursery.start_soon(self._load_in_background)
+
+    async def _load_in_background(self) -> None:
+        """Load the ``--bucket`` mount's bucket once; a failure is logged and kept (the
+        operations that need the tree try again, and fail with the store's error)."""
+        started = trio.current_time()
+        try:
+            await self.ensure_loaded(self.root)
+        except StoreError as e:
+            self.load_error = e
+            log.error(
+                "bucket %s could not be loaded: %s; operations in it fail until a load works "
+                "(each one tries again)",
+                self.options.bucket,
+                e,
+            )
+        except Exception:  # a bug must not end run_background, and the mount, either
+            log.exception("bucket %s: unexpected error loading it", self.options.bucket)
+        else:
+            log.info(
+                "bucket %s loaded: %d inodes in %.1f s",
+                self.options.bucket,
+                len(self.table),
+                trio.current_time() - started,
+            )
+        finally:
+            self.loading.set()
 
     def stopped(self) -> None:
         """``run``'s nursery is gone: watches loaded from now on wait for the next ``run``."""
@@ -150,7 +211,14 @@ class Coherence:
             if self.loaded(node):
                 return
             watch = BucketWatch(self.store, node.bucket, node, self.watcher)
-            await watch.load()
+            try:
+                await watch.load()
+            except BaseException:
+                # A failed (or cancelled) load: end its consumer now, not at the server's
+                # inactivity threshold; the next operation starts a new watch.
+                await watch.close()
+                raise
+            self.load_error = None
             self.watches[node.bucket] = watch
             self._loaded.add(node.ino)
             if self._nursery is not None:

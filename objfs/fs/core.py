@@ -158,9 +158,12 @@ class Filesystem:
         return self.coherence.multi_bucket
 
     # -- lifecycle ---------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Check (or create) the bucket and load the tree; raises StoreError (NotFound...)."""
-        await self.coherence.start()
+    async def start(self, *, background: bool = False) -> None:
+        """Check (or create) the bucket and load the tree; raises StoreError (NotFound...).
+
+        ``background``: a ``--bucket`` mount's tree is loaded by ``run_background`` instead,
+        operations in the bucket waiting for it (``Coherence``)."""
+        await self.coherence.start(background=background)
 
     async def run_background(self) -> None:
         """Watch consumers, readahead and the invalidation worker; runs until cancelled."""

@@ -229,8 +229,12 @@ class ObjectStore(Protocol):
         """Delete a bucket and everything in it; NotFound if missing."""
 
     @abc.abstractmethod
-    async def bucket_status(self, name: str) -> BucketStatus:
-        """Configuration and usage; NotFound if missing."""
+    async def bucket_status(self, name: str, *, count: bool = True) -> BucketStatus:
+        """Configuration and usage; NotFound if missing.
+
+        ``count=False``: ``objects`` need not be counted (it may be 0), for callers that want
+        the configuration and the sealed flag only; a backend whose count costs O(objects)
+        (NATS: a listing of every meta subject) then answers in one round trip."""
 
     @abc.abstractmethod
     async def list_buckets(self) -> list[BucketStatus]:

@@ -50,7 +50,9 @@ Choices worth knowing:
 - ``create_bucket`` is exclusive too: each creator's stream config carries its own token in
   the metadata, so the server refuses the second identical create.
 - ``BucketStatus.objects`` counts live objects by listing the meta subjects (one ordered
-  consumer, last message per subject): exact, and O(objects) per call.
+  consumer, last message per subject): exact, and O(objects) per call. ``bucket_status(name,
+  count=False)`` skips it (one STREAM.INFO): what a mount's start-up asks, as it needs only
+  the config and the sealed flag (the watch snapshot that follows reads every meta anyway).
 - Bucket settings that ADR-20 has no field for (the chunk size) live in the stream config's
   ``metadata`` under ``objfs.``-prefixed keys, which other clients ignore.
 """
@@ -253,9 +255,9 @@ class NatsObjectStore(ObjectStore):
         check_bucket(bucket)
         return await self.js.api(f"STREAM.INFO.{bucket_stream(bucket)}")
 
-    async def _status(self, si: dict[str, Any]) -> BucketStatus:
+    async def _status(self, si: dict[str, Any], *, count: bool = True) -> BucketStatus:
         cfg = self._learn(si)
-        objects = len(await self._list_all(cfg.name, deleted=False))
+        objects = len(await self._list_all(cfg.name, deleted=False)) if count else 0
         return BucketStatus(
             config=cfg,
             size=int(si.get("state", {}).get("bytes", 0)),
@@ -303,8 +305,8 @@ class NatsObjectStore(ObjectStore):
         self._chunk_sizes.pop(name, None)
         await self.js.api(f"STREAM.DELETE.{bucket_stream(name)}", gone_ok=True)
 
-    async def bucket_status(self, name: str) -> BucketStatus:
-        return await self._status(await self._stream_info(name))
+    async def bucket_status(self, name: str, *, count: bool = True) -> BucketStatus:
+        return await self._status(await self._stream_info(name), count=count)
 
     async def list_buckets(self) -> list[BucketStatus]:
         infos = await self.js.bucket_streams()
