@@ -121,7 +121,13 @@ def collect(fs: Filesystem, connection: Callable[[], dict[str, Any]]) -> Status:
             "failed": stats.uploads_failed,
             "bytes": stats.bytes_uploaded,
         },
-        "watch": {"events": stats.watch_events, "lag": round(stats.watch_lag, 3)},
+        "watch": {
+            "events": stats.watch_events,
+            "lag": round(stats.watch_lag, 3),
+            # A --bucket mount loads its tree after it is ready (coherence.py).
+            "loaded": fs.coherence.loading.is_set() and fs.coherence.load_error is None,
+            "load_error": None if fs.coherence.load_error is None else str(fs.coherence.load_error),
+        },
         "spool": {
             "dir": str(fs.spool_dir),
             "leftovers": [
@@ -177,6 +183,10 @@ def format_status(status: Status) -> str:
         row("", f"{p['path']}: {size_text(p['size'])} waiting (open for writing, or to retry)")
     watch = status["watch"]
     row("watch", f"{watch['events']} change(s) applied, lag {watch['lag']:.3f}s")
+    if watch.get("load_error"):
+        row("", f"the bucket could not be loaded: {watch['load_error']}")
+    elif not watch.get("loaded", True):
+        row("", "loading the bucket (lookups wait for it)")
     spool = status["spool"]
     row("spool", spool["dir"])
     for left in spool["leftovers"]:

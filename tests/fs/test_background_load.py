@@ -10,6 +10,7 @@ import pytest
 import trio
 from fs_helpers import CHUNK, read_file, wait_for
 
+from objfs import status
 from objfs.fs import Filesystem
 from objfs.fs.inodes import ROOT_INO
 from objfs.options import MountOptions
@@ -39,6 +40,9 @@ async def test_start_returns_before_the_load_and_a_lookup_waits_for_it(
     assert fs.table.child(fs.root, "top") is None
     assert mem.store.calls["watch"] == 0
     assert not fs.coherence.loading.is_set()
+    shown = status.collect(fs, dict)
+    assert shown["watch"]["loaded"] is False  # objfs status says the tree is coming
+    assert "loading the bucket" in status.format_status(shown)
     mem.store.delay = 0.2  # a slow store: the lookup below arrives while the load runs
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fs.run_background)
@@ -52,6 +56,7 @@ async def test_start_returns_before_the_load_and_a_lookup_waits_for_it(
         assert names == ["dir", "top"]
         await wait_for(lambda: fs.coherence.loading.is_set(), "the background load's end")
         assert fs.coherence.load_error is None
+        assert status.collect(fs, dict)["watch"]["loaded"] is True
         assert mem.store.calls["watch"] == 1  # one load: the lookup and the task shared it
         nursery.cancel_scope.cancel()
 
@@ -70,6 +75,9 @@ async def test_a_failed_load_is_an_error_not_an_empty_directory(
         await wait_for(lambda: fs.coherence.loading.is_set(), "the background load's end")
         assert fs.coherence.load_error is down
         assert not fs.coherence.loaded(fs.root)
+        shown = status.collect(fs, dict)
+        assert shown["watch"]["load_error"] == "server gone away"
+        assert "could not be loaded: server gone away" in status.format_status(shown)
         # The store's error, not an empty listing nor ENOENT from a tree never loaded.
         with pytest.raises(Unavailable):
             await fs.readdir(ROOT_INO, 0)
