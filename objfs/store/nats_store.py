@@ -551,6 +551,8 @@ class NatsObjectStore(ObjectStore):
                     raise _Reordered(f"{bucket}: chunks of {nuid} lost or reordered by the server")
                 return chunks, sha, sizes
             except BaseException as e:
+                if _collected(e):
+                    raise
                 if chunks.started:
                     # Shielded: a cancelled put must still not leave orphan chunks behind.
                     await asyncio.shield(self._drop_chunks(bucket, chunks))
@@ -701,7 +703,9 @@ class NatsObjectStore(ObjectStore):
             lookup.add_done_callback(_retrieved)
         try:
             chunks, sha, sizes = await self._send_chunks(bucket, source, size_per_chunk, lookup)
-        except BaseException:
+        except BaseException as e:
+            if _collected(e):
+                raise
             if lookup is not None:
                 await _settle(lookup)
             raise
@@ -745,6 +749,8 @@ class NatsObjectStore(ObjectStore):
                         raise errors.Exists(f"{bucket}/{name} was created concurrently") from None
                 expected = await self._free_at(bucket, name)
         except BaseException as exc:
+            if _collected(exc):
+                raise
             if lookup is not None:
                 await _settle(lookup)  # cancelled with the put while it awaited the lookup
             if chunks.started:
@@ -786,6 +792,18 @@ class NatsObjectStore(ObjectStore):
             # A dead connection may fail its final flush: closing must not raise anyway.
             with contextlib.suppress(TimeoutError, OSError, nats.errors.Error):
                 await asyncio.wait_for(self.nc.close(), self.timeout)
+
+
+def _collected(e: BaseException) -> bool:
+    """A put closed unfinished after its loop is gone (garbage collected at exit): nothing
+    can be awaited any more, so its clean-up cannot run (and would only raise)."""
+    if not isinstance(e, GeneratorExit):
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return True
+    return False
 
 
 def _meta_fields(meta: ObjectMeta | None) -> dict[str, Any]:
