@@ -65,8 +65,14 @@ class DeferredAttrs:
         limit = trio.Semaphore(PARALLEL)
 
         async def one(node: Node) -> None:
-            async with limit:
-                await self._store(node, quiet=True)
+            try:
+                async with limit:
+                    await self._store(node, quiet=True)
+            except BaseException:
+                # Cancelled (unmount) before its turn came: taken from ``_pending`` with the
+                # batch, it must go back for settle_all, or its attributes would be lost.
+                self._pending.setdefault(node.ino, node)
+                raise
 
         async with trio.open_nursery() as nursery:
             for node in batch:
