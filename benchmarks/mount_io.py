@@ -156,6 +156,15 @@ def mount(ctx: Bench, srv: Server, bucket: str, name: str, *extra: str) -> Mount
 # sequential read and write, plain and TLS
 
 
+async def _info(srv: Server, bucket: str, name: str) -> Any:
+    """The object's info, read through objfs's store on ``srv``."""
+    store = await srv.store()
+    try:
+        return await store.info(bucket, name)
+    finally:
+        await store.close()
+
+
 async def _warm_server(srv: Server, bucket: str, name: str) -> None:
     """Drain an object once, so that nats-server holds its message blocks in memory.
 
@@ -164,11 +173,7 @@ async def _warm_server(srv: Server, bucket: str, name: str) -> None:
     second used to meet warm blocks; each measured read, the mount's and the reference's,
     now starts from the same server state.
     """
-    store = await srv.store()
-    try:
-        info = await store.info(bucket, name)
-    finally:
-        await store.close()
+    info = await _info(srv, bucket, name)
     nc = await srv.nats()
     try:
         await raw_push_consumer(nc, bucket, info.nuid, info.chunks)
@@ -179,11 +184,7 @@ async def _warm_server(srv: Server, bucket: str, name: str) -> None:
 async def _raw_ceiling(ctx: Bench, srv: Server, bucket: str, name: str) -> tuple[int, list[float]]:
     """Median-best raw drain of an object: the faster (by median) of batch direct gets and a
     push consumer, each ``repeat`` times, on nats-py (over TLS for the TLS server)."""
-    store = await srv.store()
-    try:
-        info = await store.info(bucket, name)
-    finally:
-        await store.close()
+    info = await _info(srv, bucket, name)
     nc = await srv.nats()
     try:
         best: list[float] | None = None
