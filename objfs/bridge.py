@@ -261,10 +261,24 @@ class _Pump:
             item = self._queue.get_nowait()
 
     async def close(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        """Cancel the iterator and wait for it to end, cancelling it again each second it
+        goes on: nats-py's requests can swallow a cancellation (store/deadline.py), and a
+        watch that swallowed it would run for ever while the unmount waits here. Given up
+        with a warning after ``CANCEL_GRACE``."""
+        task = self._task
+        if task is None:
+            return
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + CANCEL_GRACE
+        while not task.done():
+            left = give_up - loop.time()
+            if left <= 0:
+                log.warning("an iterator still runs %gs after it was cancelled", CANCEL_GRACE)
+                return
+            task.cancel()
+            await asyncio.wait([task], timeout=min(1.0, left))
+        if not task.cancelled():
+            task.exception()  # retrieved: the consumer has stopped listening
 
 
 class _Failure:
@@ -307,7 +321,13 @@ class Feed:
             self._queue.get_nowait()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:  # on the asyncio loop
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # The put was cancelled, and a cancellation swallowed on its way (nats-py's
+                # requests, store/deadline.py) let it come back for more: nothing more comes
+                # (its trio side has given up), so it would wait here for ever.
+                raise asyncio.CancelledError
             item = await self._queue.get()
             if item is _END:
                 return

@@ -291,6 +291,66 @@ async def test_iterate_closes_generator_when_consumer_cancelled(bridge: Bridge) 
     assert closed.is_set()
 
 
+async def test_closing_an_iterator_that_swallowed_its_cancellation_still_ends_it(
+    bridge: Bridge,
+) -> None:
+    """An iterator that catches its first cancellation and goes on (as nats-py's requests can
+    on Python 3.11, store/deadline.py) is cancelled again: closing it returns, the iterator
+    has ended. It hung the unmount: a watch went on waiting for heartbeats."""
+    cancels = 0
+    ended = threading.Event()
+
+    async def stubborn() -> AsyncIterator[int]:
+        nonlocal cancels
+        try:
+            yield 1
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    cancels += 1
+                    if cancels > 1:
+                        raise
+        finally:
+            ended.set()
+
+    with trio.fail_after(WAIT):
+        async with contextlib.aclosing(bridge.iterate(stubborn)) as it:
+            async for x in it:
+                assert x == 1
+                break
+    assert ended.is_set() and cancels == 2
+
+
+async def test_a_put_whose_cancellation_was_swallowed_stops_reading_its_feed(
+    bridge: Bridge, asyncio_thread: AsyncioThread
+) -> None:
+    """A cancelled put that went back for more of its source (the cancellation swallowed on
+    the way) gets CancelledError from the feed instead of waiting for ever."""
+    feed = TrioStore(MemoryObjectStore(), bridge).feed()
+    await feed.push(b"a")
+    outcome: list[str] = []
+
+    async def consume() -> None:
+        async for piece in feed:
+            assert piece == b"a"
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)  # where nats-py would swallow the cancel
+        outcome.append("the feed ended")
+
+    async def run() -> str:
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await asyncio.wait_for(task, WAIT)
+        except asyncio.CancelledError:
+            return "cancelled"
+        return outcome[0]
+
+    assert asyncio_thread.run(run(), WAIT) == "cancelled"
+
+
 # -- TrioStore -----------------------------------------------------------------------------
 
 

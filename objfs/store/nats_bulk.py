@@ -47,6 +47,7 @@ from nats.nuid import NUID
 
 from objfs.options import ConnectOptions
 from objfs.store import errors
+from objfs.store.deadline import within
 from objfs.store.nats_auth import CredentialsError, connect_fields, signs, tls_context
 from objfs.store.nats_protocol import (
     API,
@@ -221,7 +222,7 @@ class PushRead:
         if self.buffered < self.wake_bytes and not self.ended and self.error is None:
             self.waiting = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self.waiting, timeout)
+                await within(self.waiting, timeout)
             except TimeoutError:
                 if not self.datas:
                     raise errors.Timeout(f"{self.what}: nothing for {timeout}s") from None
@@ -317,13 +318,13 @@ class BulkConnection:
         protocol = _Protocol(self)
         try:
             tls = tls_context(auth) if auth.tls_first else None
-            await asyncio.wait_for(
+            await within(
                 loop.create_connection(
                     lambda: protocol, host, port, ssl=tls, server_hostname=host if tls else None
                 ),
                 timeout,
             )
-            info = await asyncio.wait_for(asyncio.shield(self._info), timeout)
+            info = await within(asyncio.shield(self._info), timeout)
             self.server_info = info
             secured = tls is not None
             # As nats-py decides (its connection and this one must agree): the server's word or
@@ -333,7 +334,7 @@ class BulkConnection:
                 secured = True
                 self._transport = cast(
                     asyncio.Transport,
-                    await asyncio.wait_for(
+                    await within(
                         loop.start_tls(
                             self._transport, protocol, tls_context(auth), server_hostname=host
                         ),
@@ -369,7 +370,7 @@ class BulkConnection:
                 + self._prefix
                 + b"* 1\r\n"
             )
-            await asyncio.wait_for(asyncio.shield(pong), timeout)
+            await within(asyncio.shield(pong), timeout)
         except Unsupported:
             self.close()
             raise
@@ -440,7 +441,7 @@ class BulkConnection:
     async def wait(self, batch: Batch, timeout: float | None = None) -> Batch:
         """The batch once its end-of-batch status came; objfs errors otherwise."""
         try:
-            await asyncio.wait_for(asyncio.shield(batch.done), timeout or self.timeout)
+            await within(asyncio.shield(batch.done), timeout or self.timeout)
         except TimeoutError:
             raise errors.Timeout(f"{batch.what}: timed out") from None
         finally:

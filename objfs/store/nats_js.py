@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from nats.nuid import NUID
 
 from objfs.store import errors
+from objfs.store.deadline import within
 from objfs.store.nats_protocol import (
     API,
     CONSUMER_GONE,
@@ -384,7 +385,7 @@ class BatchGetter:
     async def _wait(self, token: str, req: _Request, what: str) -> list[Msg]:
         try:
             with mapped(what):
-                await asyncio.wait_for(asyncio.shield(req.done), self.js.timeout)
+                await within(asyncio.shield(req.done), self.js.timeout)
         finally:
             self._reqs.pop(token, None)
         if req.error is not None:
@@ -506,7 +507,7 @@ class OrderedConsumer:
                 if left <= 0:
                     return None
                 try:
-                    msg = await asyncio.wait_for(self._queue.get(), left)
+                    msg = await within(self._queue.get(), left)
                 except TimeoutError:
                     return None
             status = _status(msg)
@@ -642,7 +643,7 @@ class Publisher:
         """Wait for one ack within ``timeout`` (default: the store's)."""
         try:
             with mapped("publish ack"):
-                return await asyncio.wait_for(fut, timeout or self.js.timeout)
+                return await within(fut, timeout or self.js.timeout)
         finally:
             if not fut.done():
                 fut.cancel()

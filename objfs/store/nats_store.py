@@ -92,6 +92,7 @@ from objfs.store.api import (
     WatchEvent,
     apieces,
 )
+from objfs.store.deadline import within
 from objfs.store.names import (
     check_bucket,
     check_object,
@@ -791,7 +792,7 @@ class NatsObjectStore(ObjectStore):
         if not self.nc.is_closed:
             # A dead connection may fail its final flush: closing must not raise anyway.
             with contextlib.suppress(TimeoutError, OSError, nats.errors.Error):
-                await asyncio.wait_for(self.nc.close(), self.timeout)
+                await within(self.nc.close(), self.timeout)
 
 
 def _collected(e: BaseException) -> bool:

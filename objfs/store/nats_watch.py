@@ -33,6 +33,7 @@ from objfs.store.api import (
     bucket_changes,
     listing_events,
 )
+from objfs.store.deadline import within
 from objfs.store.names import check_bucket
 from objfs.store.nats_js import JetStream, OrderedConsumer, mapped
 from objfs.store.nats_subjects import bucket_of_stream, bucket_stream, meta_filter
@@ -179,7 +180,7 @@ class NatsWatcher:
                         yield event
                     known, first = now, False
                 try:
-                    msg = await asyncio.wait_for(queue.get(), 1.0)
+                    msg = await within(queue.get(), 1.0)
                 except TimeoutError:
                     continue
                 kind, _, stream = msg.subject.rpartition(".")
