@@ -12,8 +12,13 @@ Durability: ``settle`` stores a file's pending attributes now; the façade calls
 unlink, link, extended attributes), and ``settle_all`` before unmount. Without a background
 task (``spawn`` None) nothing is deferred.
 
-Runs on the trio thread. ``_pending`` and ``_busy`` change only between awaits; one file's
-attributes are stored by one task at a time (``_busy`` holds its lock).
+Runs on the trio thread. ``_pending``, ``_queued`` and ``_busy`` change only between awaits;
+one file's attributes are stored by one task at a time (``_busy`` holds its lock). From
+``mark`` until it is stored a file is pending (waiting for the delay), queued (in a batch,
+waiting for its turn) or busy (being stored; if marked again meanwhile, pending as well).
+``settle`` takes a pending or queued file over and waits for a busy one, so nothing is stored
+after it returned (a queued file stored after a rename had checked the name's revision made
+git's rename of config.lock over config fail with EEXIST).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class DeferredAttrs:
         self._persist = persist
         self.spawn: Spawner | None = None
         self._pending: dict[int, Node] = {}
+        self._queued: dict[int, Node] = {}
         self._busy: dict[int, trio.Lock] = {}
         self._scheduled = False
 
@@ -62,17 +68,22 @@ class DeferredAttrs:
         finally:
             self._scheduled = False
         batch, self._pending = list(self._pending.values()), {}
+        for node in batch:
+            self._queued[node.ino] = node
         limit = trio.Semaphore(PARALLEL)
 
         async def one(node: Node) -> None:
             try:
                 async with limit:
-                    await self._store(node, quiet=True)
-            except BaseException:
-                # Cancelled (unmount) before its turn came: taken from ``_pending`` with the
-                # batch, it must go back for settle_all, or its attributes would be lost.
-                self._pending.setdefault(node.ino, node)
-                raise
+                    # Taken from the queue and locked (``_store``) with no await between.
+                    if self._queued.pop(node.ino, None) is not None:
+                        await self._store(node, quiet=True)
+            finally:
+                # Cancelled (unmount) before its turn came: back to pending for settle_all,
+                # or its attributes would be lost.
+                queued = self._queued.pop(node.ino, None)
+                if queued is not None:
+                    self._pending.setdefault(node.ino, queued)
 
         async with trio.open_nursery() as nursery:
             for node in batch:
@@ -102,6 +113,9 @@ class DeferredAttrs:
         if node is None:
             return
         pending = self._pending.pop(node.ino, None)
+        queued = self._queued.pop(node.ino, None)
+        if pending is None:
+            pending = queued
         if pending is not None:
             await self._store(pending, quiet=False)
         elif node.ino in self._busy:
@@ -113,7 +127,7 @@ class DeferredAttrs:
         for lock in list(self._busy.values()):
             async with lock:
                 pass
-        for node in list(self._pending.values()):
+        for node in [*self._pending.values(), *self._queued.values()]:
             try:
                 await self.settle(node)
             except Exception as e:

@@ -126,3 +126,26 @@ async def test_a_file_waiting_its_turn_at_unmount_is_stored_at_unmount(
     assert await fs.shutdown() == []
     assert (await mem.info(bucket_name, "a")).headers["Objfs-Mode"] == ["604"]
     assert (await mem.info(bucket_name, "b")).headers["Objfs-Mode"] == ["640"]
+
+
+async def test_fsync_of_a_file_waiting_its_turn_in_a_batch_stores_it_first(
+    mem, bucket_name, make_fs, monkeypatch
+):
+    """A file taken into a batch but still waiting for its turn is neither pending nor being
+    stored: fsync (and rename, which settles the same way) returned at once and the batch
+    stored it afterwards. On NATS that late update moved the name's revision under a rename
+    that had just checked it: git's rename of config.lock over config failed with EEXIST."""
+    monkeypatch.setattr(attr_flush, "PARALLEL", 1)
+    fs = await make_fs(mem, bucket_name)
+    async with _background(fs):
+        a = await write_file(fs, "a", b"a")
+        b = await write_file(fs, "b", b"b")
+        mem.store.delay = 0.5  # the first update runs while the second waits for its turn
+        await fs.setattr(a.ino, SetAttr(mode=0o604), None, CALLER)
+        await fs.setattr(b.ino, SetAttr(mode=0o640), None, CALLER)
+        await wait_for(lambda: mem.store.calls["update_meta"] == 1, "the first update")
+        handle, _ = await fs.open(b.ino, os.O_RDONLY)
+        await fs.fsync(handle.fh)
+        assert (await mem.info(bucket_name, "b")).headers["Objfs-Mode"] == ["640"]
+        await fs.release(handle.fh)
+        mem.store.delay = 0.0
