@@ -260,7 +260,7 @@ class Names:
             if node.is_dir:
                 await self._rename_dir(node, new_parent, new_name, target)
             else:
-                await self._rename_file(node, new_parent, new_name, new_full, target)
+                await self._rename_file(node, new_parent, new_name, new_full, target, noreplace)
         touch(old_parent)
         touch(new_parent)
         node.attrs.ctime_ns = new_parent.attrs.ctime_ns  # a rename is a change of the inode
@@ -275,30 +275,39 @@ class Names:
             raise FsError(errno.ENAMETOOLONG, "a name below the directory would be too long")
 
     async def _rename_file(
-        self, node: Node, new_parent: Node, new_name: str, new_full: str, target: Node | None
+        self,
+        node: Node,
+        new_parent: Node,
+        new_name: str,
+        new_full: str,
+        target: Node | None,
+        noreplace: bool,
     ) -> None:
         assert node.bucket is not None
-        replace = target is not None and target.info is not None
         if node.spool is not None:
             async with node.spool.lock:  # never rename under a running upload
-                await self._rename_object(node, new_full, replace)
+                await self._rename_object(node, new_full, target, noreplace)
         else:
-            await self._rename_object(node, new_full, replace)
+            await self._rename_object(node, new_full, target, noreplace)
         if target is not None:
             self.table.detach(target)
         self.table.move(node, new_parent, new_name)
 
-    async def _rename_object(self, node: Node, new_full: str, replace: bool) -> None:
+    async def _rename_object(
+        self, node: Node, new_full: str, target: Node | None, noreplace: bool
+    ) -> None:
         assert node.bucket is not None
         if node.info is None:
             # Not uploaded yet: the upload will use the new name. The object it replaces is
             # gone now, as rename(2) says; left for the upload to overwrite, it would stay
             # for good if the file were unlinked before its close.
-            if replace:
+            if target is not None and target.info is not None:
                 with contextlib.suppress(NotFound):
                     await self._delete(node.bucket, new_full)
             return
-        node.info = await self._rename(node.bucket, node.info.name, new_full, replace=replace)
+        # rename(2) replaces whatever has the new name, also an object another client stored
+        # that the tree does not show yet (EEXIST would be no answer rename(2) ever gives).
+        node.info = await self._rename(node.bucket, node.info.name, new_full, replace=not noreplace)
 
     async def _delete(self, bucket: str, name: str) -> None:
         tomb = await self.store.delete(bucket, name)

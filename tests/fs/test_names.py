@@ -13,6 +13,7 @@ from objfs.fs import FsError
 from objfs.fs.inodes import ROOT_INO
 from objfs.fs.values import SetAttr
 from objfs.store.api import BucketConfig
+from objfs.store.errors import Exists
 
 
 async def names(store, bucket):
@@ -46,6 +47,24 @@ async def test_rename_over_existing_and_noreplace(store, bucket_name, make_fs):
     await fs.rename(ROOT_INO, "a", ROOT_INO, "b")
     assert await names(store, bucket_name) == ["b"]
     assert await stored(store, bucket_name, "b") == b"AAA"
+
+
+async def test_rename_replaces_an_object_the_tree_does_not_show_yet(store, bucket_name, make_fs):
+    """Another client stored "b" and this mount's watch has not shown it yet (no watch runs
+    here): rename(2) of "a" to "b" still replaces it, as rename(2) always does (it gave
+    EEXIST); RENAME_NOREPLACE still refuses."""
+    fs = await make_fs(store, bucket_name)
+    await write_file(fs, "a", b"AAA")
+    await write_file(fs, "c", b"CCC")
+    await store.put(bucket_name, "b", b"from another client")
+    await store.put(bucket_name, "d", b"from another client too")
+    await fs.rename(ROOT_INO, "a", ROOT_INO, "b")
+    assert await stored(store, bucket_name, "b") == b"AAA"
+    with pytest.raises(Exists) as refused:  # the store's refusal: EEXIST for the kernel
+        await fs.rename(ROOT_INO, "c", ROOT_INO, "d", noreplace=True)
+    assert refused.value.errno == errno.EEXIST
+    assert await stored(store, bucket_name, "d") == b"from another client too"
+    assert await names(store, bucket_name) == ["b", "c", "d"]
 
 
 async def test_rename_directory_moves_everything(store, bucket_name, make_fs):
