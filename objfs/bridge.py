@@ -228,6 +228,11 @@ class _Pump:
             async for item in it:
                 await self._queue.put(item)
             await self._queue.put(_END)
+        except GeneratorExit:
+            # Closed unfinished once its loop is gone (collected at exit): nothing can be
+            # awaited any more, neither a hand-over nor the iterator's own close.
+            it = None
+            raise
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # handed to the consumer, which re-raises it in trio
