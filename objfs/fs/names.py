@@ -176,9 +176,13 @@ class Names:
             raise FsError(errno.EISDIR)
         assert node.bucket is not None
         async with self.watcher.hold(node.bucket):
-            if node.info is not None and node.file.handles > 0 and node.spool is None:
+            spool = node.spool
+            if node.info is not None and node.file.handles > 0 and not (spool and spool.filled):
                 # Open here: as on a local disk, its readers go on reading until the last one
-                # closes, and the object is deleted then (release), not under them.
+                # closes, and the object is deleted then (release), not under them. So is a
+                # file open for writing but not changed yet: its spool copies the object at
+                # the first change (spool.fill), which a delete now would leave nothing to
+                # copy (the write started from an empty file, reads failed with ESTALE).
                 node.file.delete_on_close = node.info
             elif node.info is not None:
                 with contextlib.suppress(NotFound):

@@ -35,7 +35,7 @@ then the local version wins if it was written since its last upload, else the re
 Where behaviour is intentionally outside that (or undocumented), the operation is skipped
 (each restriction is a comment at the ``raise Skip`` that makes it). The bugs it found are
 kept as minimal reproductions at the end of this module, each written twice (through the
-model and against the façade); all three are fixed. While a bug is open its reproduction is
+model and against the façade); all four are fixed. While a bug is open its reproduction is
 ``xfail(strict=True)`` and the machine steers around it (marked KNOWN BUG), so that it keeps
 exploring everything else.
 
@@ -1120,6 +1120,41 @@ async def test_bug_write_after_remote_overwrite_of_file_open_for_writing(
         assert await fs.read(handle.fh, 0, 100) == b"Version 2 from elsewhere"
         await fs.release(handle.fh)
 
+
+
+def test_bug_unlink_of_file_open_for_writing_before_its_first_change_ops(
+    asyncio_thread: AsyncioThread,
+) -> None:
+    # Shrunk by the machine from a long run.
+    run_ops(
+        asyncio_thread,
+        RemotePut("a", b"\0\0", meta=False),
+        Open("a", write=True, trunc=False),
+        Unlink("a"),
+        Write(0, 0, b"\0"),
+        Read(0),
+        steer=False,
+    )
+
+
+async def test_bug_unlink_of_file_open_for_writing_before_its_first_change(
+    asyncio_thread: AsyncioThread,
+) -> None:
+    async with mounted(asyncio_thread) as (fs, store):
+        await write_file(fs, "f", b"hello")
+        node = await fs.lookup(ROOT_INO, "f", CALLER)
+        handle, _ = await fs.open(node.ino, os.O_RDWR, CALLER)
+        await fs.unlink(ROOT_INO, "f")  # a private temporary file, open for writing
+        # docs/semantics.md: the processes that have an unlinked file open go on using it, as
+        # on a local disk. The unlink deleted the object at once, as it does when the spool
+        # holds the content; but the spool copies it only at the first change (spool.fill),
+        # so the read failed with ESTALE and the write started from an empty file ("J").
+        assert await fs.read(handle.fh, 0, 100) == b"hello"
+        await fs.write(handle.fh, 0, b"J")
+        assert await fs.read(handle.fh, 0, 100) == b"Jello"
+        await fs.flush(handle.fh)
+        await fs.release(handle.fh)
+        assert await store.list(BUCKET) == []  # deleted at the last close
 
 # -- defects of the model itself (not of objfs), kept so that they stay fixed -------------------
 def test_model_remote_delete_of_a_name_deleted_remotely_already_ops(
