@@ -465,8 +465,10 @@ class TrioStore:
         return await self.bridge.call(self.store.resolve, bucket, name)
 
     # -- change notices --------------------------------------------------------------------
-    def watch(self, bucket: str) -> AsyncIterator[WatchEvent]:
-        return self.bridge.iterate(lambda: self.store.watch(bucket), batch=self.WATCH_PER_HOP)
+    def watch(self, bucket: str, *, batched: bool = False) -> AsyncIterator[WatchEvent]:
+        return self.bridge.iterate(
+            lambda: self.store.watch(bucket, batched=batched), batch=self.WATCH_PER_HOP
+        )
 
     def watch_buckets(self) -> AsyncIterator[BucketEvent]:
         return self.bridge.iterate(self.store.watch_buckets, batch=self.WATCH_BUCKETS_PER_HOP)

@@ -362,12 +362,15 @@ class BucketWatch:
     async def load(self, *, reconcile: bool = False) -> None:
         """Start the watch and apply its snapshot (returns at ``snapshot_end``)."""
         started = trio.current_time()
-        self._iter = aiter(self.store.watch(self.bucket))
+        # Batched: a big snapshot crosses the bridge as one item, not one per object.
+        self._iter = aiter(self.store.watch(self.bucket, batched=True))
         infos: list[ObjectInfo] = []
         async for event in self._iter:
             if event.kind == "snapshot_end":
                 break
-            if event.kind == "put" and event.info is not None:
+            if event.kind == "snapshot":
+                infos.extend(event.infos)
+            elif event.kind == "put" and event.info is not None:
                 infos.append(event.info)
         received = trio.current_time()
         self.watcher.apply_snapshot(self.root, infos, reconcile=reconcile)

@@ -179,10 +179,13 @@ class WatchEvent:
     old name that the watch infers from the nuid reappearing under a new name.
     ``snapshot_end``: every object that existed when the watch started has been delivered;
     ``info`` is None.
+    ``snapshot``: only in a ``batched`` watch, before ``snapshot_end``: many objects of the
+    snapshot at once (``infos``; ``info`` is None), as their ``put`` events would say.
     """
 
-    kind: Literal["put", "delete", "snapshot_end"]
+    kind: Literal["put", "delete", "snapshot", "snapshot_end"]
     info: ObjectInfo | None = None
+    infos: Sequence[ObjectInfo] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,8 +345,12 @@ class ObjectStore(Protocol):
 
     # -- change notices --------------------------------------------------------------------
     @abc.abstractmethod
-    def watch(self, bucket: str) -> AsyncIterator[WatchEvent]:
-        """Current state (one ``put`` per live object), ``snapshot_end``, then live changes."""
+    def watch(self, bucket: str, *, batched: bool = False) -> AsyncIterator[WatchEvent]:
+        """Current state (one ``put`` per live object), ``snapshot_end``, then live changes.
+
+        ``batched``: the current state may come (wholly or in part) as ``snapshot`` events
+        of many objects each instead of one ``put`` per object: one item instead of 100,000
+        for a big bucket, where each item costs (the bridge carries them one by one)."""
 
     def watch_buckets(self) -> AsyncIterator[BucketEvent]:
         """Every bucket (``put``), ``snapshot_end``, then buckets created, sealed or deleted.

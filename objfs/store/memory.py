@@ -529,14 +529,17 @@ class MemoryObjectStore(ObjectStore):
             raise Corrupt(f"digest mismatch for {info.name!r}")
 
     # -- change notices --------------------------------------------------------------------
-    async def watch(self, bucket: str) -> AsyncIterator[WatchEvent]:
+    async def watch(self, bucket: str, *, batched: bool = False) -> AsyncIterator[WatchEvent]:
         await self._enter("watch")
         b = self._bucket(bucket)
         queue: asyncio.Queue[WatchEvent | StoreError] = asyncio.Queue()
         # Snapshot and registration happen with no await between, so no change is missed.
         snapshot = sorted((i for i in b.metas.values() if not i.deleted), key=lambda i: i.revision)
-        for info in snapshot:
-            queue.put_nowait(WatchEvent("put", _copy(info)))
+        if batched:
+            queue.put_nowait(WatchEvent("snapshot", infos=[_copy(info) for info in snapshot]))
+        else:
+            for info in snapshot:
+                queue.put_nowait(WatchEvent("put", _copy(info)))
         queue.put_nowait(WatchEvent("snapshot_end"))
         b.watchers.append(queue)
         try:

@@ -175,7 +175,9 @@ class PushRead:
         "limit",
         "seqs",
         "sid",
+        "stamps",
         "subject",
+        "subjects",
         "waiting",
         "wake_bytes",
         "what",
@@ -189,6 +191,7 @@ class PushRead:
         chain: HashChain | None,
         first: int,
         limit: int,
+        stamped: bool = False,
     ) -> None:
         self._conn = conn
         self.subject = subject
@@ -198,6 +201,10 @@ class PushRead:
         self.limit = limit
         self.seqs: list[int] = []
         self.datas: list[bytes] = []
+        self.stamps: list[int] | None = [] if stamped else None
+        """``stamped``: each message's time (ns) from its ack subject, as ``seqs``."""
+        self.subjects: list[bytes] | None = [] if stamped else None
+        """``stamped``: each message's subject, as ``seqs``."""
         self.buffered = 0
         self.held: list[bytes] = []
         self.ended = False  # the server said nothing more is pending
@@ -237,6 +244,16 @@ class PushRead:
         for reply in held:  # the credit the server waited for
             self._conn._reply(reply)
         return seqs, datas, self.ended and not self.datas
+
+    async def take_stamped(
+        self, timeout: float
+    ) -> tuple[list[int], list[int], list[bytes], list[bytes], bool]:
+        """``take`` of a ``stamped`` read: sequences, times, subjects, payloads, ended."""
+        assert self.stamps is not None and self.subjects is not None, "not a stamped read"
+        seqs, datas, ended = await self.take(timeout)
+        stamps, subjects = self.stamps[: len(seqs)], self.subjects[: len(seqs)]
+        del self.stamps[: len(seqs)], self.subjects[: len(seqs)]
+        return seqs, stamps, subjects, datas, ended
 
     def close(self) -> None:
         if self._conn._pushes.pop(self.sid, None) is not None:
@@ -451,9 +468,15 @@ class BulkConnection:
         return batch
 
     def push_read(
-        self, *, chain: HashChain | None = None, first: int = 0, limit: int = 16 << 20
+        self,
+        *,
+        chain: HashChain | None = None,
+        first: int = 0,
+        limit: int = 16 << 20,
+        stamped: bool = False,
     ) -> PushRead:
-        """A deliver subject on this connection for a push consumer the caller creates."""
+        """A deliver subject on this connection for a push consumer the caller creates
+        (``stamped``: keep each message's time and subject too, see ``take_stamped``)."""
         if self._closed:
             raise errors.Unavailable(f"bulk connection closed ({self._why})")
         # Deliveries keep the chunk's own subject: they are told apart by subscription id.
@@ -463,7 +486,7 @@ class BulkConnection:
         self._next += 1
         subject = self._prefix + b"p." + token
         sid = b"p" + token
-        push = PushRead(self, subject, sid, chain, first, limit)
+        push = PushRead(self, subject, sid, chain, first, limit, stamped)
         self._pushes[sid] = push
         self._write(b"SUB " + subject + b" " + sid + CRLF)
         return push
@@ -540,7 +563,7 @@ class BulkConnection:
                     push = self._pushes.get(line[2])
                     if push is not None:
                         reply = line[3] if len(line) == (6 if op == 72 else 5) else b""
-                        self._delivery(push, reply, buf, view, body, body + hlen, stop)
+                        self._delivery(push, line[1], reply, buf, view, body, body + hlen, stop)
                 pos = stop + 2
                 continue
             if op == 80:  # PING / PONG
@@ -582,6 +605,7 @@ class BulkConnection:
     def _delivery(
         self,
         push: PushRead,
+        subject: bytes,
         reply: bytes,
         buf: bytearray,
         view: memoryview,
@@ -608,9 +632,9 @@ class BulkConnection:
             return
         try:
             ack = ack_tokens(reply)
-            seq, pending = ack.stream_seq, ack.pending
+            seq, pending, stamp = ack.stream_seq, ack.pending, ack.timestamp_ns
         except ValueError:
-            seq, pending = 0, 0  # not a JetStream delivery: the reader's check fails it
+            seq, pending, stamp = 0, 0, 0  # not a JetStream delivery: the reader's check fails it
         data = bytes(view[hend:stop])
         chain = push.chain
         if chain is not None and chain.next == push.first:
@@ -619,6 +643,9 @@ class BulkConnection:
         push.first += 1
         push.seqs.append(seq)
         push.datas.append(data)
+        if push.stamps is not None and push.subjects is not None:
+            push.stamps.append(stamp)
+            push.subjects.append(subject)
         push.buffered += stop - hend
         if pending == 0:
             push.ended = True

@@ -437,13 +437,21 @@ class OrderedConsumer:
         self._last_sseq = 0
         self._next_cseq = 1
 
-    async def start(self) -> int:
-        """Create the consumer; messages pending for it at creation (0: nothing to deliver)."""
+    async def start(self, *, after: int | None = None) -> int:
+        """Create the consumer; messages pending for it at creation (0: nothing to deliver).
+
+        ``after``: deliver from the stream sequence after it (what was read up to there was
+        read otherwise: a watch's snapshot through the lean reader), not by the deliver
+        policy; a fresh ``reset`` still uses the policy."""
         nc = self.js.nc
         self._inbox = nc.new_inbox()
         with mapped("subscribe"):
             self._sub = await nc.subscribe(self._inbox, cb=self._on_msg, pending_bytes_limit=0)
-        await self._create(self.deliver_policy, None)
+        if after is None:
+            await self._create(self.deliver_policy, None)
+        else:
+            self._last_sseq = after
+            await self._create("by_start_sequence", after + 1)
         return self.pending_at_start
 
     async def _create(self, policy: str, start_seq: int | None) -> None:

@@ -194,7 +194,8 @@ class NatsReader:
         return self._getter
 
     async def _bulk_conn(self) -> BulkConnection | None:
-        """The lean reader's connection, opened on first use; None: read through nats-py."""
+        """The lean reader's connection, opened on first use; None: read through nats-py.
+        (The watch reads its snapshots through it too.)"""
 
         bulk = self._bulk
         if bulk is not None and bulk.is_open:

@@ -208,7 +208,7 @@ class NatsObjectStore(ObjectStore):
         self.reader = NatsReader(
             nc, self.js, timeout, bulk_auth=options if lean else None, open_bulk=open_bulk
         )
-        self.watcher = NatsWatcher(nc, self.js)
+        self.watcher = NatsWatcher(nc, self.js, self.reader._bulk_conn if lean else None)
         self._nuid = NUID()
         self._chunk_sizes: dict[str, int] = {}
         self._events = events
@@ -656,8 +656,8 @@ class NatsObjectStore(ObjectStore):
         return self.reader.read_stream(info, window=window)
 
     # -- change notices --------------------------------------------------------------------
-    def watch(self, bucket: str) -> AsyncGenerator[WatchEvent, None]:
-        return self.watcher.watch(bucket)
+    def watch(self, bucket: str, *, batched: bool = False) -> AsyncGenerator[WatchEvent, None]:
+        return self.watcher.watch(bucket, batched=batched)
 
     def watch_buckets(self) -> AsyncGenerator[BucketEvent, None]:
         return self.watcher.watch_buckets()
