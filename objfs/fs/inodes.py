@@ -236,15 +236,17 @@ class InodeTable:
         path: str | None = None,
     ) -> Node:
         """Create a node and attach it as ``parent``'s child ``name``."""
+        # Positional (once per object of a snapshot): ino, kind, name, parent, bucket, path,
+        # attrs, info.
         node = Node(
-            ino=self._next,
-            kind=kind,
-            name=name,
-            parent=parent.ino,
-            bucket=parent.bucket if bucket is None else bucket,
-            path=child_path(parent, name) if path is None else path,
-            attrs=attrs,
-            info=info,
+            self._next,
+            kind,
+            name,
+            parent._ino,
+            parent._bucket if bucket is None else bucket,
+            (f"{parent.path}/{name}" if parent.path else name) if path is None else path,
+            attrs,
+            info,
         )
         self._next += 1
         self._nodes[node.ino] = node

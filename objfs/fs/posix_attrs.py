@@ -120,6 +120,10 @@ def attrs_from_info(
     else:
         perm = defaults.file_mode
     uid, gid, mtime, rdev = defaults.uid, defaults.gid, now_ns, 0
+    if info is not None and not info.headers:
+        # An object of another client (no headers): once per object of a snapshot.
+        mtime = info.mtime_ns or now_ns
+        return Attrs(file_type | perm, uid, gid, mtime, mtime, mtime, 0)
     if info is not None:
         h = info.headers
         mode = _int(header(h, H_MODE), 8)

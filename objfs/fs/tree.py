@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from objfs.fs.inodes import InodeTable, Kind, Node
@@ -27,13 +28,14 @@ def split_name(name: str) -> tuple[list[str], bool] | None:
     """Components of object ``name`` and whether it is a directory marker; None if unusable."""
     marker = name.endswith("/")
     body = name[:-1] if marker else name
-    if not body or body.startswith("/"):
+    if not body or body.startswith("/") or "\0" in body:
         return None
     parts = body.split("/")
     for part in parts:
-        if part in ("", ".", "..") or "\0" in part:
+        if part in ("", ".", ".."):
             return None
-        if len(part.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        # At most 4 bytes a character: a short component needs no encoding to be measured.
+        if len(part) > NAME_MAX // 4 and len(part.encode("utf-8", "surrogateescape")) > NAME_MAX:
             return None
     return parts, marker
 
@@ -41,6 +43,8 @@ def split_name(name: str) -> tuple[list[str], bool] | None:
 def kind_of(info: ObjectInfo) -> Kind:
     if info.name.endswith("/"):
         return Kind.DIR
+    if not info.headers and info.link is None:
+        return Kind.FILE  # no header that could make it a symlink or a special file
     if info.link is not None or symlink_target(info) is not None:
         return Kind.SYMLINK
     special = special_type(info)
@@ -105,6 +109,13 @@ class Tree:
         node.info = info
         node.attrs = self.attrs_for(info, kind)
         node.symlink = symlink_target(info) if kind is Kind.SYMLINK else None
+
+    def add_all(self, root: Node, infos: Iterable[ObjectInfo]) -> None:
+        """``add`` every object of ``infos`` (a bucket's first snapshot, into an empty
+        ``root``: nothing to compare with, nothing to invalidate)."""
+        add = self.add
+        for info in infos:
+            add(root, info)
 
     def add(self, root: Node, info: ObjectInfo) -> Node | None:
         """Show ``info`` below bucket root ``root``; returns its node (None if skipped)."""

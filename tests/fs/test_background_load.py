@@ -98,3 +98,97 @@ async def test_a_missing_bucket_still_fails_the_start(mem, bucket_name, tmp_path
     make_fs.made.append(fs)
     with pytest.raises(NotFound):
         await fs.start(background=True)
+
+
+def tree_of(fs: Filesystem) -> dict[str, tuple[str, int, int, int]]:
+    """Every node below the bucket root: path -> (kind, size, mode, mtime); an implicit
+    directory's mtime is the time it was made, left out."""
+    return {
+        node.path: (
+            node.kind.name,
+            node.size,
+            node.attrs.mode,
+            node.attrs.mtime_ns if node.info is not None else 0,
+        )
+        for node in fs.table.walk(fs.root)
+        if node is not fs.root
+    }
+
+
+async def test_changes_during_the_lean_snapshot_show_and_the_tree_is_the_same(
+    asyncio_thread, nats_server, bucket_name, tmp_path, make_fs, monkeypatch
+):
+    """A NATS mount's first load reads the snapshot through the lean reader, then starts the
+    live watch after it: changes made while the snapshot is read and between its end and the
+    live watch's start all show, and the tree is the one the ordered consumer's snapshot
+    builds (the path without the lean reader)."""
+    from objfs.bridge import Bridge, TrioStore
+    from objfs.store import nats_bulk, nats_js
+    from objfs.store.nats_store import connect
+
+    bridge = Bridge(asyncio_thread)
+
+    async def make() -> Any:
+        return await connect([nats_server.url], timeout=5.0)
+
+    backend = await bridge.call(make)
+    other = await bridge.call(make)
+    store = TrioStore(backend, bridge)
+    b = bucket_name
+    take = nats_bulk.PushRead.take_stamped
+    start = nats_js.OrderedConsumer.start
+    hooked: list[str] = []
+
+    async def during(self: Any, timeout: float) -> Any:
+        if "during" not in hooked:
+            hooked.append("during")
+            await other.delete(b, "f00")
+            await other.put(b, "f01", b"changed during the snapshot")
+            await other.put(b, "d/new", b"new")
+        return await take(self, timeout)
+
+    async def after(self: Any, *, after: int | None = None) -> int:
+        if after is not None and "after" not in hooked:
+            hooked.append("after")
+            await other.delete(b, "f02")
+            await other.put(b, "late", b"after the snapshot")
+            await other.rename(b, "d/x", "d/y")
+        return await start(self, after=after)
+
+    try:
+        await store.create_bucket(BucketConfig(name=b, chunk_size=CHUNK))
+        for i in range(40):
+            await store.put(b, f"f{i:02}", f"data {i}".encode())
+        await store.put(b, "d/x", b"x")
+        await store.put(b, "e/", b"")  # a directory marker
+        monkeypatch.setattr(nats_bulk.PushRead, "take_stamped", during)
+        monkeypatch.setattr(nats_js.OrderedConsumer, "start", after)
+        fs = await background_fs(store, b, tmp_path, make_fs)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs.run_background)
+            await fs.readdir(ROOT_INO, 0)  # waits for the load
+            assert hooked == ["during", "after"]  # the lean snapshot, then the live watch
+            want = sorted(i.name for i in await store.list(b))
+            assert "f00" not in want and "f02" not in want and "late" in want
+
+            def shown() -> list[str]:
+                return sorted(
+                    n.object_name for n in fs.table.walk(fs.root) if n.info is not None
+                )
+
+            await wait_for(lambda: shown() == want, f"the tree showing {want}")
+            f01 = await fs.lookup(ROOT_INO, "f01")
+            assert await read_file(fs, f01.ino) == b"changed during the snapshot"
+            lean = tree_of(fs)
+            nursery.cancel_scope.cancel()
+        # The same bucket loaded by the ordered consumer alone: the same tree.
+        backend.watcher.bulk = None
+        fs2 = await background_fs(store, b, tmp_path / "2", make_fs)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs2.run_background)
+            await fs2.readdir(ROOT_INO, 0)
+            assert tree_of(fs2) == lean
+            nursery.cancel_scope.cancel()
+    finally:
+        await bridge.call(other.close)
+        await bridge.call(backend.close)
