@@ -15,7 +15,9 @@ from __future__ import annotations
 import bisect
 import enum
 import errno
+import itertools
 import logging
+import operator
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -341,8 +343,13 @@ class InodeTable:
         key = (directory.next_child_id, len(directory.child_ids))
         listing = directory.listing
         if listing is None or listing.key != key:
-            items = sorted(directory.child_ids.items(), key=lambda kv: kv[1])
-            listing = Listing(key, [cid for _, cid in items], [name for name, _ in items])
+            ids = list(directory.child_ids.values())
+            if all(map(operator.lt, ids, itertools.islice(ids, 1, None))):
+                # In id order already (names attached once each: a first load): no sort.
+                listing = Listing(key, ids, list(directory.child_ids))
+            else:
+                items = sorted(directory.child_ids.items(), key=operator.itemgetter(1))
+                listing = Listing(key, [cid for _, cid in items], [name for name, _ in items])
             directory.listing = listing
         cids = listing.ids
         for i in range(bisect.bisect_right(cids, start_id), len(cids)):

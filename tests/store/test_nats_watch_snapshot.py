@@ -115,7 +115,7 @@ async def test_lean_snapshot_shows_what_the_ordered_consumer_shows(
                 seen = await snapshot_of(lean)
             finally:
                 await lean.aclose()
-            assert used and used[-1] is not None, "the snapshot did not come through the lean reader"
+            assert used and used[-1] is not None, "the lean reader did not read the snapshot"
             assert bulk_in_use(store)
             store.watcher.bulk = None  # now the ordered consumer reads it
             ordered = store.watch(bucket_name, batched=batched)
