@@ -36,6 +36,9 @@ _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 _EPOCH = datetime.datetime(1970, 1, 1)
 _FRACTION_SCALE: tuple[int, ...] = tuple(10 ** (9 - digits) for digits in range(10))
 """Nanoseconds per unit of a fraction of seconds with that many digits."""
+_SECONDS: dict[str, int] = {}
+"""``YYYY-MM-DDTHH:MM:SS`` -> seconds since the epoch (-1: not a valid date), for the fast
+path of ``parse_mtime``: objects written in the same second (a bulk upload) share it."""
 _scan: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
     json.JSONDecoder()  # type: ignore[arg-type]  # typeshed: make_scanner takes a context
 )
@@ -95,12 +98,19 @@ def parse_mtime(text: str | None) -> int | None:
     ):
         frac = text[20:-1]
         if len(frac) <= 9 and frac.isdigit() and text[:4] >= "1970":
-            try:
-                d = datetime.datetime.fromisoformat(text[:19]) - _EPOCH
-            except ValueError:
-                pass
-            else:
-                secs = d.days * 86400 + d.seconds
+            whole = text[:19]
+            secs = _SECONDS.get(whole)
+            if secs is None:
+                try:
+                    d = datetime.datetime.fromisoformat(whole) - _EPOCH
+                except ValueError:
+                    secs = -1
+                else:
+                    secs = d.days * 86400 + d.seconds
+                if len(_SECONDS) >= 4096:
+                    _SECONDS.clear()
+                _SECONDS[whole] = secs
+            if secs >= 0:
                 return secs * 1_000_000_000 + int(frac) * _FRACTION_SCALE[len(frac)]
     m = _RFC3339.match(text)
     if m is None:
