@@ -57,6 +57,10 @@ BUCKET_ADVISORIES = "$JS.EVENT.ADVISORY.STREAM.*.*"
 BUCKET_RESYNC = 30.0
 """Seconds between full bucket listings of the bucket-list watch (advisories are core NATS
 messages: one lost to a slow consumer is caught up here; a reconnect re-lists at once)."""
+BULK_SNAPSHOT_MIN = 1000
+"""Messages (chunks and metas) a bucket's stream must hold for its watch snapshot to be read
+by the lean reader: below, the ordered consumer's one request is quicker (no second consumer,
+no second connection to open)."""
 SNAPSHOT_AHEAD = 8 << 20
 """Bytes of meta messages the lean reader may hold before its flow control stops the server
 (a snapshot of 100,000 objects is some 25 MiB)."""
@@ -175,8 +179,9 @@ class NatsWatcher:
         """Read the last message of every meta subject of ``bucket`` into ``live`` (and
         ``by_nuid``) through the lean reader; the stream sequence of the last message read.
 
-        None: not read this way (no lean reader, an empty bucket, or the lean connection
-        failed meanwhile: ``live`` is left empty), the ordered consumer reads the snapshot.
+        None: not read this way (no lean reader, a stream of fewer than
+        ``BULK_SNAPSHOT_MIN`` messages, an empty bucket, or the lean connection failed
+        meanwhile: ``live`` is left empty), the ordered consumer reads the snapshot.
         NotFound if the bucket does not exist. Why: nats-py's receive path (a ``Msg`` and a
         header dict per message, a task hop per message) took some 4 s of the 6.5 s before
         the first ``ls`` of a 100,000-object bucket; the lean reader parses in place.
@@ -188,10 +193,15 @@ class NatsWatcher:
         """
         if self.bulk is None:
             return None
+        stream = bucket_stream(bucket)
+        # A small bucket's snapshot is quicker through the ordered consumer than a second
+        # consumer (and, the first time, a second connection) would make it.
+        si = await self.js.api(f"STREAM.INFO.{stream}")
+        if int((si.get("state") or {}).get("messages", 0)) < BULK_SNAPSHOT_MIN:
+            return None
         conn = await self.bulk()
         if conn is None:
             return None
-        stream = bucket_stream(bucket)
         push = conn.push_read(limit=SNAPSHOT_AHEAD, stamped=True)
         name: str | None = None
         try:

@@ -123,8 +123,10 @@ async def test_changes_during_the_lean_snapshot_show_and_the_tree_is_the_same(
     live watch's start all show, and the tree is the one the ordered consumer's snapshot
     builds (the path without the lean reader)."""
     from objfs.bridge import Bridge, TrioStore
-    from objfs.store import nats_bulk, nats_js
+    from objfs.store import nats_bulk, nats_js, nats_watch
     from objfs.store.nats_store import connect
+
+    monkeypatch.setattr(nats_watch, "BULK_SNAPSHOT_MIN", 0)  # this small bucket too
 
     bridge = Bridge(asyncio_thread)
 

@@ -1,6 +1,9 @@
 """The watch's snapshot through the lean reader (``NatsWatcher.bulk_snapshot``): the same
 objects as the ordered consumer's snapshot, and no change lost around it (a change made while
-the snapshot is read, or between its end and the start of the live consumer)."""
+the snapshot is read, or between its end and the start of the live consumer).
+
+Buckets here are small: every test lowers ``BULK_SNAPSHOT_MIN`` (the stream size from which
+the lean reader reads the snapshot) to 0."""
 
 from __future__ import annotations
 
@@ -21,6 +24,11 @@ from objfs.store.nats_store import NatsObjectStore, connect
 from objfs.store.wire import encode_info
 
 WAIT = 60.0  # a generous deadline (only a failing test waits it out)
+
+
+@pytest.fixture(autouse=True)
+def lean_for_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nats_watch, "BULK_SNAPSHOT_MIN", 0)
 
 
 async def _next(events: AsyncIterator[WatchEvent]) -> WatchEvent:
@@ -234,6 +242,29 @@ async def test_a_failed_lean_snapshot_is_read_again_by_the_ordered_consumer(
             await store.put(bucket_name, "live", b"y")  # and the live watch follows
             event = await _next(events)
             assert event.kind == "put" and event.info is not None and event.info.name == "live"
+            await store.delete_bucket(bucket_name)
+        finally:
+            if events is not None:
+                await events.aclose()
+            await store.close()
+
+    await run(body)
+
+
+async def test_a_small_bucket_is_read_by_the_ordered_consumer(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nats_watch, "BULK_SNAPSHOT_MIN", 1000)
+
+    async def body() -> None:
+        store = await connect([nats_server.url], timeout=5.0)
+        events = None
+        try:
+            await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
+            await store.put(bucket_name, "a", b"a")
+            events = store.watch(bucket_name, batched=True)
+            assert sorted(await snapshot_of(events)) == ["a"]
+            assert not bulk_in_use(store)  # no lean connection opened for it
             await store.delete_bucket(bucket_name)
         finally:
             if events is not None:
