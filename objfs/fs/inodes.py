@@ -262,8 +262,7 @@ class InodeTable:
             info,
         )
         self._next += 1
-        self._nodes[node.ino] = node
-        self.attach(parent, node)
+        self.attach(parent, node)  # which enters it in the table
         return node
 
     def get(self, ino: int) -> Node:
@@ -282,17 +281,22 @@ class InodeTable:
         return None if ino is None else self._nodes.get(ino)
 
     def attach(self, parent: Node, node: Node) -> None:
-        assert parent.children is not None and parent.child_ids is not None
-        node.parent = parent.ino
+        # Once per object of a snapshot: the properties read once, into locals.
+        children, child_ids = parent.children, parent.child_ids
+        assert children is not None and child_ids is not None
+        ino, name = node._ino, node.name
+        node.parent = parent._ino
         node.attached = True
-        old = parent.children.get(node.name)
-        if old != node.ino:
+        old = children.get(name)
+        if old != ino:
             replaced = self._nodes.get(old) if old is not None else None
-            parent.subdirs += int(node.is_dir) - int(replaced is not None and replaced.is_dir)
-        parent.children[node.name] = node.ino
-        parent.child_ids[node.name] = parent.next_child_id
+            parent.subdirs += int(node.kind is Kind.DIR) - int(
+                replaced is not None and replaced.kind is Kind.DIR
+            )
+        children[name] = ino
+        child_ids[name] = parent.next_child_id
         parent.next_child_id += 1
-        self._nodes[node.ino] = node
+        self._nodes[ino] = node
 
     def detach(self, node: Node) -> None:
         """Take ``node`` (and anything below it) out of the tree; drop unreferenced ones."""
