@@ -404,6 +404,15 @@ _background: set[asyncio.Future[None]] = set()
 """Fire-and-forget requests (consumer deletes), referenced until done."""
 
 
+def _forgotten(task: asyncio.Future[None]) -> None:
+    """Done callback of a fire-and-forget request: its failure (the connection closed just
+    after a watch stopped) is nobody's to report, so it is retrieved here, not logged by
+    asyncio as never retrieved; the inactive threshold removes the consumer anyway."""
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("consumer delete not sent: %s", task.exception())
+
+
 class OrderedConsumer:
     """An ephemeral ordered push consumer: in-order delivery, restarted on any gap.
 
@@ -494,7 +503,7 @@ class OrderedConsumer:
             subject = consumer_delete(self.stream, self.name, self.js.api_prefix)
             task = asyncio.ensure_future(self.js.nc.publish(subject, b""))
             _background.add(task)
-            task.add_done_callback(_background.discard)
+            task.add_done_callback(_forgotten)
         self.name = None
 
     async def next(self, timeout: float, *, hard: bool = False) -> StoredMsg | None:
