@@ -107,12 +107,25 @@ class FuseOperations(pyfuse3.Operations):
     def __init__(self, fs: Filesystem) -> None:
         super().__init__()
         self.fs = fs
+        self.initialized = False
+        """Set by the kernel's INIT (``init``). Before it the kernel caches nothing of this
+        mount, and it answers notifications with ENOSYS, which pyfuse3's notify thread logs
+        as a traceback (an all-buckets mount saw another client delete a bucket while it
+        started): invalidations until then are dropped."""
         fs.invalidator = self._invalidate
+
+    def init(self) -> None:
+        # Called by libfuse's INIT handler, which replies to the kernel as soon as this
+        # returns, before any trio task can queue a notification.
+        self.initialized = True
 
     def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
         return entry_attributes(self.fs.stat(node))
 
     async def _invalidate(self, request: Request) -> None:
+        if not self.initialized:
+            log.debug("invalidation %r before the kernel's INIT: nothing cached, dropped", request)
+            return
         try:
             if isinstance(request, InvalidateEntry):
                 pyfuse3.invalidate_entry_async(

@@ -163,3 +163,24 @@ async def test_own_renames_survive_the_watch(store, bucket_name, make_fs):
     assert sorted(n.name for _, n in await fs.readdir(e.ino, 0)) == [f"x{i}" for i in range(5)]
     assert sorted(n.name for _, n in await fs.readdir(ROOT_INO, 0)) == ["e", "g", "marker"]
     assert fs.table.child(fs.root, "g").info.name == "g"
+
+
+async def test_adapter_drops_invalidations_before_the_kernels_init(
+    mem, bucket_name, make_fs, monkeypatch
+):
+    """Before INIT the kernel caches nothing and answers a notification with ENOSYS (which
+    pyfuse3's notify thread logged as a traceback): nothing is sent until ``init``."""
+    import pyfuse3
+
+    from objfs.fs import FuseOperations
+
+    sent = []
+    monkeypatch.setattr(pyfuse3, "invalidate_entry_async", lambda *a, **kw: sent.append(a))
+    fs = await make_fs(mem, bucket_name)
+    ops = FuseOperations(fs)
+    request = InvalidateEntry(ROOT_INO, "gone", deleted=0)
+    await fs.invalidator(request)
+    assert sent == []
+    ops.init()
+    await fs.invalidator(request)
+    assert sent == [(ROOT_INO, b"gone", 0)]
