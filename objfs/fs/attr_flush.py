@@ -73,17 +73,22 @@ class DeferredAttrs:
         limit = trio.Semaphore(PARALLEL)
 
         async def one(node: Node) -> None:
+            taken = False
             try:
                 async with limit:
                     # Taken from the queue and locked (``_store``) with no await between.
-                    if self._queued.pop(node.ino, None) is not None:
+                    taken = self._queued.pop(node.ino, None) is not None
+                    if taken:
                         await self._store(node, quiet=True)
-            finally:
+            except BaseException:
                 # Cancelled (unmount) before its turn came: back to pending for settle_all,
-                # or its attributes would be lost.
-                queued = self._queued.pop(node.ino, None)
-                if queued is not None:
-                    self._pending.setdefault(node.ino, queued)
+                # or its attributes would be lost. Only then: a file this task stored may
+                # have been queued again by a later batch, and that entry is the later one's.
+                if not taken:
+                    queued = self._queued.pop(node.ino, None)
+                    if queued is not None:
+                        self._pending.setdefault(node.ino, queued)
+                raise
 
         async with trio.open_nursery() as nursery:
             for node in batch:
