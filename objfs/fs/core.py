@@ -22,6 +22,7 @@ has the graph of who holds whom and the concurrency contract.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -35,6 +36,7 @@ from objfs.fs.attributes import Attributes
 from objfs.fs.bucket_watch import BucketListWatch
 from objfs.fs.chunk_cache import ChunkCache
 from objfs.fs.coherence import Coherence
+from objfs.fs.errors import FsError
 from objfs.fs.files import Failure, Files
 from objfs.fs.guard import WriteGuard
 from objfs.fs.handles import Handle, HandleTable
@@ -43,6 +45,7 @@ from objfs.fs.invalidation import InvalidationQueue, Invalidator
 from objfs.fs.links import Links
 from objfs.fs.names import Names
 from objfs.fs.naming import display_path
+from objfs.fs.permissions import may_open
 from objfs.fs.posix_attrs import Attrs, Defaults
 from objfs.fs.special import Special
 from objfs.fs.stats import Stats
@@ -312,6 +315,17 @@ class Filesystem:
         self, parent_ino: int, name: str, mode: int, flags: int, caller: Caller
     ) -> tuple[Handle, Node]:
         self.guard.entry(parent_ino, name)
+        parent = self.table.find(parent_ino)
+        existing = self.table.child(parent, name) if parent is not None else None
+        if existing is not None and existing.kind is Kind.FILE and not flags & os.O_EXCL:
+            # Made meanwhile (another client's, shown by the watch after the kernel's lookup
+            # found nothing): open(2) without O_EXCL opens it, it never answers EEXIST.
+            a = existing.attrs
+            if not may_open(a.mode, a.uid, a.gid, caller, flags):
+                raise FsError(errno.EACCES)
+            handle, _ = await self.open(existing.ino, flags & ~os.O_CREAT, caller)
+            self.table.ref(existing)  # the kernel counts a create's entry as a lookup
+            return handle, existing
         return await self.files.create(parent_ino, name, mode, flags, caller)
 
     async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, caller: Caller) -> Node:

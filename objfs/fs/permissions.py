@@ -18,6 +18,7 @@ gone (the caller exited) only the fsgid counts: the bit is cleared rather than k
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -62,3 +63,26 @@ def new_owner(
     if file_type != stat.S_IFDIR and perm & sgid_exec == sgid_exec and not in_group(caller, gid):
         perm &= ~stat.S_ISGID
     return gid, perm
+
+
+def may_open(mode: int, uid: int, gid: int, caller: Caller, flags: int) -> bool:
+    """Whether ``caller`` may open a file of ``mode``/``uid``/``gid`` with ``flags``.
+
+    The kernel checks this itself on open(2), but not when it sends a create: a create that
+    finds the file made meanwhile (another client's, seen after the kernel's lookup) and
+    opens it must check what open(2) would have."""
+    if caller.uid == 0:
+        return True
+    if caller.uid == uid:
+        bits = mode >> 6
+    elif in_group(caller, gid):
+        bits = mode >> 3
+    else:
+        bits = mode
+    access = flags & os.O_ACCMODE
+    want = 0
+    if access in (os.O_RDONLY, os.O_RDWR):
+        want |= 4
+    if access in (os.O_WRONLY, os.O_RDWR) or flags & os.O_TRUNC:
+        want |= 2
+    return bits & want == want

@@ -67,3 +67,31 @@ async def test_o_excl_of_a_name_another_client_holds_is_eexist(
     assert e.value.errno == errno.EEXIST
     assert await stored(store, bucket_name, "taken") == b"theirs"
     assert fs.table.child(fs.root, "taken") is None
+
+
+async def test_a_create_that_finds_the_file_made_meanwhile_opens_it(store, bucket_name, make_fs):
+    """The kernel sends a create after its lookup found nothing; if the watch showed another
+    client's file in between, open(O_CREAT) without O_EXCL opens that file (with O_TRUNC,
+    empties it), as open(2) does: it gave EEXIST (two mounts writing one name, under load).
+    O_EXCL still gives EEXIST, and a file the caller may not write is EACCES."""
+    fs = await make_fs(store, bucket_name)
+    handle, node = await fs.create(ROOT_INO, "f", 0o644, os.O_WRONLY | os.O_CREAT, CALLER)
+    await fs.write(handle.fh, 0, b"first")
+    await fs.flush(handle.fh)
+    await fs.release(handle.fh)
+    lookups = node.lookups
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    again, same = await fs.create(ROOT_INO, "f", 0o644, flags, CALLER)
+    assert same is node and node.lookups == lookups + 1
+    await fs.write(again.fh, 0, b"second")
+    await fs.flush(again.fh)
+    await fs.release(again.fh)
+    assert await stored(store, bucket_name, "f") == b"second"
+    with pytest.raises(FsError) as e:
+        await fs.create(ROOT_INO, "f", 0o644, flags | os.O_EXCL, CALLER)
+    assert e.value.errno == errno.EEXIST
+    stranger = type(CALLER)(uid=CALLER.uid + 1000, gid=CALLER.gid + 1000)
+    with pytest.raises(FsError) as e:
+        await fs.create(ROOT_INO, "f", 0o644, os.O_WRONLY | os.O_CREAT, stranger)
+    assert e.value.errno == errno.EACCES
+    assert await stored(store, bucket_name, "f") == b"second"
