@@ -196,7 +196,13 @@ class NatsWatcher:
         stream = bucket_stream(bucket)
         # A small bucket's snapshot is quicker through the ordered consumer than a second
         # consumer (and, the first time, a second connection) would make it.
-        si = await self.js.api(f"STREAM.INFO.{stream}")
+        try:
+            si = await self.js.api(f"STREAM.INFO.{stream}")
+        except errors.NotFound:
+            raise
+        except errors.StoreError as e:  # e.g. a user not allowed STREAM.INFO: as before
+            log.info("watch %s: no lean snapshot (%s)", bucket, e)
+            return None
         if int((si.get("state") or {}).get("messages", 0)) < BULK_SNAPSHOT_MIN:
             return None
         conn = await self.bulk()
@@ -212,7 +218,13 @@ class NatsWatcher:
                 heartbeat=max(1.0, self.js.timeout),
                 inactive_threshold=max(30.0, 3 * self.js.timeout),
             )
-            resp = await self.js.api(*consumer_create(stream, config))
+            try:
+                resp = await self.js.api(*consumer_create(stream, config))
+            except errors.NotFound:
+                raise
+            except errors.StoreError as e:  # e.g. the account's consumer limit: as before
+                log.info("watch %s: no lean snapshot (%s)", bucket, e)
+                return None
             name = resp.get("name")
             if int(resp.get("num_pending", 0)) == 0:
                 return None  # nothing to read: the ordered consumer's start is as quick

@@ -251,6 +251,43 @@ async def test_a_failed_lean_snapshot_is_read_again_by_the_ordered_consumer(
     await run(body)
 
 
+async def test_a_refused_lean_consumer_falls_back_to_the_ordered_consumer(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str
+) -> None:
+    """The lean snapshot's own requests (STREAM.INFO, its consumer) refused by the server,
+    as an account's consumer limit or permissions would: the watch reads the snapshot as
+    before instead of failing."""
+
+    async def body() -> None:
+        store = await connect([nats_server.url], timeout=5.0)
+        events = None
+        api = store.js.api
+        refused = []
+
+        async def refusing(subject: str, *args: Any, **kwargs: Any) -> Any:
+            if subject.startswith("CONSUMER.CREATE") and not refused:
+                refused.append(subject)
+                raise errors.StoreError("maximum consumers limit reached (test)")
+            return await api(subject, *args, **kwargs)
+
+        try:
+            await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
+            for i in range(5):
+                await store.put(bucket_name, f"f{i}", b"x")
+            store.js.api = refusing  # type: ignore[method-assign]
+            events = store.watch(bucket_name, batched=True)
+            seen = await snapshot_of(events)
+            assert refused
+            assert _summary(seen) == _summary(await current(store, bucket_name))
+            await store.delete_bucket(bucket_name)
+        finally:
+            if events is not None:
+                await events.aclose()
+            await store.close()
+
+    await run(body)
+
+
 async def test_a_small_bucket_is_read_by_the_ordered_consumer(
     run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
