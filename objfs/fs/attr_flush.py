@@ -81,10 +81,14 @@ class DeferredAttrs:
                     if taken:
                         await self._store(node, quiet=True)
             except BaseException:
-                # Cancelled (unmount) before its turn came: back to pending for settle_all,
-                # or its attributes would be lost. Only then: a file this task stored may
-                # have been queued again by a later batch, and that entry is the later one's.
-                if not taken:
+                # Cancelled (unmount): back to pending for settle_all, or its attributes
+                # would be lost. Taken: the cancel may have come at ``_store``'s lock,
+                # before the store began (a chmod lost across a remount, in a loaded run).
+                # Not taken: its queued entry, still there, goes back (only on a cancel: a
+                # file stored may have been queued again by a later batch, the later one's).
+                if taken:
+                    self._pending.setdefault(node.ino, node)
+                else:
                     queued = self._queued.pop(node.ino, None)
                     if queued is not None:
                         self._pending.setdefault(node.ino, queued)
