@@ -413,6 +413,14 @@ def _forgotten(task: asyncio.Future[None]) -> None:
         log.debug("consumer delete not sent: %s", task.exception())
 
 
+async def delete_consumer_quietly(js: JetStream, stream: str, name: str | None) -> None:
+    """Delete an ephemeral push consumer, fire and forget: its inactive threshold removes it
+    anyway if this is lost (a lean reader's, when its read ends however it ended)."""
+    if name and not js.nc.is_closed:
+        with contextlib.suppress(Exception):
+            await js.nc.publish(consumer_delete(stream, name, js.api_prefix), b"")
+
+
 class OrderedConsumer:
     """An ephemeral ordered push consumer: in-order delivery, restarted on any gap.
 

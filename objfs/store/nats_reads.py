@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -39,8 +38,14 @@ from objfs.options import ConnectOptions
 from objfs.store import errors
 from objfs.store.api import ChunkLayout, ObjectInfo
 from objfs.store.nats_bulk import BulkConnection, HashChain, Unsupported
-from objfs.store.nats_js import BatchGetter, JetStream, StoredMsg, consume_snapshot
-from objfs.store.nats_protocol import consumer_create, consumer_delete, push_consumer_config
+from objfs.store.nats_js import (
+    BatchGetter,
+    JetStream,
+    StoredMsg,
+    consume_snapshot,
+    delete_consumer_quietly,
+)
+from objfs.store.nats_protocol import consumer_create, push_consumer_config
 from objfs.store.nats_retry import Patience
 from objfs.store.nats_sources import BulkSource, ChunkSource, NatsPySource, PendingChunks
 from objfs.store.nats_subjects import bucket_stream, chunk_subject
@@ -378,10 +383,7 @@ class NatsReader:
                 yield got
         finally:
             push.close()
-            if name and not self.nc.is_closed:
-                # Fire and forget: the inactive threshold removes it anyway if this is lost.
-                with contextlib.suppress(Exception):
-                    await self.nc.publish(consumer_delete(stream, name, self.js.api_prefix), b"")
+            await delete_consumer_quietly(self.js, stream, name)
 
     async def read_chunks(self, layout: ChunkLayout, first: int, count: int) -> list[bytes]:
         count = min(count, layout.chunks - first)

@@ -41,8 +41,8 @@ from objfs.store.api import (
 from objfs.store.deadline import within
 from objfs.store.names import check_bucket
 from objfs.store.nats_bulk import BulkConnection
-from objfs.store.nats_js import JetStream, OrderedConsumer, mapped
-from objfs.store.nats_protocol import consumer_create, consumer_delete, push_consumer_config
+from objfs.store.nats_js import JetStream, OrderedConsumer, delete_consumer_quietly, mapped
+from objfs.store.nats_protocol import consumer_create, push_consumer_config
 from objfs.store.nats_subjects import bucket_of_stream, bucket_stream, meta_filter
 from objfs.store.wire import decode_info, decode_stored
 
@@ -256,10 +256,7 @@ class NatsWatcher:
                     return last
         finally:
             push.close()
-            if name and not self.nc.is_closed:
-                # Fire and forget: the inactive threshold removes it anyway if this is lost.
-                with contextlib.suppress(Exception):
-                    await self.nc.publish(consumer_delete(stream, name, self.js.api_prefix), b"")
+            await delete_consumer_quietly(self.js, stream, name)
 
     async def _bucket_states(self) -> dict[str, bool]:
         """Every object store bucket and whether it is sealed (configs only, no object

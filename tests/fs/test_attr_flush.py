@@ -107,6 +107,18 @@ async def test_a_store_cut_short_by_unmount_is_done_at_unmount(mem, bucket_name,
     assert (await mem.info(bucket_name, "f")).headers["Objfs-Mode"] == ["604"]
 
 
+async def _second_waits_its_turn(fs, mem):
+    """Files a (mode 604) and b (640) changed; with PARALLEL 1 and a slow store, a's update
+    runs while b waits for its turn in the same batch. Returns b."""
+    a = await write_file(fs, "a", b"a")
+    b = await write_file(fs, "b", b"b")
+    mem.store.delay = 0.5
+    await fs.setattr(a.ino, SetAttr(mode=0o604), None, CALLER)
+    await fs.setattr(b.ino, SetAttr(mode=0o640), None, CALLER)
+    await wait_for(lambda: mem.store.calls["update_meta"] == 1, "the first update")
+    return b
+
+
 async def test_a_file_waiting_its_turn_at_unmount_is_stored_at_unmount(
     mem, bucket_name, make_fs, monkeypatch
 ):
@@ -116,12 +128,7 @@ async def test_a_file_waiting_its_turn_at_unmount_is_stored_at_unmount(
     monkeypatch.setattr(attr_flush, "PARALLEL", 1)
     fs = await make_fs(mem, bucket_name)
     async with _background(fs):
-        a = await write_file(fs, "a", b"a")
-        b = await write_file(fs, "b", b"b")
-        mem.store.delay = 0.5  # the first update runs while the second waits for its turn
-        await fs.setattr(a.ino, SetAttr(mode=0o604), None, CALLER)
-        await fs.setattr(b.ino, SetAttr(mode=0o640), None, CALLER)
-        await wait_for(lambda: mem.store.calls["update_meta"] == 1, "the first update")
+        await _second_waits_its_turn(fs, mem)
     mem.store.delay = 0.0
     assert await fs.shutdown() == []
     assert (await mem.info(bucket_name, "a")).headers["Objfs-Mode"] == ["604"]
@@ -138,12 +145,7 @@ async def test_fsync_of_a_file_waiting_its_turn_in_a_batch_stores_it_first(
     monkeypatch.setattr(attr_flush, "PARALLEL", 1)
     fs = await make_fs(mem, bucket_name)
     async with _background(fs):
-        a = await write_file(fs, "a", b"a")
-        b = await write_file(fs, "b", b"b")
-        mem.store.delay = 0.5  # the first update runs while the second waits for its turn
-        await fs.setattr(a.ino, SetAttr(mode=0o604), None, CALLER)
-        await fs.setattr(b.ino, SetAttr(mode=0o640), None, CALLER)
-        await wait_for(lambda: mem.store.calls["update_meta"] == 1, "the first update")
+        b = await _second_waits_its_turn(fs, mem)
         handle, _ = await fs.open(b.ino, os.O_RDONLY)
         await fs.fsync(handle.fh)
         assert (await mem.info(bucket_name, "b")).headers["Objfs-Mode"] == ["640"]

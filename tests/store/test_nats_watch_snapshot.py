@@ -252,7 +252,7 @@ async def test_a_failed_lean_snapshot_is_read_again_by_the_ordered_consumer(
 
 
 async def test_a_refused_lean_consumer_falls_back_to_the_ordered_consumer(
-    run: Run[None], nats_server: EmbeddedServer, bucket_name: str
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The lean snapshot's own requests (STREAM.INFO, its consumer) refused by the server,
     as an account's consumer limit or permissions would: the watch reads the snapshot as
@@ -274,7 +274,7 @@ async def test_a_refused_lean_consumer_falls_back_to_the_ordered_consumer(
             await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
             for i in range(5):
                 await store.put(bucket_name, f"f{i}", b"x")
-            store.js.api = refusing  # type: ignore[method-assign]
+            monkeypatch.setattr(store.js, "api", refusing)
             events = store.watch(bucket_name, batched=True)
             seen = await snapshot_of(events)
             assert refused
