@@ -409,6 +409,7 @@ async def _start_embedded_server(options: MountOptions, stack: contextlib.AsyncE
     # nats-server start-up is a blocking wait for its port, done in a thread; it is not
     # abandoned on cancel, so the server is either fully started or not at all.
     await trio.to_thread.run_sync(srv.start)
+    options.server_store = srv.store_dir
     log.info("embedded nats-server at %s (log: %s)", srv.url, srv.log_path)
     return srv.url
 

@@ -139,6 +139,9 @@ class MountOptions:
     spool_dir: Path | None = None
     """Where write spool files live; None: a private directory under the system temp dir."""
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    server_store: Path | None = None
+    """The embedded server's JetStream store directory, set by the mount when it started one:
+    df reports that disk's free space when the account has no limit."""
     max_name_bytes: int = MAX_NAME_BYTES
     """Longest object name (a path inside the bucket); the mount sets it from the server
     it reached (``store.names.safe_name_limit``)."""

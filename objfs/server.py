@@ -110,6 +110,11 @@ class EmbeddedServer:
         return f"nats://{self.host}:{self.port}"
 
     @property
+    def store_dir(self) -> Path:
+        """JetStream's store (streams and their messages)."""
+        return self.data_dir / "jetstream"
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir / "nats-server.log"
 
@@ -152,7 +157,7 @@ class EmbeddedServer:
         raise ServerError(last_error)
 
     def _config(self, port: int) -> str:
-        store = self.data_dir / "jetstream"
+        store = self.store_dir
         lines = [
             f'listen: "{self.host}:{port}"',
             f'jetstream {{ store_dir: "{store}" }}',

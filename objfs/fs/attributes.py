@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import stat
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from objfs.bridge import TrioStore
 from objfs.fs.attr_flush import DeferredAttrs
@@ -37,8 +39,9 @@ from objfs.store.errors import StoreError
 log = logging.getLogger(__name__)
 
 UNLIMITED_BYTES = 1 << 50
-"""Free space statfs reports when neither the buckets nor the account have a limit (1 PiB:
-"plenty"; a server's own max_file_store is not told to its clients)."""
+"""Free space statfs reports when neither the buckets nor the account have a limit and the
+server is not objfs's own (1 PiB: "plenty"; a remote server's max_file_store is not told to
+its clients)."""
 UNLIMITED_FILES = 1 << 32
 
 
@@ -162,7 +165,7 @@ class Attributes:
             except StoreError as e:  # e.g. a user allowed the streams but not $JS.API.INFO
                 log.debug("account info: %s", e)
                 account = AccountUsage(used, None)
-            total = account_total(used, account)
+            total = account_total(used, account, self.options.server_store)
         bsize = self.options.chunk_size
         free = max(0, total - used) // bsize
         files = sum(s.objects for s in statuses)
@@ -179,10 +182,19 @@ class Attributes:
         )
 
 
-def account_total(used: int, account: AccountUsage) -> int:
+def account_total(used: int, account: AccountUsage, server_store: Path | None = None) -> int:
     """The size df shows for buckets without limits: what the account may still store (its
-    limit less what its other streams use) on top of ``used``; with no account limit,
-    ``UNLIMITED_BYTES`` more (the server's own limit is not told to its clients)."""
-    if account.limit is None:
-        return used + UNLIMITED_BYTES
-    return used + max(0, account.limit - account.used)
+    limit less what its other streams use) on top of ``used``. With no account limit, the
+    free space of the disk under ``server_store`` (the embedded server's JetStream store,
+    whose disk is what runs out) or, for a remote server, ``UNLIMITED_BYTES`` more (its own
+    limit is not told to its clients)."""
+    if account.limit is not None:
+        return used + max(0, account.limit - account.used)
+    if server_store is not None:
+        try:
+            disk = os.statvfs(server_store)
+        except OSError as e:  # removed under a running server: say "unknown", as remote
+            log.debug("statvfs %s: %s", server_store, e)
+        else:
+            return used + disk.f_bavail * disk.f_frsize
+    return used + UNLIMITED_BYTES

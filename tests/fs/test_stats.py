@@ -135,3 +135,25 @@ async def test_df_takes_the_account_limit(mem, bucket_name, make_fs):
     # df still answers, as if no limit were known.
     mem.store.fail_next("account_usage", Unavailable("$JS.API.INFO: no answer"))
     assert (await fs.statfs()).blocks * CHUNK > UNLIMITED_BYTES
+
+
+async def test_df_of_the_embedded_server_is_its_disk(mem, bucket_name, make_fs, tmp_path, monkeypatch):
+    """No account limit, and the server is the mount's own: df is the free space of the disk
+    under its JetStream store on top of what the buckets use."""
+    fs = await make_fs(mem, bucket_name, server_store=tmp_path)
+    await write_file(fs, "f", b"x" * 10_000)
+    used = (await mem.bucket_status(bucket_name)).size
+    real_statvfs = os.statvfs
+    seen: list[str] = []
+
+    def statvfs(path: Any) -> Any:
+        seen.append(str(path))
+        r = real_statvfs(path)
+        return os.statvfs_result((*r[:4], 1000, *r[5:]))  # f_bavail: 1000 blocks
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    st = await fs.statfs()
+    assert seen == [str(tmp_path)]
+    free = 1000 * real_statvfs(tmp_path).f_frsize
+    assert st.blocks == (used + free) // st.frsize
+    assert st.bavail == free // st.frsize

@@ -75,6 +75,9 @@ def test_embedded_server_is_started_and_stopped(tmp_path: Path) -> None:
         m.start()
         assert pids_mentioning(str(data_dir / "nats-server.conf")), "no embedded nats-server"
         (m.mountpoint / "f").write_bytes(b"embedded")
+        # df of a mount on its own server: that server's disk, not "unlimited".
+        df, disk = os.statvfs(m.mountpoint), os.statvfs(data_dir)
+        assert 0 < df.f_blocks * df.f_frsize <= disk.f_blocks * disk.f_frsize
         m.remount()
         assert (m.mountpoint / "f").read_bytes() == b"embedded"
     finally:
