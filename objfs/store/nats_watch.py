@@ -53,7 +53,9 @@ WATCH_HEARTBEAT = 2.0
 """Seconds between the server's idle heartbeats to a watch; three missed ones mean the
 consumer is gone (see ``watch``)."""
 BUCKET_ADVISORIES = "$JS.EVENT.ADVISORY.STREAM.*.*"
-"""Stream CREATED/UPDATED/DELETED advisories: how the bucket-list watch hears of changes."""
+"""Stream CREATED/UPDATED/DELETED advisories: how the bucket-list watch hears of changes.
+Not under the API prefix: a domain or an imported API does not rename events (they reach an
+importing account only if exported to it; ``BUCKET_RESYNC`` covers the others)."""
 BUCKET_RESYNC = 30.0
 """Seconds between full bucket listings of the bucket-list watch (advisories are core NATS
 messages: one lost to a slow consumer is caught up here; a reconnect re-lists at once)."""
