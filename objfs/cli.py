@@ -188,7 +188,11 @@ def _add_connection_options(p: argparse.ArgumentParser) -> argparse._ArgumentGro
     conn.add_argument(
         "--password-file", metavar="FILE", help="read the password for --user from FILE"
     )
-    conn.add_argument("--token", help="NATS authentication token")
+    conn.add_argument(
+        "--token",
+        help="NATS authentication token (visible in the process list: prefer --token-file)",
+    )
+    conn.add_argument("--token-file", metavar="FILE", help="read the NATS token from FILE")
     conn.add_argument("--creds", metavar="FILE", help="NATS credentials file (JWT and NKey seed)")
     conn.add_argument("--nkey", metavar="FILE", help="NATS nkey user seed file (SU...)")
     conn.add_argument("--tls-ca", metavar="FILE", help="CA certificate to verify the server")
@@ -234,7 +238,8 @@ def connect_options(args: argparse.Namespace, data_dir: Path | None = None) -> C
     flags = {
         name: getattr(args, name)
         for name in (
-            "context", "user", "password", "password_file", "token", "creds", "nkey",
+            "context", "user", "password", "password_file", "token", "token_file", "creds",
+            "nkey",
             "tls_ca", "tls_cert", "tls_key", "tls_first", "js_domain", "js_api_prefix",
             "inbox_prefix", "timeout",
         )

@@ -178,7 +178,11 @@ def resolve(
     password_file = flags.pop("password_file", None)
     if password_file is not None:
         password_file = str(Path(str(password_file)).expanduser().absolute())
-        flags["password"] = _read_password(password_file)
+        flags["password"] = _read_secret("--password-file", password_file)
+    token_file = flags.pop("token_file", None)
+    if token_file is not None:
+        token_file = str(Path(str(token_file)).expanduser().absolute())
+        flags["token"] = _read_secret("--token-file", token_file)
     context = flags.pop("context", None) or environ.get("NATS_CONTEXT") or None
     layers: list[tuple[str, dict[str, Any]]] = [("environment", _environment(environ))]
     if context:
@@ -223,6 +227,8 @@ def resolve(
         options.data_dir = data_dir
     if password_file is not None and sources.get("password") == "--password":
         sources["password"] = f"--password-file {password_file}"
+    if token_file is not None and sources.get("token") == "--token":
+        sources["token"] = f"--token-file {token_file}"
     options.sources.update(sources)
     return options
 
@@ -235,12 +241,13 @@ def _source(where: str, option: str) -> str:
     return where
 
 
-def _read_password(path: str) -> str:
+def _read_secret(flag: str, path: str) -> str:
+    """A password or token file's text without its line end."""
     try:
         with open(Path(path).expanduser(), encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
-        raise SettingsError(f"--password-file {path}: {e.strerror or e}") from None
+        raise SettingsError(f"{flag} {path}: {e.strerror or e}") from None
     return text.rstrip("\r\n")
 
 
@@ -250,11 +257,12 @@ def check_files(options: ConnectOptions) -> list[str]:
     from objfs.store.nats_auth import CredentialsError, read_creds, read_seed
 
     warnings = []
-    source = options.sources.get("password", "")
-    if source.startswith("--password-file "):
-        warning = _readable_by_others(source.partition(" ")[2])
-        if warning:
-            warnings.append(f"--password-file {warning}")
+    for option in ("password", "token"):
+        flag, _, path = options.sources.get(option, "").partition(" ")
+        if flag == f"--{option}-file":
+            warning = _readable_by_others(path)
+            if warning:
+                warnings.append(f"{flag} {warning}")
     for option in PATHS:
         path = getattr(options, option)
         if path is None:

@@ -7,7 +7,8 @@ OPTIONS is a comma list in which
 - ``NAME=VALUE`` and ``NAME`` are ``objfs mount --NAME VALUE`` and ``--NAME`` for any of its
   options (``_`` and ``-`` alike): ``server=nats://a:4222,creds=/etc/objfs/a.creds``;
   several servers are ``server=`` repeated;
-- ``ro`` is ``--read-only`` and ``allow_other`` is ``--allow-other``;
+- ``ro`` is ``--read-only``, ``allow_other`` is ``--allow-other`` and ``nats_user=`` is
+  ``--user`` (``user`` is mount(8)'s option letting users mount);
 - the options mount(8) and systemd read themselves (``defaults``, ``auto``, ``noauto``,
   ``user``, ``users``, ``nouser``, ``owner``, ``group``, ``_netdev``, ``nofail``, ``rw``,
   ``comment=…``, ``x-…``) are dropped;
@@ -17,6 +18,11 @@ The options are looked up in ``objfs mount``'s own parser, so every option it ha
 without a table to keep in step; an unknown one is an error naming it (exit 1, mount's
 convention for a bad call). The helper then runs ``objfs mount --daemon``, which returns once
 the mount answers, as mount(8) and systemd's mount units expect.
+
+``password=`` and ``token=`` do not become arguments, which anyone can read in the process
+list for as long as the mount runs: the helper writes each into a pipe that the mount reads
+as ``--password-file /dev/fd/N`` (``--token-file``) at start. (An fstab that holds a secret
+is itself readable by every user: ``password_file=`` or ``creds=`` keep it out of fstab.)
 """
 
 from __future__ import annotations
@@ -38,9 +44,13 @@ KERNEL_FLAGS = frozenset(
 )
 """Generic mount flags, passed to libfuse (which sets them on the kernel mount)."""
 
-ALIASES = {"ro": "read-only", "allow_other": "allow-other"}
+ALIASES = {"ro": "read-only", "allow_other": "allow-other", "nats_user": "user"}
+"""Option names that differ from objfs mount's flags (``user`` is mount(8)'s own)."""
 
 ALL_BUCKETS = "-"
+
+SECRETS = {"password": "password-file", "token": "token-file"}
+"""Options whose value is a secret, and the file option the mount reads it from instead."""
 
 
 class HelperError(Exception):
@@ -64,9 +74,10 @@ def _mount_actions() -> dict[str, argparse.Action]:
     raise AssertionError("objfs has no mount command")
 
 
-def translate(argv: Sequence[str]) -> tuple[list[str], bool]:
-    """The ``objfs mount`` arguments for a helper call's ``argv`` (without the program), and
-    whether mount(8) asked for a fake run (``-f``: say what would run, run nothing)."""
+def translate(argv: Sequence[str]) -> tuple[list[str], bool, dict[str, str]]:
+    """The ``objfs mount`` arguments for a helper call's ``argv`` (without the program),
+    whether mount(8) asked for a fake run (``-f``: say what would run, run nothing), and the
+    secrets to hand over by pipe (``SECRETS``: file option -> value)."""
     positional: list[str] = []
     options: list[str] = []
     verbose = fake = False
@@ -98,6 +109,7 @@ def translate(argv: Sequence[str]) -> tuple[list[str], bool]:
     actions = _mount_actions()
     out = ["mount", "--daemon"]
     fuse: list[str] = []
+    secrets: dict[str, str] = {}
     if source != ALL_BUCKETS:
         out += ["--bucket", source]
     for option in options:
@@ -108,6 +120,9 @@ def translate(argv: Sequence[str]) -> tuple[list[str], bool]:
             fuse.append(name)
             continue
         key = ALIASES.get(name, name.replace("_", "-"))
+        if key in SECRETS and eq:
+            secrets[SECRETS[key]] = value
+            continue
         action = actions.get(key)
         if action is None:
             raise HelperError(f"unknown option {name!r} (see objfs mount --help)")
@@ -124,15 +139,28 @@ def translate(argv: Sequence[str]) -> tuple[list[str], bool]:
     if verbose:
         out.append("-v")
     out.append(mountpoint)
-    return out, fake
+    return out, fake, secrets
+
+
+def _pipe(secret: str) -> int:
+    """A pipe's read end (inherited across exec) holding ``secret``."""
+    read, write = os.pipe()
+    with os.fdopen(write, "w", encoding="utf-8") as f:  # far below a pipe's buffer
+        f.write(secret)
+    os.set_inheritable(read, True)
+    return read
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args, fake = translate(sys.argv[1:] if argv is None else argv)
+        args, fake, secrets = translate(sys.argv[1:] if argv is None else argv)
     except HelperError as e:
         print(f"mount.fuse.objfs: {e}", file=sys.stderr)
         return 1
+    mountpoint = args.pop()
+    for option, secret in secrets.items():
+        args += [f"--{option}", "<pipe>" if fake else f"/dev/fd/{_pipe(secret)}"]
+    args.append(mountpoint)
     if fake:
         print(" ".join(["objfs", *args]))
         return 0

@@ -125,6 +125,21 @@ def test_password_file(tmp_path: Path) -> None:
         resolve({"user": "u", "password_file": str(tmp_path / "missing")}, {})
 
 
+def test_token_file(tmp_path: Path) -> None:
+    f = tmp_path / "tok"
+    f.write_text("t0ken\n")
+    f.chmod(0o600)
+    o = resolve({"token_file": str(f)}, {"NATS_USER": "env-user"})
+    assert (o.token, o.user) == ("t0ken", None)  # a flag's token wins over the environment
+    assert o.sources["token"] == f"--token-file {f}"
+    assert check_files(o) == []
+    f.chmod(0o640)
+    [warning] = check_files(o)
+    assert warning.startswith(f"--token-file {f} holds a secret")
+    with pytest.raises(SettingsError, match=r"--token-file .*No such file"):
+        resolve({"token_file": str(tmp_path / "missing")}, {})
+
+
 def test_secret_files_checked_and_named_by_their_source(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as e:
         check_files(resolve({}, {"NATS_CREDS": str(tmp_path / "gone.creds")}))

@@ -137,7 +137,9 @@ async def test_df_takes_the_account_limit(mem, bucket_name, make_fs):
     assert (await fs.statfs()).blocks * CHUNK > UNLIMITED_BYTES
 
 
-async def test_df_of_the_embedded_server_is_its_disk(mem, bucket_name, make_fs, tmp_path, monkeypatch):
+async def test_df_of_the_embedded_server_is_its_disk(
+    mem, bucket_name, make_fs, tmp_path, monkeypatch
+):
     """No account limit, and the server is the mount's own: df is the free space of the disk
     under its JetStream store on top of what the buckets use."""
     fs = await make_fs(mem, bucket_name, server_store=tmp_path)

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -147,6 +148,41 @@ async def test_mount_t_fuse_objfs(
     assert await _read_object(
         asyncio_thread, nats_server.url, bucket_name, "a.bin"
     ) == b"x" * 300_000
+    await trio.to_thread.run_sync(_umount, mountpoint)
+
+
+async def test_fstab_password_stays_out_of_the_process_list(
+    helper: Path,
+    mountpoint: Path,
+    server_with: Any,
+    asyncio_thread: AsyncioThread,
+    bucket_name: str,
+) -> None:
+    """``password=`` in the options reaches the mount by pipe: it works, and no process shows
+    it in its arguments."""
+    secret = "fstab-s3cret-pw"
+    srv = server_with(f'authorization {{ user: "ops", password: "{secret}" }}')
+    cmd = ["mount", "-t", "fuse.objfs", bucket_name, str(mountpoint), "-o",
+           f"server={srv.url},create,nats_user=ops,password={secret}"]
+    r = await trio.to_thread.run_sync(
+        lambda: subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    )
+    assert r.returncode == 0, r.stderr
+    (pid,) = _daemons(mountpoint)
+    assert secret.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    (mountpoint / "p.txt").write_bytes(b"authenticated")
+
+    async def get() -> bytes:
+        nc = await nats.connect(srv.url, user="ops", password=secret, max_reconnect_attempts=0)
+        try:
+            obs = await nc.jetstream().object_store(bucket_name)
+            result = await obs.get("p.txt")
+            assert result.data is not None
+            return bytes(result.data)
+        finally:
+            await nc.close()
+
+    assert await Bridge(asyncio_thread).call(get) == b"authenticated"
     await trio.to_thread.run_sync(_umount, mountpoint)
 
 
