@@ -168,6 +168,7 @@ class PushRead:
         "buffered",
         "chain",
         "datas",
+        "delivered",
         "ended",
         "error",
         "first",
@@ -208,6 +209,9 @@ class PushRead:
         self.buffered = 0
         self.held: list[bytes] = []
         self.ended = False  # the server said nothing more is pending
+        self.delivered = 0
+        """The consumer sequence of the last delivery: each next one is this + 1, or a
+        message was lost on the way (the read fails rather than silently missing it)."""
         self.error: errors.StoreError | None = None
         self.waiting: asyncio.Future[None] | None = None
         self.wake_bytes = min(limit // 4, 2 << 20)
@@ -635,6 +639,12 @@ class BulkConnection:
             seq, pending, stamp = ack.stream_seq, ack.pending, ack.timestamp_ns
         except ValueError:
             seq, pending, stamp = 0, 0, 0  # not a JetStream delivery: the reader's check fails it
+        else:
+            if ack.consumer_seq != push.delivered + 1 and push.error is None:
+                push.error = errors.Unavailable(
+                    f"{push.what}: delivery {push.delivered + 1} lost (got {ack.consumer_seq})"
+                )
+            push.delivered = ack.consumer_seq
         data = bytes(view[hend:stop])
         chain = push.chain
         if chain is not None and chain.next == push.first:

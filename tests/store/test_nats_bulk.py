@@ -133,6 +133,36 @@ def test_parser_lost_connection_fails_waiters() -> None:
     asyncio.run(body())
 
 
+def test_push_read_fails_on_a_lost_delivery() -> None:
+    """Each delivery's consumer sequence follows the last one's: a message lost on the way
+    (consumer sequence 3 missing) fails the read instead of leaving a silent hole, after
+    what came before it."""
+
+    async def body() -> None:
+        conn = BulkConnection(timeout=HANG_TIMEOUT)
+        conn._transport = FakeTransport()  # type: ignore[assignment]
+        conn._prefix = b"_INBOX.t."
+        push = conn.push_read(stamped=True)
+        proto = nats_bulk._Protocol(conn)
+        for cseq in (1, 2, 4):
+            reply = b"$JS.ACK.OBJ_b.c.1.%d.%d.1700000000000000000.%d" % (10 + cseq, cseq, 5 - cseq)
+            hdr = b"NATS/1.0\r\n\r\n"
+            payload = b"m%d" % cseq
+            frame = b"HMSG $O.b.M.x %s %s %d %d\r\n" % (
+                push.sid, reply, len(hdr), len(hdr) + len(payload)
+            )
+            frame += hdr + payload + b"\r\n"
+            buf = proto.get_buffer(-1)
+            buf[: len(frame)] = frame
+            proto.buffer_updated(len(frame))
+        seqs, _, _, datas, ended = await push.take_stamped(HANG_TIMEOUT)
+        assert (seqs, datas, ended) == ([11, 12, 14], [b"m1", b"m2", b"m4"], False)
+        with pytest.raises(errors.Unavailable, match="delivery 3 lost"):
+            await push.take_stamped(HANG_TIMEOUT)
+
+    asyncio.run(body())
+
+
 def test_hash_chain_hashes_in_order_whatever_arrives_first() -> None:
     """Chunks hashed on arrival only when next in order; the reader's catch_up does the rest."""
     import hashlib
