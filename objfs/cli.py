@@ -214,6 +214,12 @@ def _add_connection_options(p: argparse.ArgumentParser) -> argparse._ArgumentGro
         help="JetStream API subject prefix, for an imported JetStream (default: $JS.API)",
     )
     conn.add_argument(
+        "--js-event-prefix",
+        metavar="PREFIX",
+        help="JetStream advisory subject prefix, where an imported JetStream's events arrive "
+        "(default: $JS.EVENT; the bucket list also re-reads every 30 s)",
+    )
+    conn.add_argument(
         "--inbox-prefix",
         metavar="PREFIX",
         help="subject prefix of reply inboxes (default: _INBOX), for accounts whose "
@@ -241,6 +247,7 @@ def connect_options(args: argparse.Namespace, data_dir: Path | None = None) -> C
             "context", "user", "password", "password_file", "token", "token_file", "creds",
             "nkey",
             "tls_ca", "tls_cert", "tls_key", "tls_first", "js_domain", "js_api_prefix",
+            "js_event_prefix",
             "inbox_prefix", "timeout",
         )
     }  # fmt: skip

@@ -64,6 +64,7 @@ CONTEXT_FIELDS = {
     "tls_first": "tls_first",
     "jetstream_domain": "js_domain",
     "jetstream_api_prefix": "js_api_prefix",
+    "jetstream_event_prefix": "js_event_prefix",
     "inbox_prefix": "inbox_prefix",
 }
 """Fields of a nats CLI context file (jsm.go ``natscontext``) and the option each one sets;

@@ -16,6 +16,7 @@ from objfs.server import DEFAULT_DATA_DIR
 from objfs.store.api import DEFAULT_CHUNK_SIZE
 from objfs.store.names import MAX_NAME_BYTES
 from objfs.store.nats_protocol import API as DEFAULT_API_PREFIX
+from objfs.store.nats_protocol import EVENTS as DEFAULT_EVENT_PREFIX
 
 DEFAULT_INBOX_PREFIX = "_INBOX"
 """Where replies come back when no inbox prefix is named."""
@@ -76,6 +77,7 @@ class ConnectOptions:
     """TLS handshake before the server's INFO (server: ``handshake_first``)."""
     js_domain: str | None = None
     js_api_prefix: str | None = None
+    js_event_prefix: str | None = None
     inbox_prefix: str | None = None
     context: str | None = None
     """The nats CLI context these came from (for messages), if any."""
@@ -96,6 +98,11 @@ class ConnectOptions:
         if self.js_domain:
             return f"$JS.{self.js_domain}.API"
         return DEFAULT_API_PREFIX
+
+    @property
+    def event_prefix(self) -> str:
+        """Where JetStream advisories arrive: ``--js-event-prefix``, else ``$JS.EVENT``."""
+        return (self.js_event_prefix or DEFAULT_EVENT_PREFIX).rstrip(".")
 
     @property
     def inbox(self) -> str:

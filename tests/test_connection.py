@@ -38,7 +38,7 @@ def test_context_fields_are_the_nats_cli_names(tmp_path: Path) -> None:
         tmp_path, "prod",
         description="production", url="nats://a:4222,nats://b:4222", user="", password="",
         token="", creds=str(creds), nkey="", cert="/c.pem", key="/k.pem", ca="/ca.pem",
-        nsc="", jetstream_domain="hub", jetstream_api_prefix="", jetstream_event_prefix="",
+        nsc="", jetstream_domain="hub", jetstream_api_prefix="", jetstream_event_prefix="EV.hub",
         inbox_prefix="_P", user_jwt="", color_scheme="", tls_first=True,
     )  # fmt: skip
     o = resolve({}, {"XDG_CONFIG_HOME": str(tmp_path), "NATS_CONTEXT": "prod"})
@@ -48,6 +48,8 @@ def test_context_fields_are_the_nats_cli_names(tmp_path: Path) -> None:
     assert o.inbox_prefix == "_P" and o.context == "prod"
     assert o.user is None and o.token is None  # empty strings are unset
     assert o.api_prefix == "$JS.hub.API" and o.inbox == "_P"
+    assert o.event_prefix == "EV.hub"
+    assert resolve({}, {}).event_prefix == "$JS.EVENT"
 
 
 def test_context_dir_follows_xdg_and_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

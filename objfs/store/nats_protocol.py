@@ -23,6 +23,9 @@ from objfs.store import errors
 API = "$JS.API"
 """The JetStream API's default subject prefix; a domain or an imported API moves it
 (``objfs.options.ConnectOptions.api_prefix``), so subjects are built with the connection's."""
+EVENTS = "$JS.EVENT"
+"""Where JetStream publishes advisories; an account importing them may move it
+(``ConnectOptions.event_prefix``; a domain does not)."""
 
 # Status codes of JetStream control messages (a ``NATS/1.0 <code>`` header line, no payload).
 FLOW_CONTROL = "100"

@@ -208,7 +208,12 @@ class NatsObjectStore(ObjectStore):
         self.reader = NatsReader(
             nc, self.js, timeout, bulk_auth=options if lean else None, open_bulk=open_bulk
         )
-        self.watcher = NatsWatcher(nc, self.js, self.reader._bulk_conn if lean else None)
+        self.watcher = NatsWatcher(
+            nc,
+            self.js,
+            self.reader._bulk_conn if lean else None,
+            event_prefix=options.event_prefix,
+        )
         self._nuid = NUID()
         self._chunk_sizes: dict[str, int] = {}
         self._events = events

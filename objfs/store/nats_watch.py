@@ -42,7 +42,7 @@ from objfs.store.deadline import within
 from objfs.store.names import check_bucket
 from objfs.store.nats_bulk import BulkConnection
 from objfs.store.nats_js import JetStream, OrderedConsumer, delete_consumer_quietly, mapped
-from objfs.store.nats_protocol import consumer_create, push_consumer_config
+from objfs.store.nats_protocol import EVENTS, consumer_create, push_consumer_config
 from objfs.store.nats_subjects import bucket_of_stream, bucket_stream, meta_filter
 from objfs.store.wire import decode_info, decode_stored
 
@@ -52,10 +52,11 @@ log = logging.getLogger("objfs.store.nats_store")
 WATCH_HEARTBEAT = 2.0
 """Seconds between the server's idle heartbeats to a watch; three missed ones mean the
 consumer is gone (see ``watch``)."""
-BUCKET_ADVISORIES = "$JS.EVENT.ADVISORY.STREAM.*.*"
-"""Stream CREATED/UPDATED/DELETED advisories: how the bucket-list watch hears of changes.
-Not under the API prefix: a domain or an imported API does not rename events (they reach an
-importing account only if exported to it; ``BUCKET_RESYNC`` covers the others)."""
+BUCKET_ADVISORIES = "ADVISORY.STREAM.*.*"
+"""Stream CREATED/UPDATED/DELETED advisories (after the event prefix, ``$JS.EVENT``): how
+the bucket-list watch hears of changes. A domain does not rename events, and they reach an
+importing account only where exported to it (``--js-event-prefix`` names where);
+``BUCKET_RESYNC`` covers the rest."""
 BUCKET_RESYNC = 30.0
 """Seconds between full bucket listings of the bucket-list watch (advisories are core NATS
 messages: one lost to a slow consumer is caught up here; a reconnect re-lists at once)."""
@@ -76,12 +77,16 @@ class NatsWatcher:
         nc: Client,
         js: JetStream,
         bulk: Callable[[], Awaitable[BulkConnection | None]] | None = None,
+        *,
+        event_prefix: str = EVENTS,
     ) -> None:
         """``bulk``: the lean reader's connection (None when it cannot serve now), which
-        reads a watch's snapshot; without it the ordered consumer does."""
+        reads a watch's snapshot; without it the ordered consumer does. ``event_prefix``:
+        where the server's advisories arrive."""
         self.nc = nc
         self.js = js
         self.bulk = bulk
+        self.advisories = f"{event_prefix}.{BUCKET_ADVISORIES}"
 
     async def watch(
         self, bucket: str, *, batched: bool = False
@@ -289,7 +294,7 @@ class NatsWatcher:
             queue.put_nowait(msg)
 
         with mapped("subscribe"):
-            sub = await self.nc.subscribe(BUCKET_ADVISORIES, cb=on_msg, pending_bytes_limit=0)
+            sub = await self.nc.subscribe(self.advisories, cb=on_msg, pending_bytes_limit=0)
         try:
             known: dict[str, bool] = {}
             reconnects = self.nc.stats["reconnects"]
