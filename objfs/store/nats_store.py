@@ -68,7 +68,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterable
-from typing import Any, BinaryIO, TypeGuard
+from typing import Any, BinaryIO, Literal, TypeGuard
 
 import nats.errors
 from nats.aio.client import Client
@@ -486,6 +486,17 @@ class NatsObjectStore(ObjectStore):
             )
         except WrongLastSequence:
             raise errors.Exists(f"{bucket}/{new} was created concurrently") from None
+        except errors.StoreError as e:
+            # No answer: the new name may hold the chunks now. Read it back; if that cannot
+            # be told, the old name's chunks are kept as shared (a leak, never a loss).
+            landed = await self._landed(bucket, new, src.nuid)
+            if landed is None:
+                raise
+            if landed is False:
+                self._renamed_away[(bucket, src.nuid)] = old
+                raise
+            log.info("rename %s/%s -> %s: stored although %s", bucket, old, new, e)
+            moved = landed
         tomb = src.tombstone()
         try:
             await self._publish_meta(tomb, expected=src.revision)
@@ -505,6 +516,18 @@ class NatsObjectStore(ObjectStore):
         ):
             await self._purge_chunks(bucket, dst.nuid)
         return moved
+
+    async def _landed(
+        self, bucket: str, name: str, nuid: str
+    ) -> ObjectInfo | Literal[False] | None:
+        """After a meta publish without an answer: the meta at ``name`` if it is the one
+        sent (``nuid``), None if it is not, False if that cannot be read either."""
+        try:
+            now = await self._last_meta(bucket, name)
+        except errors.StoreError as e:
+            log.warning("%s/%s: outcome unknown (%s)", bucket, name, e)
+            return False
+        return now if now is not None and not now.deleted and now.nuid == nuid else None
 
     async def delete(self, bucket: str, name: str) -> ObjectInfo:
         info, headers = await self._last_meta_msg(bucket, name)
@@ -717,7 +740,7 @@ class NatsObjectStore(ObjectStore):
             raise
         nuid = chunks.nuid
         seqs = chunks.seqs
-        meta_sent = False
+        meta_sent = cancelled = False
         old: ObjectInfo | None = None
         old_headers: dict[str, str] = {}
         try:
@@ -741,14 +764,22 @@ class NatsObjectStore(ObjectStore):
             expected = if_revision
             for attempt in range(2):
                 meta_sent = True
+                publish = asyncio.ensure_future(self._publish_meta(info, expected))
                 try:
-                    # Shielded: once sent, the meta's outcome is settled (its retries
-                    # included) before a cancelled put gives up, so the put knows whether
-                    # it stored.
-                    info = await asyncio.shield(self._publish_meta(info, expected))
+                    try:
+                        info = await asyncio.shield(publish)
+                    except asyncio.CancelledError:
+                        # Once sent, the meta's outcome (its retries included, bounded by
+                        # the timeout) is waited for: until it is known, the put cannot
+                        # tell whether it stored, nor whose chunks it may purge.
+                        cancelled = True
+                        await _finish(publish)
+                        info = publish.result()
                     break
                 except WrongLastSequence:
                     meta_sent = False  # a definite refusal: nothing was stored
+                    if cancelled:
+                        raise asyncio.CancelledError() from None
                     if if_revision != 0:
                         raise errors.Exists(f"{bucket}/{name} changed during the put") from None
                     if attempt:
@@ -768,8 +799,12 @@ class NatsObjectStore(ObjectStore):
                     # The meta was stored after all (its ack was lost): the put succeeded.
                     log.info("put of %s/%s: stored although %s", bucket, name, exc)
                     info = landed
+                elif cancelled:
+                    raise asyncio.CancelledError() from exc
                 else:
                     raise
+            elif cancelled:
+                raise asyncio.CancelledError() from exc
             else:
                 raise
         old_live = old if old is not None and not old.deleted else None
@@ -784,6 +819,8 @@ class NatsObjectStore(ObjectStore):
             and not await self._shares_chunks(old_live, old_headers)
         ):
             await self._purge_quietly(bucket, old_live.nuid)
+        if cancelled:  # stored, and what it replaced cleaned up: the cancel is kept now
+            raise asyncio.CancelledError()
         return info
 
     async def close(self) -> None:
@@ -827,6 +864,14 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
     itself) is not logged as never retrieved."""
     if not task.cancelled():
         task.exception()
+
+
+async def _finish(task: asyncio.Future[Any]) -> None:
+    """Wait for ``task`` to end whatever cancels its awaiter meanwhile (the caller raises
+    the cancel itself once it has acted on the outcome); ``task`` is bounded on its own."""
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([task])
 
 
 async def _settle(task: asyncio.Future[Any]) -> None:

@@ -222,6 +222,119 @@ async def test_rename_whose_tombstone_was_lost_keeps_both_names_whole(
     await run(body)
 
 
+async def test_rename_whose_answer_was_lost_is_done_and_keeps_the_chunks(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename's new name is stored but its answer is lost: the rename is done (read back),
+    and a later delete of the old name does not purge what the new name uses. When even the
+    read-back fails, the rename fails and the old name's chunks are kept as shared."""
+    b = bucket_name
+    data = os.urandom(300_000)
+
+    async def body() -> None:
+        s1 = await connect([nats_server.url], timeout=2.0)
+        s2 = await connect([nats_server.url], timeout=2.0)
+        real_publish, real_last = s1.js.publish, s1._last_meta
+        lose_answer = blind = False
+
+        async def publish(
+            subject: str, payload: bytes, headers: dict[str, str] | None = None, **kwargs: Any
+        ) -> int:
+            seq = await real_publish(subject, payload, headers, **kwargs)
+            if lose_answer and "Objfs-Renamed-From" in (headers or {}):
+                raise errors.Timeout(f"injected: the answer for {subject} was lost")
+            return seq
+
+        async def last_meta(bucket: str, name: str) -> Any:
+            if blind:
+                raise errors.Timeout(f"injected: {bucket}/{name} unreadable")
+            return await real_last(bucket, name)
+
+        monkeypatch.setattr(s1.js, "publish", publish)
+        monkeypatch.setattr(s1, "_last_meta", last_meta)
+        try:
+            await s1.create_bucket(BucketConfig(b, storage="memory"))
+            one = await s1.put(b, "one", data)
+            lose_answer = True
+            moved = await s1.rename(b, "one", "one-new")
+            assert moved.nuid == one.nuid and moved.name == "one-new"
+            assert (await s2.info(b, "one", deleted=True)).deleted
+            assert await nats_py_bytes(nats_server.url, b, "one-new") == data
+
+            two = await s1.put(b, "two", data)
+            real_meta = s1._publish_meta
+
+            async def publish_meta(info: Any, *args: Any, **kwargs: Any) -> Any:
+                nonlocal blind
+                try:
+                    return await real_meta(info, *args, **kwargs)
+                finally:
+                    if info.name == "two-new":
+                        blind = True  # the answer lost, and the read-back fails too
+
+            monkeypatch.setattr(s1, "_publish_meta", publish_meta)
+            with pytest.raises(errors.Timeout):
+                await s1.rename(b, "two", "two-new")
+            blind = False
+            assert (await s2.info(b, "two-new")).nuid == two.nuid  # it had landed
+            await s1.delete(b, "two")  # what the mount still shows
+            assert await read_all(s2, await s2.info(b, "two-new")) == data
+            await s1.delete_bucket(b)
+        finally:
+            await s1.close()
+            await s2.close()
+
+    await run(body)
+
+
+async def test_put_cancelled_while_its_meta_is_in_flight_stores_whole(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put cancelled after sending its meta waits for the meta's outcome: the cancel is
+    raised once the object is whole (new chunks kept, the old version's purged), never a
+    name pointing at purged chunks."""
+    b = bucket_name
+    data = os.urandom(300_000)
+
+    async def body() -> None:
+        s1 = await connect([nats_server.url], timeout=5.0)
+        s2 = await connect([nats_server.url], timeout=5.0)
+        real = s1.js.publish
+        in_meta, release = asyncio.Event(), asyncio.Event()
+
+        async def publish(
+            subject: str, payload: bytes, headers: dict[str, str] | None = None, **kwargs: Any
+        ) -> int:
+            if ".M." in subject:
+                in_meta.set()
+                await release.wait()  # a slow answer, or retries after a lost request
+            return await real(subject, payload, headers, **kwargs)
+
+        try:
+            await s1.create_bucket(BucketConfig(b, storage="memory"))
+            old = await s1.put(b, "f", b"old")
+            monkeypatch.setattr(s1.js, "publish", publish)
+            put = asyncio.ensure_future(s1.put(b, "f", data))
+            await in_meta.wait()
+            put.cancel()
+            await asyncio.sleep(0)  # the cancel is delivered while the meta is held
+            assert not put.done()  # waiting for the meta's outcome
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await put
+            info = await s2.info(b, "f")
+            assert info.nuid != old.nuid
+            assert await nats_py_bytes(nats_server.url, b, "f") == data
+            si = await s2.js.api(f"STREAM.INFO.OBJ_{b}", {"subjects_filter": f"$O.{b}.C.>"})
+            assert set(si["state"].get("subjects", {})) == {f"$O.{b}.C.{info.nuid}"}
+            await s2.delete_bucket(b)
+        finally:
+            await s1.close()
+            await s2.close()
+
+    await run(body)
+
+
 async def test_delete_bucket_whose_answer_was_lost(
     run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
