@@ -165,6 +165,86 @@ async def test_retried_meta_publish_is_deduplicated(
     await run(body)
 
 
+async def test_chunk_resent_after_a_lost_ack_is_stored_once(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk whose ack is lost is sent again (with the window after it) under the same
+    message ids: the duplicate window answers them, and the stream holds each chunk once."""
+    data = os.urandom(10 * 16 * 1024)
+
+    async def body() -> None:
+        store = await connect([nats_server.url], timeout=3.0)
+        real = type(store._publisher)._on_ack
+        dropped: list[str] = []
+
+        async def on_ack(self: Any, msg: Any) -> None:
+            if not dropped and b'"seq":4' in msg.data.replace(b" ", b""):  # the fourth chunk
+                dropped.append(msg.subject)
+                return
+            await real(self, msg)
+
+        monkeypatch.setattr(type(store._publisher), "_on_ack", on_ack)
+        try:
+            await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
+            info = await store.put(bucket_name, "f", data, chunk_size=16 * 1024)
+            assert dropped, "no ack was dropped"
+            assert info.chunks == 10
+            si = await store.js.api(
+                f"STREAM.INFO.OBJ_{bucket_name}", {"subjects_filter": f"$O.{bucket_name}.>"}
+            )
+            assert si["state"]["subjects"] == {
+                f"$O.{bucket_name}.C.{info.nuid}": 10,
+                f"$O.{bucket_name}.M.{encode_name('f')}": 1,
+            }
+            # Nothing was stored twice (and then purged by a put starting over): the chunks
+            # are sequences 1-10 and the meta 11.
+            assert si["state"]["last_seq"] == 11
+            assert await nats_py_bytes(nats_server.url, bucket_name, "f") == data
+            await store.delete_bucket(bucket_name)
+        finally:
+            await store.close()
+
+    await run(body)
+
+
+async def test_racing_noreplace_renames_onto_one_name_one_wins(
+    run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two clients rename onto the same free name (RENAME_NOREPLACE, ``replace=False``): the
+    one whose look-up is stale when it publishes gets Exists; nothing is overwritten."""
+    b = bucket_name
+    a_data, b_data = os.urandom(50_000), os.urandom(60_000)
+
+    async def body() -> None:
+        s1 = await connect([nats_server.url], timeout=5.0)
+        s2 = await connect([nats_server.url], timeout=5.0)
+        try:
+            await s1.create_bucket(BucketConfig(b, storage="memory"))
+            await s1.put(b, "a", a_data)
+            await s2.put(b, "b", b_data)
+            real = s1._last_meta_msg
+
+            async def looked_before_the_other(bucket: str, name: str) -> Any:
+                if name == "target":
+                    # s1 looked while the name was free; s2's rename lands before s1 publishes.
+                    await s2.rename(b, "b", "target")
+                    return None, {}
+                return await real(bucket, name)
+
+            monkeypatch.setattr(s1, "_last_meta_msg", looked_before_the_other)
+            with pytest.raises(errors.Exists):
+                await s1.rename(b, "a", "target")
+            monkeypatch.undo()
+            assert await nats_py_bytes(nats_server.url, b, "target") == b_data
+            assert await nats_py_bytes(nats_server.url, b, "a") == a_data
+            await s1.delete_bucket(b)
+        finally:
+            await s1.close()
+            await s2.close()
+
+    await run(body)
+
+
 async def test_rename_whose_tombstone_was_lost_keeps_both_names_whole(
     run: Run[None], nats_server: EmbeddedServer, bucket_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
