@@ -87,7 +87,13 @@ class MountCollector(Collector):
         yield _gauge("objfs_cache_capacity_bytes", "Chunk cache capacity", cache["capacity"])
         up = status["uploads"]
         yield _gauge(
-            "objfs_uploads_pending", "Files with changes not uploaded yet", len(up["pending"])
+            "objfs_uploads_pending",
+            "Files with changes not uploaded yet (open, or waiting for a retry)",
+            len(up["pending"]) + len(up["retrying"]),
+        )
+        yield _gauge(
+            "objfs_uploads_retrying", "Closed files whose upload failed, to retry",
+            len(up["retrying"]),
         )
         yield _gauge("objfs_uploads_in_flight", "Uploads running", len(up["in_flight"]))
         yield _gauge(

@@ -84,6 +84,7 @@ def collect(fs: Filesystem, connection: Callable[[], dict[str, Any]]) -> Status:
     used, capacity = stats.cache_bytes()
     lookups = stats.cache_hits + stats.cache_misses
     base = spool_dir.base_for(options)
+    retrying = fs.files.pending_uploads()
     return {
         "mountpoint": str(options.mountpoint),
         "pid": os.getpid(),
@@ -116,6 +117,11 @@ def collect(fs: Filesystem, connection: Callable[[], dict[str, Any]]) -> Status:
                 {"path": path, "size": size}
                 for path, size in stats.pending()
                 if not any(u.path == path for u in stats.uploads())
+                and not any(r[0] == path for r in retrying)
+            ],
+            "retrying": [
+                {"path": path, "size": size, "attempts": attempts, "last_error": error}
+                for path, size, attempts, error in retrying
             ],
             "done": stats.uploads_done,
             "failed": stats.uploads_failed,
@@ -169,8 +175,9 @@ def format_status(status: Status) -> str:
     up = status["uploads"]
     row(
         "uploads",
-        f"{len(up['in_flight'])} in flight, {len(up['pending'])} pending, {up['done']} done "
-        f"({size_text(up['bytes'])}), {up['failed']} failed",
+        f"{len(up['in_flight'])} in flight, {len(up['pending'])} pending, "
+        f"{len(up['retrying'])} to retry, {up['done']} done ({size_text(up['bytes'])}), "
+        f"{up['failed']} failed",
     )
     for u in up["in_flight"]:
         share = u["done"] / u["size"] if u["size"] else 1.0
@@ -180,7 +187,13 @@ def format_status(status: Status) -> str:
             f"{size_text(u['rate'])}/s",
         )
     for p in up["pending"]:
-        row("", f"{p['path']}: {size_text(p['size'])} waiting (open for writing, or to retry)")
+        row("", f"{p['path']}: {size_text(p['size'])} not stored yet (open for writing)")
+    for r in up["retrying"]:
+        row(
+            "",
+            f"{r['path']}: {size_text(r['size'])} to retry after {r['attempts']} failed "
+            f"attempt(s): {r['last_error']}",
+        )
     watch = status["watch"]
     row("watch", f"{watch['events']} change(s) applied, lag {watch['lag']:.3f}s")
     if watch.get("load_error"):

@@ -82,3 +82,8 @@ async def watch_barrier(fs: Filesystem, store: Any, bucket: str, name: str = "ba
         return node is not None and node.info is not None and node.info.revision >= info.revision
 
     await wait_for(applied, f"the marker {name!r}")
+
+
+def no_connection() -> dict[str, Any]:
+    """The status document's ``server`` part for a core without a NATS connection."""
+    return {"url": None, "connected": False, "reconnects": 0, "last_error": None}

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 import trio
-from fs_helpers import CALLER, stored, wait_for, write_file
+from fs_helpers import CALLER, no_connection, stored, wait_for, write_file
 
 from objfs.fs import FsError, spool_dir, spool_record
 from objfs.fs.inodes import ROOT_INO
 from objfs.fs.recovery import Recovery
 from objfs.fs.spool import RECORD_BEFORE_UPLOAD
 from objfs.fs.spool_record import SpoolRecord
+from objfs.status import collect, format_status
 from objfs.store.api import ObjectMeta
 from objfs.store.errors import NotFound, Unavailable
 
@@ -38,6 +39,13 @@ async def test_failed_close_is_stored_by_the_background_retry(mem, bucket_name, 
             await fs.release(handle.fh)
         [(path, size, attempts, error)] = fs.files.pending_uploads()
         assert (path, size, attempts) == ("/u", 8, 2) and "server gone" in error
+        uploads = collect(fs, no_connection)["uploads"]
+        assert uploads["pending"] == []  # not open any more: waiting for its retry
+        assert uploads["retrying"] == [
+            {"path": "/u", "size": 8, "attempts": 2, "last_error": error}
+        ]
+        text = format_status(collect(fs, no_connection))
+        assert f"/u: 8 B to retry after 2 failed attempt(s): {error}" in text, text
         spool_path = node.spool.path
         record = spool_record.read(spool_path)
         assert record is not None and record.complete and record.synced  # survives a crash

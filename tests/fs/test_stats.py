@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import trio
-from fs_helpers import CALLER, CHUNK, read_file, wait_for, write_file
+from fs_helpers import CALLER, CHUNK, no_connection, read_file, wait_for, write_file
 
 from objfs.bridge import AsyncioThread, Bridge, TrioStore
 from objfs.fs.attributes import UNLIMITED_BYTES
@@ -60,10 +60,6 @@ async def allow(store: TrioStore, backend: GatedStore, n: int) -> None:
             backend.pieces.release()
 
     await store.bridge.call(release)
-
-
-def no_connection() -> dict[str, Any]:
-    return {"url": None, "connected": False, "reconnects": 0, "last_error": None}
 
 
 async def test_upload_progress_moves_as_the_put_reads(gated, bucket_name, make_fs):

@@ -102,7 +102,7 @@ def test_status_of_a_real_mount(
         "last_error": None,
     }
     up = doc["uploads"]
-    assert up["in_flight"] == [] and up["pending"] == [] and up["failed"] == 0
+    assert up["in_flight"] == [] and up["pending"] == [] == up["retrying"] and up["failed"] == 0
     assert up["done"] >= 1 and up["bytes"] >= len(data)
     assert doc["io"]["bytes_written"] == len(data)
     assert doc["cache"]["capacity"] == 256 << 20
@@ -114,7 +114,8 @@ def test_status_of_a_real_mount(
     assert lines[0].startswith(f"{m.mountpoint}  (pid {doc['pid']}")
     server = rf"  server +{re.escape(nats_server.url)} connected, 0 reconnect\(s\)"
     assert any(re.fullmatch(server, x) for x in lines), lines
-    assert any(re.fullmatch(r"  uploads +0 in flight, 0 pending, \d+ done .*", x) for x in lines)
+    uploads = r"  uploads +0 in flight, 0 pending, 0 to retry, \d+ done .*"
+    assert any(re.fullmatch(uploads, x) for x in lines), lines
     # Private: the directory 0700, the socket 0600.
     sock = status.socket_path(m.mountpoint)
     assert sock.parent == runtime_dir
