@@ -287,3 +287,66 @@ def make_operator(directory: Path) -> Operator:
         f'  {system.public}: "{sys_jwt}"\n}}\n'
     )
     return Operator(config, creds, user)
+
+
+# -- a JetStream imported from another account -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportedJetStream:
+    """Two accounts on one server: ``JS`` has JetStream and exports it, ``APP`` has none and
+    imports it under prefixes (the deployment docs/operations.md describes).
+
+    A user of APP reaches JetStream only through ``api_prefix`` (plain ``$JS.API`` answers
+    "JetStream not enabled for account"), hears its advisories only under ``event_prefix``,
+    and gets push-consumer deliveries only under ``inbox_prefix`` (the stream export of the
+    deliver subjects). What else crosses: flow-control answers (``$JS.FC``) and acks as
+    services, and the object store's own subjects (``$O.>``, published to with an ack reply).
+    The API's export is a stream response: a batch direct get answers with many messages.
+    """
+
+    api_prefix: str = "JS.acc.API"
+    event_prefix: str = "JS.acc.EVENT"
+    inbox_prefix: str = "_INBOX_APP"
+    app_user: str = "app"
+    app_password: str = "app-pa55"
+    js_user: str = "js"
+    js_password: str = "js-pa55"
+
+    @property
+    def config(self) -> str:
+        api, events = self.api_prefix, self.event_prefix
+        return f"""accounts {{
+  JS: {{
+    jetstream: enabled
+    users: [ {{ user: "{self.js_user}", password: "{self.js_password}" }} ]
+    exports: [
+      {{ service: "$JS.API.>", response_type: stream, accounts: [APP] }}
+      {{ service: "$JS.FC.>", accounts: [APP] }}
+      {{ service: "$JS.ACK.>", accounts: [APP] }}
+      {{ service: "$O.>", accounts: [APP] }}
+      {{ stream: "$JS.EVENT.>", accounts: [APP] }}
+      {{ stream: "{self.inbox_prefix}.>", accounts: [APP] }}
+    ]
+  }}
+  APP: {{
+    users: [ {{ user: "{self.app_user}", password: "{self.app_password}" }} ]
+    imports: [
+      {{ service: {{ account: JS, subject: "$JS.API.>" }}, to: "{api}.>" }}
+      {{ service: {{ account: JS, subject: "$JS.FC.>" }} }}
+      {{ service: {{ account: JS, subject: "$JS.ACK.>" }} }}
+      {{ service: {{ account: JS, subject: "$O.>" }} }}
+      {{ stream: {{ account: JS, subject: "$JS.EVENT.>" }}, to: "{events}.>" }}
+      {{ stream: {{ account: JS, subject: "{self.inbox_prefix}.>" }} }}
+    ]
+  }}
+}}
+"""
+
+    def mount_args(self) -> tuple[str, ...]:
+        """``objfs mount`` flags of APP's user (the password on the command line: a test)."""
+        return (
+            "--user", self.app_user, "--password", self.app_password,
+            "--js-api-prefix", self.api_prefix, "--js-event-prefix", self.event_prefix,
+            "--inbox-prefix", self.inbox_prefix,
+        )  # fmt: skip

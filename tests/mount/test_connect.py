@@ -3,7 +3,8 @@
 Real mounts as child processes: through a nats CLI context chosen by ``NATS_CONTEXT``, with
 ``NATS_USER``/``NATS_PASSWORD``, over mutual TLS with the reads served by the lean reader
 (seen from the server's own connection list, not from objfs), with ``--server`` repeated and
-comma-separated; and the failures a user must understand at once: wrong credentials, a refused
+comma-separated, through a JetStream imported from another account (API, event and inbox
+prefixes); and the failures a user must understand at once: wrong credentials, a refused
 port, a missing credentials file from ``NATS_CREDS``. Every stderr of these runs is searched
 for the secrets they used.
 """
@@ -21,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from helpers import data
+from helpers import data, wait_for
 from mounting import Mount, objfs_command
-from secure_nats import ServerWith, closed_port, make_pki
+from secure_nats import ImportedJetStream, ServerWith, closed_port, make_pki
 
 from objfs.server import free_port
 
@@ -229,3 +230,88 @@ def test_password_file_instead_of_argv(
     finally:
         m.stop()
     assert_no_secrets(m.stderr())
+
+
+def read_in_small_steps(path: Path) -> bytes:
+    """The file read from its start, 128 KiB at a time, without the kernel's readahead (so
+    the mount sees a reader going on from the start, which it streams: a push consumer)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        out = bytearray()
+        while piece := os.read(fd, 128 << 10):
+            out += piece
+        return bytes(out)
+    finally:
+        os.close(fd)
+
+
+def test_mount_through_a_jetstream_imported_from_another_account(
+    fuse: None, server_with: ServerWith, tmp_path: Path, bucket_name: str
+) -> None:
+    """A user of account APP, which has no JetStream and imports account JS's under
+    prefixes (``ImportedJetStream``), mounts with ``--js-api-prefix``, ``--js-event-prefix``
+    and ``--inbox-prefix``: the mount creates its bucket, sees files a client of account JS
+    puts there (its watch: the kernel's cached "no such file" would last 60 s), reads them
+    back (5 MiB by batch direct gets, 17 MiB streamed by a push consumer, both on one lean
+    connection: one whose read failed would have been replaced), and what it writes is
+    account JS's, byte for byte. (The bucket-list watch's event prefix is the store test's:
+    a mount re-lists its buckets every 30 s, which no bound here could tell apart.)"""
+    xa = ImportedJetStream()
+    monitor = free_port()
+    srv = server_with(xa.config + f"\nhttp: 127.0.0.1:{monitor}")
+    stream = f"OBJ_{bucket_name}"
+    mid, big, mine = data(5 << 20, 21), data(17 << 20, 22), data(300 * 1024, 23)
+    app = {"user": xa.app_user, "password": xa.app_password, "inbox_prefix": xa.inbox_prefix}
+    owner = {"user": xa.js_user, "password": xa.js_password}
+    m = Mount(
+        tmp_path / "mnt", srv.url, bucket_name, log_dir=tmp_path,
+        args=(*xa.mount_args(), "--attr-timeout", "60"),
+    ).start()  # fmt: skip
+    try:
+
+        async def no_plain_jetstream(nc: Any) -> None:
+            # Not vacuous: the bucket the mount created is in account JS, reached by APP's
+            # user under the imported prefix only.
+            info = await nc.request(f"{xa.api_prefix}.STREAM.INFO.{stream}", b"", timeout=10)
+            assert json.loads(info.data)["config"]["name"] == stream, info.data
+            try:
+                await nc.request(f"$JS.API.DIRECT.GET.{stream}", b'{"seq": 1}', timeout=10)
+            except nats.errors.NoRespondersError:
+                return
+            raise AssertionError("plain $JS.API answered APP's user")
+
+        nats_py(srv.url, no_plain_jetstream, **app)
+        assert not (m.mountpoint / "mid.bin").exists()  # the kernel now caches the miss
+
+        async def put(nc: Any) -> None:
+            store = await nc.jetstream().object_store(bucket_name)
+            await store.put("mid.bin", mid)
+            await store.put("big.bin", big)
+
+        nats_py(srv.url, put, **owner)
+        # Within half the kernel's 60 s hold of the miss: only the watch can show it.
+        wait_for(lambda: (m.mountpoint / "mid.bin").exists(), "the watch to show mid.bin", 30)
+        wait_for(lambda: (m.mountpoint / "big.bin").exists(), "the watch to show big.bin", 30)
+        assert (m.mountpoint / "mid.bin").read_bytes() == mid
+        assert read_in_small_steps(m.mountpoint / "big.bin") == big
+        (m.mountpoint / "mine.bin").write_bytes(mine)
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{monitor}/connz?state=all&auth=true", timeout=30
+        ) as r:
+            conns = json.loads(r.read())["connections"]
+        lean = [c for c in conns if c.get("name") == "objfs-bulk"]
+        # One lean connection, still open (one that failed would have been replaced), in
+        # account APP, and the chunks came through it.
+        assert len(lean) == 1 and not lean[0].get("stop"), lean
+        assert lean[0].get("account") == "APP", lean
+        assert lean[0]["out_bytes"] > len(mid) + len(big), lean
+    finally:
+        m.stop()
+    assert_no_secrets(m.stderr(), xa.app_password)
+
+    async def get(nc: Any) -> bytes:
+        store = await nc.jetstream().object_store(bucket_name)
+        return bytes((await store.get("mine.bin")).data)
+
+    assert nats_py(srv.url, get, **owner) == mine

@@ -2,8 +2,9 @@
 
 Each test writes a server configuration with its own keys (``secure_nats``): TLS with a CA and
 a client certificate, TLS handshake first, nkey users, an operator/account/user JWT chain for
-a credentials file, a JetStream domain with an inbox prefix its permissions require, and a
-server without JetStream. Reads must go through the lean reader (``bulk_in_use``) and return
+a credentials file, a JetStream domain with an inbox prefix its permissions require, a
+JetStream imported from another account under API, event and inbox prefixes, and a server
+without JetStream. Reads must go through the lean reader (``bulk_in_use``) and return
 the bytes written; failed first connects must name the cause and end long before the timeout
 when retrying cannot help (a bound from the timeout the test passed, not from the machine's
 speed). No secret may appear in a log line or an error message of these runs.
@@ -11,23 +12,34 @@ speed). No secret may appear in a log line or an error message of these runs.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
-from nats_helpers import Run, bulk_in_use
-from secure_nats import ServerWith, closed_port, make_operator, make_pki, new_nkey
+from nats_helpers import Run, bulk_in_use, read_all
+from secure_nats import (
+    ImportedJetStream,
+    ServerWith,
+    closed_port,
+    make_operator,
+    make_pki,
+    new_nkey,
+)
 
 from objfs.options import ConnectOptions
-from objfs.store import errors
-from objfs.store.api import BucketConfig
+from objfs.store import errors, nats_bulk, nats_reads, nats_watch
+from objfs.store.api import BucketConfig, BucketEvent, WatchEvent
 from objfs.store.nats_connect import CLOSED_AFTER_TLS, ConnectionEvents, closed_after_tls, describe
 from objfs.store.nats_store import NatsObjectStore, connect
+from objfs.store.nats_subjects import bucket_stream
 
 LONG = 60.0
 """--timeout of the fail-at-once tests: a connect that retried would take all of it."""
@@ -313,6 +325,169 @@ async def test_domain_and_inbox_prefix_on_both_connections(
             assert b'"OBJ_dom"' in msg.data
         finally:
             await nc.close()
+
+    await run(body)
+
+
+ERR_JS_NOT_ENABLED_FOR_ACCOUNT = 10039
+
+
+async def no_plain_jetstream(app: nats.NATS, xa: ImportedJetStream) -> None:
+    """For APP's user plain ``$JS.API`` reaches no JetStream (the server itself answers that
+    the account has none, or nobody does); the imported prefix reaches account JS's."""
+    try:
+        msg = await app.request("$JS.API.INFO", b"", timeout=10)
+    except nats.errors.NoRespondersError:
+        pass
+    else:
+        err = json.loads(msg.data).get("error") or {}
+        assert err.get("err_code") == ERR_JS_NOT_ENABLED_FOR_ACCOUNT, msg.data
+    info = json.loads((await app.request(f"{xa.api_prefix}.INFO", b"", timeout=10)).data)
+    assert "error" not in info and "limits" in info, info
+
+
+async def next_within(events: AsyncIterator[Any], seconds: float = LONG) -> Any:
+    return await asyncio.wait_for(events.__anext__(), seconds)
+
+
+async def test_jetstream_imported_from_another_account(
+    run: Run[None], server_with: ServerWith, bucket_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Account APP has no JetStream; it imports account JS's under ``JS.acc.API``, its
+    advisories under ``JS.acc.EVENT`` and the deliveries to its push consumers under
+    ``_INBOX_APP`` (``ImportedJetStream``). Through APP's user objfs creates a bucket, writes
+    and reads back a small object (batch direct gets of the lean reader) and a large one (a
+    push consumer delivering to the lean reader, flow control answered across the import),
+    watches the bucket (its snapshot through the lean reader) and sees another client's
+    write, and hears of new buckets from the advisories alone (the re-list is an hour off).
+    Reads must stay on the lean reader: nats-py's read path is made to fail if used."""
+    xa = ImportedJetStream()
+    srv = server_with(xa.config)
+    monkeypatch.setattr(nats_reads, "PUSH_MIN_BYTES", 4 << 20)  # the large read is a push read
+    monkeypatch.setattr(nats_watch, "BULK_SNAPSHOT_MIN", 0)  # this small bucket's snapshot too
+    monkeypatch.setattr(nats_watch, "BUCKET_RESYNC", 3600.0)  # only an advisory is in time
+    options = ConnectOptions(
+        servers=[srv.url], user=xa.app_user, password=xa.app_password,
+        js_api_prefix=xa.api_prefix, js_event_prefix=xa.event_prefix,
+        inbox_prefix=xa.inbox_prefix, timeout=10,
+    )  # fmt: skip
+    small, large = os.urandom(1000), os.urandom(9 << 20)
+    other = f"{bucket_name}-js"[:64]
+
+    async def body() -> None:
+        app = await nats.connect(
+            srv.url, user=xa.app_user, password=xa.app_password, inbox_prefix=xa.inbox_prefix
+        )
+        owner = await nats.connect(srv.url, user=xa.js_user, password=xa.js_password)
+        plain_events: list[str] = []
+
+        async def on_plain(msg: Any) -> None:
+            plain_events.append(msg.subject)
+
+        await app.subscribe(f"$JS.EVENT.{nats_watch.BUCKET_ADVISORIES}", cb=on_plain)
+        await no_plain_jetstream(app, xa)
+        store = await connect(options)
+        buckets = store.watch_buckets()
+        try:
+            # The bucket list: empty, then a bucket objfs creates, heard of by its advisory.
+            assert await next_within(buckets) == BucketEvent("snapshot_end")
+            await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
+            assert await next_within(buckets) == BucketEvent("put", bucket_name)
+
+            bulk = await store.reader._bulk_conn()
+            assert bulk is not None, "no lean reader"
+
+            async def no_nats_py() -> Any:
+                raise AssertionError("a read went through nats-py, not the lean reader")
+
+            store.reader._batch_getter = no_nats_py  # type: ignore[method-assign]
+            requests: list[str] = []
+            pushes: list[nats_bulk.PushRead] = []
+            replies: list[bytes] = []
+            plain_request, plain_push, plain_reply = bulk.request, bulk.push_read, bulk._reply
+
+            def request(stream: str, *args: Any, **kw: Any) -> nats_bulk.Batch:
+                requests.append(stream)
+                return plain_request(stream, *args, **kw)
+
+            def push_read(**kw: Any) -> nats_bulk.PushRead:
+                pushes.append(plain_push(**kw))
+                return pushes[-1]
+
+            def reply(subject: bytes) -> None:
+                replies.append(subject)
+                plain_reply(subject)
+
+            bulk.request = request  # type: ignore[method-assign]
+            bulk.push_read = push_read  # type: ignore[method-assign]
+            bulk._reply = reply  # type: ignore[method-assign]
+
+            small_info = await store.put(bucket_name, "small", small)
+            # The stream is there, in account JS: a direct get under the imported prefix
+            # finds its first message; under plain $JS.API nobody answers APP's user.
+            get = json.dumps({"seq": 1}).encode()
+            stream = bucket_stream(bucket_name)
+            msg = await app.request(f"{xa.api_prefix}.DIRECT.GET.{stream}", get, timeout=10)
+            assert msg.data == small, msg
+            with pytest.raises(nats.errors.NoRespondersError):
+                await app.request(f"$JS.API.DIRECT.GET.{stream}", get, timeout=10)
+            layout = await store.layout(small_info)
+            assert b"".join(await store.read_chunks(layout, 0, layout.chunks)) == small
+            assert await read_all(store, small_info) == small
+            assert requests and not pushes, (requests, pushes)
+
+            large_info = await store.put(bucket_name, "large", large)
+            requests.clear()
+            assert await read_all(store, large_info) == large
+            # One push read on the same connection: none of it by batches, none on a new
+            # lean connection after this one failed.
+            assert store.reader._bulk is bulk and bulk.is_open, "the lean connection failed"
+            assert len(pushes) == 1 and not requests, "the large read left the push consumer"
+            # The server asked for flow control (its window is smaller than the object) and
+            # went on: the answers crossed to account JS.
+            assert any(r.startswith(b"$JS.FC.") for r in replies), replies
+
+            # The bucket's watch: the snapshot through the lean reader, then a write by a
+            # client of account JS (nats-py's object store, plain $JS.API there).
+            snapshots: list[int | None] = []
+            bulk_snapshot = store.watcher.bulk_snapshot
+
+            async def recorded(*args: Any) -> int | None:
+                snapshots.append(await bulk_snapshot(*args))
+                return snapshots[-1]
+
+            store.watcher.bulk_snapshot = recorded  # type: ignore[method-assign]
+            events = store.watch(bucket_name)
+            try:
+                seen: dict[str, WatchEvent] = {}
+                while (e := await next_within(events)).kind != "snapshot_end":
+                    assert e.info is not None
+                    seen[e.info.name] = e
+                assert sorted(seen) == ["large", "small"], seen
+                assert snapshots and snapshots[0] is not None, "no lean snapshot"
+                obs = await owner.jetstream().object_store(bucket_name)
+                await obs.put("from-js", b"written in account JS")
+                e = await next_within(events)
+                assert e.kind == "put" and e.info is not None and e.info.name == "from-js", e
+            finally:
+                await events.aclose()
+
+            # What objfs wrote is account JS's, byte for byte.
+            assert bytes((await obs.get("large")).data) == large
+            # A bucket another client creates in account JS: heard of by its advisory too.
+            await owner.jetstream().create_object_store(other)
+            assert await next_within(buckets) == BucketEvent("put", other)
+            await store.delete_bucket(other)
+            assert await next_within(buckets) == BucketEvent("delete", other)
+            await store.delete_bucket(bucket_name)
+            msg = await owner.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=10)
+            assert json.loads(msg.data)["error"]["code"] == 404, msg.data
+        finally:
+            await buckets.aclose()
+            await store.close()
+            await owner.close()
+            await app.close()
+        assert not plain_events, plain_events  # APP hears of streams on the prefix only
 
     await run(body)
 
