@@ -51,6 +51,8 @@ from benchmarks.mounts import Mount, fuse_ok
 from benchmarks.raw import raw_batch_direct_get, raw_push_consumer
 from benchmarks.report import Target, print_figures
 from benchmarks.tls import TlsFiles, TlsServer, make_certs, openssl_missing
+from objfs.store.nats_protocol import API, SEQUENCE
+from objfs.store.nats_subjects import bucket_stream, chunk_subject
 
 CACHE = "256M"
 CACHE_BYTES = 256 * MiB
@@ -501,10 +503,10 @@ async def _direct_get_rate(ctx: Bench, seconds: float) -> float:
         await store.close()
     nc = await ctx_nats(ctx)
     try:
-        api = "$JS.API.DIRECT.GET.OBJ_bench_big"
-        subject = f"$O.bench_big.C.{info.nuid}"
+        api = f"{API}.DIRECT.GET.{bucket_stream('bench_big')}"
+        subject = chunk_subject("bench_big", info.nuid)
         first = await nc.request(api, json.dumps({"seq": 0, "next_by_subj": subject}).encode())
-        seq0 = int((first.headers or {})["Nats-Sequence"])
+        seq0 = int((first.headers or {})[SEQUENCE])
         rng = random.Random(3)
         n = 0
         deadline = time.perf_counter() + seconds

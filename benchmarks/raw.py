@@ -15,7 +15,18 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from benchmarks.common import CHUNK, MiB
-from objfs.store.nats_protocol import API, consumer_create, consumer_delete, push_consumer_config
+from objfs.store.nats_protocol import (
+    API,
+    DESCRIPTION,
+    FLOW_CONTROL,
+    SEQUENCE,
+    STATUS,
+    batch_end_error,
+    consumer_create,
+    consumer_delete,
+    push_consumer_config,
+)
+from objfs.store.nats_subjects import bucket_stream, chunk_subject
 
 # --------------------------------------------------------------------------------------------
 # raw NATS reads
@@ -35,9 +46,9 @@ async def raw_batch_direct_get(
     # consumer). Stay well below it.
     if batch * window * CHUNK > 32 * MiB:
         raise ValueError("more than 32 MiB of direct gets in flight would trip max_pending")
-    stream = f"OBJ_{bucket}"
-    subject = f"$O.{bucket}.C.{nuid}"
-    api = f"$JS.API.DIRECT.GET.{stream}"
+    stream = bucket_stream(bucket)
+    subject = chunk_subject(bucket, nuid)
+    api = f"{API}.DIRECT.GET.{stream}"
     inbox = nc.new_inbox()
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
@@ -51,11 +62,12 @@ async def raw_batch_direct_get(
 
     async def on_msg(msg: Msg) -> None:
         hdr = msg.headers or {}
-        status = hdr.get("Status")
+        status = hdr.get(STATUS)
         if status is not None:
-            if status != "204":
+            error = batch_end_error(status, hdr.get(DESCRIPTION, ""), "direct get")
+            if error is not None:
                 if not done.done():
-                    done.set_exception(RuntimeError(f"direct get: {status} {hdr}"))
+                    done.set_exception(error)
                 return
             state["in_flight"] -= 1
             k = state["next"]
@@ -65,7 +77,7 @@ async def raw_batch_direct_get(
                 await request(k, first_seq.result() + k * batch)
             return
         if not first_seq.done():
-            first_seq.set_result(int(hdr["Nats-Sequence"]))
+            first_seq.set_result(int(hdr[SEQUENCE]))
         state["bytes"] += len(msg.data)
         state["msgs"] += 1
         if state["msgs"] == chunks and not done.done():
@@ -101,15 +113,15 @@ async def raw_push_consumer(
     that verifies the digest, as objfs must.
     """
     sha = hashlib.sha256()
-    stream = f"OBJ_{bucket}"
-    subject = f"$O.{bucket}.C.{nuid}"
+    stream = bucket_stream(bucket)
+    subject = chunk_subject(bucket, nuid)
     deliver = nc.new_inbox()
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     state = {"bytes": 0, "msgs": 0}
 
     async def on_msg(msg: Msg) -> None:
-        if not msg.data and msg.headers and msg.headers.get("Status") == "100":
+        if not msg.data and msg.headers and msg.headers.get(STATUS) == FLOW_CONTROL:
             if msg.reply:  # a flow-control request (heartbeats carry no reply)
                 await nc.publish(msg.reply, b"")
             return
@@ -150,8 +162,8 @@ async def raw_lean_drain(host: str, port: int, bucket: str, nuid: str, chunks: i
     from objfs.store.nats_bulk import BulkConnection
     from objfs.store.nats_reads import AHEAD_BYTES, BATCH_BYTES
 
-    stream = f"OBJ_{bucket}"
-    subject = f"$O.{bucket}.C.{nuid}"
+    stream = bucket_stream(bucket)
+    subject = chunk_subject(bucket, nuid)
     per = max(1, BATCH_BYTES // CHUNK)
     ahead = max(per, AHEAD_BYTES // CHUNK)
     conn = await BulkConnection.open(host, port, timeout=30.0)

@@ -98,8 +98,9 @@ async def _natspy_get(ctx: Bench, name: str, size: int, cap: float, *, writeinto
 
     With ``writeinto`` the chunks go to a counting sink (nats-py hands each to an executor
     thread); a cut run reports the bytes delivered so far over the cap. Without it nats-py
-    builds the object in memory with ``bytes +=`` (quadratic: the 1.5 MiB/s DESIGN.md measured
-    at 256 MiB); a cut run has delivered nothing, so its rate is an upper bound, size / cap.
+    builds the object in memory with ``bytes +=`` (quadratic: 1.5 MiB/s measured at
+    256 MiB in the starting design's notes); a cut run has delivered nothing, so its rate is
+    an upper bound, size / cap.
     A cut get leaves nats-py's subscription running; closing the connection ends it, so
     nothing of it slows the benchmarks after.
     """

@@ -330,17 +330,19 @@ async def test_a_put_whose_cancellation_was_swallowed_stops_reading_its_feed(
     feed = TrioStore(MemoryObjectStore(), bridge).feed()
     await feed.push(b"a")
     outcome: list[str] = []
+    swallowing = asyncio.Event()
 
     async def consume() -> None:
         async for piece in feed:
             assert piece == b"a"
+            swallowing.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(3600)  # where nats-py would swallow the cancel
         outcome.append("the feed ended")
 
     async def run() -> str:
         task = asyncio.ensure_future(consume())
-        await asyncio.sleep(0.01)
+        await swallowing.wait()  # the cancel must meet the swallowing sleep
         task.cancel()
         try:
             await asyncio.wait_for(task, WAIT)

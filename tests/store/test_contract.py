@@ -834,6 +834,7 @@ async def test_streaming_put_publishes_the_meta_only_at_the_end(
     old = await store.put(bucket, "s", b"old version")
     data = os.urandom(10 * 4096 + 17)
     meta = ObjectMeta(description="early")
+    before = await _stream_messages(store, bucket)
     feed = store.feed()
     async with trio.open_nursery() as nursery:
         done: list[ObjectInfo] = []
@@ -844,9 +845,10 @@ async def test_streaming_put_publishes_the_meta_only_at_the_end(
         nursery.start_soon(put)
         for off in range(0, len(data), 3000):  # pieces that do not match the chunks
             await feed.push(data[off : off + 3000])
-        # Every byte is sent (and most chunks published), the source not ended: the old
-        # version is still the object, whole.
-        await trio.sleep(0.05)
+        # Every byte is sent (on NATS: the ten whole chunks published), the source not
+        # ended: the old version is still the object, whole.
+        if before is not None:
+            await wait_until(lambda: _stream_messages(store, bucket), before + 10)
         assert (await store.info(bucket, "s")).nuid == old.nuid
         assert await read_all(store, await store.info(bucket, "s")) == b"old version"
         meta.headers = {"X-Late": ["set before the end"]}  # read once the source ends
