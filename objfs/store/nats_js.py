@@ -46,6 +46,7 @@ from objfs.store.nats_protocol import (
     consumer_create,
     consumer_delete,
     push_consumer_config,
+    push_status_error,
     raise_api_error,
 )
 from objfs.store.nats_retry import NoResponders, attempt_timeout, retry
@@ -566,6 +567,14 @@ class OrderedConsumer:
                 await self.reset()  # a heartbeat tells us we missed messages
         elif status == CONSUMER_GONE:
             # Consumer deleted or replaced under us (e.g. server restart): start again.
+            await self.reset()
+        else:
+            # The lean reader's rule for the same status: 503 is the stream gone (NotFound,
+            # as on every path); any other leaves messages undelivered, so start again.
+            error = push_status_error(status, h.get(DESCRIPTION, ""), f"consumer on {self.stream}")
+            if isinstance(error, errors.NotFound):
+                raise error
+            log.debug("%s; starting again", error)
             await self.reset()
 
     async def stop(self) -> None:

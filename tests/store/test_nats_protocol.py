@@ -6,9 +6,13 @@ and ack-subject parsing from there; the server tests of each path are in test_na
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from nats.aio.msg import Msg
 
 from objfs.store import errors
+from objfs.store.nats_js import OrderedConsumer
 from objfs.store.nats_protocol import (
     ack_tokens,
     batch_end_error,
@@ -36,6 +40,32 @@ def test_push_statuses() -> None:
     assert push_status_error("100", "100 FlowControl Request", "push") is None
     assert type(push_status_error("503", "503", "push")) is errors.NotFound
     assert type(push_status_error("409", "409 Consumer Deleted", "push")) is errors.Unavailable
+
+
+def test_ordered_consumer_takes_the_same_rule() -> None:
+    """nats-py's ordered consumer (watches, listings) maps a status as the lean reader's push
+    reads do: 503 is the stream gone; another unknown status restarts the consumer."""
+
+    async def body() -> None:
+        oc = OrderedConsumer(None, "OBJ_b", "$O.b.M.>")  # type: ignore[arg-type]
+        resets: list[int] = []
+
+        async def reset() -> None:
+            resets.append(1)
+
+        oc.reset = reset  # type: ignore[method-assign]
+
+        def status(code: str, text: str) -> Msg:
+            return Msg(None, subject="_INBOX.x", headers={"Status": code, "Description": text})  # type: ignore[arg-type]
+
+        with pytest.raises(errors.NotFound, match="No Responders"):
+            await oc._control(status("503", "No Responders"), "503")
+        assert resets == []
+        await oc._control(status("408", "Request Timeout"), "408")
+        await oc._control(status("409", "Consumer Deleted"), "409")
+        assert resets == [1, 1]
+
+    asyncio.run(body())
 
 
 def test_ack_subjects_v1_and_v2() -> None:
