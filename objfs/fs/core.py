@@ -22,7 +22,6 @@ has the graph of who holds whom and the concurrency contract.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import stat
@@ -36,7 +35,6 @@ from objfs.fs.attributes import Attributes
 from objfs.fs.bucket_watch import BucketListWatch
 from objfs.fs.chunk_cache import ChunkCache
 from objfs.fs.coherence import Coherence
-from objfs.fs.errors import FsError
 from objfs.fs.files import Failure, Files
 from objfs.fs.guard import WriteGuard
 from objfs.fs.handles import Handle, HandleTable
@@ -45,7 +43,6 @@ from objfs.fs.invalidation import InvalidationQueue, Invalidator
 from objfs.fs.links import Links
 from objfs.fs.names import Names
 from objfs.fs.naming import display_path
-from objfs.fs.permissions import may_open
 from objfs.fs.posix_attrs import Attrs, Defaults
 from objfs.fs.special import Special
 from objfs.fs.stats import Stats
@@ -215,6 +212,13 @@ class Filesystem:
     def getattr(self, ino: int) -> Node:
         return self.table.get(ino)
 
+    def dots(self, ino: int) -> tuple[Node, Node] | None:
+        """A directory's ``.`` and ``..`` (the root is its own parent); None once it is gone."""
+        directory = self.table.find(ino)
+        if directory is None:
+            return None
+        return directory, self.table.find(directory.parent) or directory
+
     async def setattr(self, ino: int, changes: SetAttr, fh: int | None, caller: Caller) -> Node:
         self.guard.setattr(ino, changes)
         return await self.attributes.setattr(ino, changes)
@@ -315,18 +319,12 @@ class Filesystem:
         self, parent_ino: int, name: str, mode: int, flags: int, caller: Caller
     ) -> tuple[Handle, Node]:
         self.guard.entry(parent_ino, name)
-        parent = self.table.find(parent_ino)
-        existing = self.table.child(parent, name) if parent is not None else None
-        if existing is not None and existing.kind is Kind.FILE and not flags & os.O_EXCL:
-            # Made meanwhile (another client's, shown by the watch after the kernel's lookup
-            # found nothing): open(2) without O_EXCL opens it, it never answers EEXIST.
-            a = existing.attrs
-            if not may_open(a.mode, a.uid, a.gid, caller, flags):
-                raise FsError(errno.EACCES)
-            handle, _ = await self.open(existing.ino, flags & ~os.O_CREAT, caller)
-            self.table.ref(existing)  # the kernel counts a create's entry as a lookup
-            return handle, existing
-        return await self.files.create(parent_ino, name, mode, flags, caller)
+        existing = self.files.made_meanwhile(parent_ino, name, flags, caller)
+        if existing is None:
+            return await self.files.create(parent_ino, name, mode, flags, caller)
+        handle, _ = await self.open(existing.ino, flags & ~os.O_CREAT, caller)
+        self.table.ref(existing)  # the kernel counts a create's entry as a lookup
+        return handle, existing
 
     async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, caller: Caller) -> Node:
         self.guard.entry(parent_ino, name)

@@ -43,6 +43,7 @@ from objfs.fs.handles import Handle, HandleTable
 from objfs.fs.inodes import InodeTable, Kind, Node
 from objfs.fs.limits import check_size
 from objfs.fs.naming import display_path, in_bucket, new_attrs, object_name, touch
+from objfs.fs.permissions import may_open
 from objfs.fs.posix_attrs import Attrs, attrs_to_headers
 from objfs.fs.spool import Spool
 from objfs.fs.spool_record import SpoolRecord
@@ -124,6 +125,19 @@ class Files:
         if spool is None:
             spool = node.file.spool = Spool(self.spool_dir, node.info)
         return spool
+
+    def made_meanwhile(self, parent_ino: int, name: str, flags: int, caller: Caller) -> Node | None:
+        """The file a create without O_EXCL is to open instead, if the name is one now: made
+        meanwhile by another client, shown by the watch after the kernel's lookup found
+        nothing. open(2) then opens it (checking what it would: EACCES), never EEXIST."""
+        parent = self.table.find(parent_ino)
+        existing = self.table.child(parent, name) if parent is not None else None
+        if existing is None or existing.kind is not Kind.FILE or flags & os.O_EXCL:
+            return None
+        a = existing.attrs
+        if not may_open(a.mode, a.uid, a.gid, caller, flags):
+            raise FsError(errno.EACCES)
+        return existing
 
     async def create(
         self, parent_ino: int, name: str, mode: int, flags: int, caller: Caller

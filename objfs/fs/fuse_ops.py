@@ -186,10 +186,9 @@ class FuseOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         # "." and ".." come first, at offsets 1 and 2 (the kernel does not make them up, and
         # takes no lookup reference on them); the core's entry ids follow, shifted by 2.
-        directory = self.fs.table.find(fh)
-        if directory is not None:
-            parent = self.fs.table.find(directory.parent) or directory
-            for offset, dot, node in ((1, b".", directory), (2, b"..", parent)):
+        dots = self.fs.dots(fh)
+        if dots is not None:
+            for offset, dot, node in ((1, b".", dots[0]), (2, b"..", dots[1])):
                 if start_id < offset and not pyfuse3.readdir_reply(
                     token, dot, self._attr(node), offset
                 ):

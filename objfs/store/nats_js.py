@@ -187,7 +187,7 @@ class JetStream:
 
         return await retry(subject, self.timeout, attempt)
 
-    async def _stream_exists(self, stream: str) -> None:
+    async def stream_exists(self, stream: str) -> None:
         """NotFound if ``stream`` surely does not exist; returns if it does or if the server
         cannot tell now (one short attempt: ``retry``'s ``settle`` after no responders)."""
         subject = f"STREAM.INFO.{stream}"
@@ -246,7 +246,7 @@ class JetStream:
             return int(resp["seq"])
 
         stream = stream_of_subject(subject)
-        return await retry(what, self.timeout, attempt, settle=lambda: self._stream_exists(stream))
+        return await retry(what, self.timeout, attempt, settle=lambda: self.stream_exists(stream))
 
     async def _direct(self, stream: str, subject: str, payload: bytes, what: str) -> Msg:
         async def attempt(seconds: float) -> Msg:
@@ -254,7 +254,7 @@ class JetStream:
             with mapped(what, no_responders=NoResponders):
                 return await self.nc.request(subject, payload, timeout=seconds)
 
-        return await retry(what, self.timeout, attempt, settle=lambda: self._stream_exists(stream))
+        return await retry(what, self.timeout, attempt, settle=lambda: self.stream_exists(stream))
 
     async def direct_last(self, stream: str, subject: str) -> StoredMsg | None:
         """The last message on ``subject`` (direct get); None if there is none."""

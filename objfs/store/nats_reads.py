@@ -198,7 +198,7 @@ class NatsReader:
             self._getter = await BatchGetter(self.js).start()
         return self._getter
 
-    async def _bulk_conn(self) -> BulkConnection | None:
+    async def bulk_conn(self) -> BulkConnection | None:
         """The lean reader's connection, opened on first use; None: read through nats-py.
         (The watch reads its snapshots through it too.)"""
 
@@ -250,7 +250,7 @@ class NatsReader:
     async def _source(self) -> ChunkSource:
         """The lean reader when it can serve, else nats-py's connection (chosen per batch:
         a lean connection lost mid-read is replaced, or the read goes on through nats-py)."""
-        bulk = await self._bulk_conn()
+        bulk = await self.bulk_conn()
         if bulk is not None:
             return BulkSource(bulk)
         return NatsPySource(await self._batch_getter())
@@ -405,7 +405,7 @@ class NatsReader:
         # nats-py's reader and with the lean one (GIL hand-offs on 2 cores shared with the
         # server). The lean reader hashes most chunks as they arrive (HashChain).
         chain = HashChain(hashlib.sha256())
-        bulk = await self._bulk_conn() if layout.size >= PUSH_MIN_BYTES else None
+        bulk = await self.bulk_conn() if layout.size >= PUSH_MIN_BYTES else None
         if bulk is not None:
             batches = self._pushed_chunks(bulk, layout, chain)
         else:

@@ -114,6 +114,7 @@ from objfs.store.nats_subjects import (
     chunk_subject,
     meta_filter,
     meta_subject,
+    stream_of_subject,
 )
 from objfs.store.nats_watch import NatsWatcher
 from objfs.store.wire import decode_stored, encode_info, format_digest
@@ -211,7 +212,7 @@ class NatsObjectStore(ObjectStore):
         self.watcher = NatsWatcher(
             nc,
             self.js,
-            self.reader._bulk_conn if lean else None,
+            self.reader.bulk_conn if lean else None,
             event_prefix=options.event_prefix,
         )
         self._nuid = NUID()
@@ -954,7 +955,7 @@ class _ChunkSender:
                 seq = await self.publisher.ack(fut, attempt_timeout(self.timeout))
             except NoResponders as e:
                 # The stream is missing (NotFound now) or not loaded yet (a restart): retry.
-                await self.publisher.js._stream_exists(bucket_stream(self.subject.split(".")[1]))
+                await self.publisher.js.stream_exists(stream_of_subject(self.subject))
                 await self.patience.failed(e)
                 await self._resend()
                 continue

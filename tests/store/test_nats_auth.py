@@ -403,7 +403,7 @@ async def test_jetstream_imported_from_another_account(
             await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
             assert await next_within(buckets) == BucketEvent("put", bucket_name)
 
-            bulk = await store.reader._bulk_conn()
+            bulk = await store.reader.bulk_conn()
             assert bulk is not None, "no lean reader"
 
             async def no_nats_py() -> Any:

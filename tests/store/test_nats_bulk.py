@@ -307,7 +307,7 @@ async def test_batches_cut_short_are_continued(
             await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
             info = await store.put(bucket_name, "obj", data, chunk_size=chunk)
             layout = await store.layout(info)
-            bulk = await store.reader._bulk_conn()
+            bulk = await store.reader.bulk_conn()
             assert bulk is not None
             plain = bulk.request
             counts: list[int] = []
@@ -449,7 +449,7 @@ async def test_push_read(
         try:
             await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
             info = await store.put(bucket_name, "obj", data, chunk_size=chunk)
-            bulk = await store.reader._bulk_conn()
+            bulk = await store.reader.bulk_conn()
             assert bulk is not None
             pushes: list[nats_bulk.PushRead] = []
             plain = bulk.push_read
@@ -520,7 +520,7 @@ async def test_push_read_holds_flow_control_for_a_slow_reader(
         try:
             await store.create_bucket(BucketConfig(bucket_name, storage="memory"))
             info = await store.put(bucket_name, "obj", data, chunk_size=chunk)
-            bulk = await store.reader._bulk_conn()
+            bulk = await store.reader.bulk_conn()
             assert bulk is not None
             stalled: list[int] = []  # bytes waiting in the reader when the server said so
             plain_reply = bulk._reply

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -325,7 +326,7 @@ async def test_sealed_and_full_buckets(
             await s.store.create_bucket(BucketConfig(small, storage="memory", max_bytes=200_000))
             with pytest.raises(errors.NoSpace) as exc:
                 await s.store.put(small, "big", os.urandom(500_000))
-            assert exc.value.errno == 28
+            assert exc.value.errno == errno.ENOSPC
             # The chunks that did fit were purged: nothing is left behind.
             assert (await s.store.bucket_status(small)).size == 0
             await s.store.delete_bucket(small)

@@ -317,7 +317,7 @@ async def test_watch_of_a_missing_bucket_is_not_found_through_the_lean_reader(
     async def body() -> None:
         store = await connect([nats_server.url], timeout=5.0)
         try:
-            assert await store.reader._bulk_conn() is not None
+            assert await store.reader.bulk_conn() is not None
             with pytest.raises(errors.NotFound):
                 async for _ in store.watch(bucket_name + "-missing", batched=True):
                     pass
