@@ -33,6 +33,7 @@ import nats
 import pytest
 from helpers import wait_for
 from mounting import REPO, START_TIMEOUT, Mount, MountFactory, mounted, objfs_command
+from test_recovery import failing_close, kill, spool_dirs
 
 from objfs import status
 from objfs.server import EmbeddedServer
@@ -492,3 +493,89 @@ def test_status_shows_an_upload_moving(
         relay.grant(math.inf)
         m.stop(check=False)
         relay.close()
+
+
+def test_status_shows_errors_retries_and_reconnects_across_a_server_restart(
+    fuse: None, runtime_dir: Path, private_server: EmbeddedServer, tmp_path: Path,
+    bucket_name: str,
+) -> None:  # fmt: skip
+    """The server stops: a close fails and its upload waits for a retry, both in the status
+    (recent errors, uploads.retrying, DISCONNECTED); back on the same port, the mount counts
+    the reconnect and the retry stores the file."""
+    m = Mount(tmp_path / "mnt", private_server.url, bucket_name, args=("--timeout", "2"),
+              log_dir=tmp_path).start()  # fmt: skip
+    try:
+        (m.mountpoint / "before.bin").write_bytes(b"stored")
+        doc = status_json(m.mountpoint)
+        assert doc["errors"] == [] and doc["server"]["reconnects"] == 0, doc
+        private_server.stop()
+        failing_close(m.mountpoint / "lost.bin", b"x" * 5000)
+        doc = status_json(m.mountpoint)
+        failed = [e for e in doc["errors"] if "upload of /lost.bin failed" in e]
+        assert failed and re.match(r"\d\d:\d\d:\d\d error: ", failed[0]), doc["errors"]
+        [retry] = doc["uploads"]["retrying"]
+        assert retry["path"] == "/lost.bin" and retry["size"] == 5000, retry
+        assert retry["attempts"] >= 1 and retry["last_error"], retry
+        assert doc["uploads"]["failed"] >= 1
+        wait_for(lambda: not status_json(m.mountpoint)["server"]["connected"], "DISCONNECTED")
+        lines = objfs("status", str(m.mountpoint)).stdout.splitlines()
+        assert any(re.fullmatch(r"  server +\S+ DISCONNECTED, 0 reconnect\(s\)", x)
+                   for x in lines), lines  # fmt: skip
+        assert any(re.fullmatch(r"  errors +\S+ (error|warning): .+", x) for x in lines), lines
+        retry_line = r" +/lost\.bin: 4\.9 KiB to retry after \d+ failed attempt\(s\): .+"
+        assert any(re.fullmatch(retry_line, x) for x in lines), lines
+        private_server.start()  # the same port and store
+
+        def back() -> bool:
+            server = status_json(m.mountpoint)["server"]
+            return bool(server["connected"]) and server["reconnects"] >= 1
+
+        wait_for(back, "the reconnect counted")
+        wait_for(lambda: status_json(m.mountpoint)["uploads"]["retrying"] == [], "the retry")
+        assert (m.mountpoint / "lost.bin").read_bytes() == b"x" * 5000
+        text = objfs("status", str(m.mountpoint)).stdout
+        assert re.search(r"^  server +\S+ connected, [1-9]\d* reconnect\(s\)$", text, re.M), text
+    finally:
+        m.stop()
+
+
+def test_status_lists_what_a_dead_mount_left_in_the_spool(
+    fuse: None, runtime_dir: Path, nats_server: EmbeddedServer, tmp_path: Path,
+    bucket_name: str,
+) -> None:  # fmt: skip
+    """A mount killed with a file open for writing leaves it in its spool directory; the
+    next mount of the same spool base keeps it there (not stored: never closed) and its
+    status lists the directory, and not the spool directory of another mount still running
+    beside it."""
+    def mount_at(name: str) -> Mount:
+        return Mount(tmp_path / name, nats_server.url, bucket_name, log_dir=tmp_path)
+
+    spool = tmp_path / "spool"  # Mount's default --spool-dir: shared by all three
+    dead = mount_at("dead").start()
+    try:
+        unfinished = open(dead.mountpoint / "unfinished.bin", "wb")  # noqa: SIM115
+        unfinished.write(b"half")
+        unfinished.flush()
+        kill(dead)
+    finally:
+        dead.stop(check=False)
+    with contextlib.suppress(OSError):
+        unfinished.close()
+    [left] = spool_dirs(spool)
+    m = mount_at("mnt").start()
+    beside = mount_at("beside")
+    try:
+        wait_for(lambda: "kept, not stored" in m.stderr(), "the unfinished file kept")
+        beside.start()
+        wait_for(lambda: "kept, not stored" in beside.stderr(), "the unfinished file kept again")
+        assert len(spool_dirs(spool)) == 3  # the dead mount's, and one of each live mount
+        expected = [{"dir": str(left), "files": 1}]
+        for live in (m, beside):
+            spool_doc = status_json(live.mountpoint)["spool"]
+            assert Path(spool_doc["dir"]).parent == spool, spool_doc
+            assert spool_doc["leftovers"] == expected, spool_doc
+        text = objfs("status", str(m.mountpoint)).stdout
+        assert f"            left by a dead mount: {left} (1 file(s))\n" in text, text
+    finally:
+        beside.stop()
+        m.stop()
