@@ -248,6 +248,41 @@ def test_info_matches_the_xattrs(runtime_dir: Path, mount: Mount, tmp_path: Path
     assert r.returncode == 1 and r.stderr == f"objfs: {plain} is not on an objfs mount\n"
 
 
+def test_info_of_links_shows_their_target(
+    runtime_dir: Path, mount: Mount, nats_server: EmbeddedServer, bucket_name: str
+) -> None:
+    """``ln -s`` to an object makes a NATS object link, to nothing a plain symlink object;
+    ``objfs info`` names each one's target (Linux withholds a symlink's xattrs, so that is
+    all it can show) and does not call it a file not uploaded yet."""
+    (mount.mountpoint / "target.txt").write_bytes(b"pointed at\n")
+    os.symlink("target.txt", mount.mountpoint / "link")
+    os.symlink("nowhere", mount.mountpoint / "dangling")
+
+    async def link_of(nc: Any) -> Any:
+        obs = await nc.jetstream().object_store(bucket_name)
+        return (await obs.get_info("link")).options.link
+
+    async def connected(fn: Any) -> Any:
+        nc = await nats.connect(nats_server.url, connect_timeout=5, max_reconnect_attempts=0)
+        try:
+            return await fn(nc)
+        finally:
+            await nc.close()
+
+    link = asyncio.run(connected(link_of))  # really a NATS link, not a plain symlink
+    assert link is not None and link.bucket == bucket_name and link.name == "target.txt"
+    for name, target in (("link", "target.txt"), ("dangling", "nowhere")):
+        f = mount.mountpoint / name
+        r = objfs("info", "--json", str(f))
+        assert r.returncode == 0, r.stderr
+        info = json.loads(r.stdout)
+        assert info["path"] == str(f) and info["mount"] == str(mount.mountpoint), info
+        assert info["symlink"] == target, info
+        text = objfs("info", str(f)).stdout
+        assert re.search(rf"^symlink +{target}$", text, re.M), text
+        assert "not uploaded yet" not in text, text
+
+
 def test_upload_status_line_to_systemd(
     fuse: None, runtime_dir: Path, nats_server: EmbeddedServer, tmp_path: Path, bucket_name: str
 ) -> None:
