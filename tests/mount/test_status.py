@@ -331,6 +331,49 @@ def test_log_file_and_levels(runtime_dir: Path, mounts: MountFactory, tmp_path: 
     assert (tmp_path / "quiet.log").read_text() == ""
 
 
+def test_quiet_logs_errors_only(
+    fuse: None, runtime_dir: Path, private_server: EmbeddedServer, tmp_path: Path,
+    bucket_name: str,
+) -> None:  # fmt: skip
+    """-q (after the harness's -v: it wins) keeps the errors and drops the rest: the server
+    stopped and back, the mount logs the failed close (error), and neither the disconnect
+    and reconnect nor the retry's success (warnings) nor the uploads (info)."""
+    log = tmp_path / "quiet.log"
+    m = Mount(tmp_path / "mnt", private_server.url, bucket_name, log_dir=tmp_path,
+              args=("--timeout", "2", "-q", "--log-file", str(log))).start()  # fmt: skip
+    try:
+        (m.mountpoint / "first.bin").write_bytes(b"stored")
+        private_server.stop()
+        failing_close(m.mountpoint / "q.bin", b"q" * 1000)
+        private_server.start()
+        wait_for(lambda: status_json(m.mountpoint)["uploads"]["retrying"] == [], "the retry")
+        assert status_json(m.mountpoint)["server"]["reconnects"] >= 1
+    finally:
+        m.stop()
+    text = log.read_text()
+    assert re.search(r"^\S+ \S+ \d+ ERROR objfs\.\S+: upload of /q\.bin failed", text, re.M), text
+    assert [x for x in text.splitlines() if " ERROR " not in x] == [], text
+
+
+def test_metrics_port_alone_listens_on_loopback_only(
+    runtime_dir: Path, mounts: MountFactory
+) -> None:
+    """``--metrics-addr PORT``: the one listening socket on PORT (IPv4 and IPv6 tables of
+    this network namespace) is bound to 127.0.0.1."""
+    port = free_port()
+    mounts("--metrics-addr", str(port))
+    assert scrape(port)["objfs_connected"] == 1.0
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for row in f.read().splitlines()[1:]:
+                local, state = row.split()[1], row.split()[3]
+                address, _, hex_port = local.rpartition(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    listening.append((table, address))
+    assert listening == [("/proc/net/tcp", "0100007F")], listening  # 127.0.0.1, little-endian
+
+
 SECRET = "s3cret-Pa55word-7f3a"
 
 
