@@ -1,5 +1,6 @@
 """objfs mount under a service manager: READY=1 only once the mount answers, STOPPING=1 at
-the end, and the start line; systemd's side played by a socket the test binds."""
+the end, the start line, watchdog pings, and journald priorities when stderr is the journal
+(JOURNAL_STREAM); systemd's side played by a socket and a file the test makes."""
 
 from __future__ import annotations
 

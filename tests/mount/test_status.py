@@ -1,7 +1,9 @@
-"""Seeing what a real mount does: ``objfs status`` over its socket (and who may ask),
-Prometheus metrics over HTTP, ``objfs info`` against the xattrs, systemd's STATUS= line,
-log options, df from the JetStream account's limit, and a mount point left dead by a killed
-daemon cleared at the next start.
+"""Seeing what a real mount does: ``objfs status`` over its socket (and who may ask; recent
+errors, retries and reconnects across a server restart; what a dead mount left in the
+spool), Prometheus metrics over HTTP (loopback unless told), ``objfs info`` against the
+xattrs and of links, systemd's STATUS= line, log options (-q: errors only), df from the
+JetStream account's limit, and a mount point left dead by a killed daemon cleared at the
+next start.
 
 An upload in progress is seen moving through a real mount (``test_status_shows_an_upload_moving``):
 the mount reaches the server through a relay that passes client bytes only as the test grants
