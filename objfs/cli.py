@@ -455,8 +455,8 @@ def _add_info_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         "info",
         help="show the object behind a file of an objfs mount",
         description="Show the object facts of FILE on an objfs mount (bucket, name, nuid, "
-        "digest, size, chunks, revision, headers, metadata, link): the user.objfs.* "
-        "extended attributes, read through the mount.",
+        "digest, size, chunks, revision, headers, metadata): the user.objfs.* extended "
+        "attributes, read through the mount; of a symlink, its target.",
     )
     p.add_argument("file", metavar="FILE", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -4,7 +4,9 @@ Everything comes from ``getxattr`` on FILE (``user.objfs.*`` facts, ``user.heade
 ``user.description`` and metadata; see ``objfs.fs.xattrs``), so it works on any objfs mount,
 whoever runs it and however it was started, with no socket and no store connection. The
 facts are not listed by ``listxattr`` (so that ``cp -a`` does not copy them): they are asked
-for by name. A file that is not on an objfs mount is a one-line error.
+for by name. A file that is not on an objfs mount is a one-line error. A symlink shows its
+target only: Linux lets no one read a symlink's ``user.*`` attributes, so its object facts
+(an object link's ``link`` among them) do not reach this command.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def facts(path: Path) -> dict[str, Any]:
     if where is None or where.fstype != mountinfo.OBJFS_TYPE:
         raise InfoError(f"{path} is not on an objfs mount")
     out: dict[str, Any] = {"path": str(path), "mount": where.path}
+    if os.path.islink(path):
+        # Linux gives nobody a symlink's user.* attributes (ENODATA without asking objfs):
+        # its target is what can be shown.
+        out["symlink"] = os.readlink(path)
     names = ("bucket", *OBJECT_FACTS[1:], *OBJECT_FACTS_MORE, *BUCKET_FACTS)
     for fact in dict.fromkeys(names):
         value = _get(path, xattrs.FACT_PREFIX + fact)
@@ -102,10 +108,12 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"{name:<12} {value}")
 
     row("file", info["path"])
-    for key in ("bucket", "name", "nuid", "digest", "revision", "link", "description"):
+    for key in ("symlink", "bucket", "name", "nuid", "digest", "revision", "link", "description"):
         if key in info:
             row(key, info[key])
-    if "nuid" not in info and "objects" not in info:
+    if "symlink" in info and "nuid" not in info:
+        row("object", "not shown (Linux gives no extended attributes of a symlink)")
+    elif "nuid" not in info and "objects" not in info:
         row("object", "none (a directory, or a file not uploaded yet)")
     if "size" in info:
         row("size", f"{info['size']} ({size_text(info['size'])})")

@@ -137,8 +137,7 @@ def collect(fs: Filesystem, connection: Callable[[], dict[str, Any]]) -> Status:
         "spool": {
             "dir": str(fs.spool_dir),
             "leftovers": [
-                {"dir": str(d), "files": sum(1 for _ in d.iterdir())}
-                for d in spool_dir.leftovers(base)
+                {"dir": str(d), "files": files} for d, files in spool_dir.abandoned(base)
             ],
         },
         "errors": list(stats.recent_errors),

@@ -159,6 +159,49 @@ def test_secret_files_checked_and_named_by_their_source(tmp_path: Path) -> None:
     assert check_files(resolve({"nkey": str(seed)}, {})) == []
 
 
+def test_nkey_and_tls_key_from_the_environment(tmp_path: Path) -> None:
+    """NATS_NKEY and NATS_KEY (with NATS_CERT) as the nats CLI reads them, named by their
+    variable in messages; a flag naming who connects replaces NATS_NKEY."""
+    seed = tmp_path / "user.nk"
+    seed.write_text("SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4\n")
+    seed.chmod(0o600)
+    key = tmp_path / "client-key.pem"
+    key.write_text("key\n")
+    key.chmod(0o600)
+    env = {"NATS_NKEY": str(seed), "NATS_CERT": "/c.pem", "NATS_KEY": str(key)}
+    o = resolve({}, env)
+    assert (o.nkey, o.tls_key, o.tls_cert) == (str(seed), str(key), "/c.pem")
+    assert o.sources["nkey"] == "NATS_NKEY" and o.sources["tls_key"] == "NATS_KEY"
+    with pytest.raises(SettingsError, match=r"^NATS_CERT /c\.pem: No such file"):
+        check_files(o)
+    o = resolve({}, {"NATS_NKEY": str(seed), "NATS_KEY": str(key)})
+    assert check_files(o) == []
+    seed.chmod(0o644)
+    key.chmod(0o640)
+    assert [w.split(" holds")[0] for w in check_files(o)] == [
+        f"NATS_NKEY {seed}", f"NATS_KEY {key}",
+    ]  # fmt: skip
+    with pytest.raises(SettingsError, match=r"^NATS_NKEY .*: No such file"):
+        check_files(resolve({}, {"NATS_NKEY": str(tmp_path / "gone.nk")}))
+    o = resolve({"user": "u", "password": "p"}, env)
+    assert o.nkey is None and (o.user, o.password) == ("u", "p")
+    assert o.tls_key == str(key)  # not a credential: kept
+
+
+def test_context_nkey_and_token(tmp_path: Path) -> None:
+    """A context's ``nkey`` (a seed file, made absolute) and ``token`` fields."""
+    write_context(tmp_path, "nk", url="nats://x:4222", nkey="~/keys/user.nk")
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    o = resolve({"context": "nk"}, env)
+    assert o.nkey == str(Path.home() / "keys/user.nk") and o.sources["nkey"] == "context nk"
+    assert o.token is None and o.user is None
+    write_context(tmp_path, "tok", url="nats://x:4222", token="ctx-t0ken", user="", password="")
+    o = resolve({"context": "tok"}, {**env, "NATS_NKEY": "/env.nk", "NATS_USER": "eu"})
+    assert (o.token, o.sources["token"]) == ("ctx-t0ken", "context tok")
+    assert o.nkey is None and o.user is None  # the context names who connects
+    assert "ctx-t0ken" not in repr(o)
+
+
 def test_servers_repeated_and_comma_separated() -> None:
     assert split_servers(["nats://a:1", "nats://b:2,nats://c:3", " nats://a:1 "]) == [
         "nats://a:1", "nats://b:2", "nats://c:3",

@@ -51,7 +51,7 @@ from objfs.store.wire import format_digest
 
 log = logging.getLogger(__name__)
 
-SPOOL_GLOB = "objfs-*.spool"
+SPOOL_GLOB = spool_dir.SPOOL_FILES
 CONFLICT = ".objfs-conflict-"
 
 

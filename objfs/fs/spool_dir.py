@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 PREFIX = "mount-"
 LOCK = "lock"
 OWNER = "owner.json"
+SPOOL_FILES = "objfs-*.spool"
+"""The spool files in a directory (``spool`` names them; sidecars and the lock are not)."""
 
 _locks: dict[Path, int] = {}
 """Lock file descriptors this process holds, by directory (closed by ``remove``)."""
@@ -134,6 +136,36 @@ def leftovers(base: Path) -> list[Path]:
                 continue
             found.append(entry)
     return found
+
+
+def abandoned(base: Path) -> list[tuple[Path, int]]:
+    """Spool directories of dead mounts and how many spool files each holds (for ``objfs
+    status``): ``leftovers``, less those of mounts running beside this one. A directory whose
+    pid runs is judged by its lock, probed with a shared lock let go at once; one whose pid is
+    gone is not probed: a recovery claiming it at that instant would find it locked and leave
+    it for the next mount."""
+    found: list[tuple[Path, int]] = []
+    for entry in leftovers(base):
+        pid = _pid_of(entry.name)
+        if pid is not None and _alive(pid) and _held(entry / LOCK):
+            continue  # a running mount's (another mount sharing this spool base)
+        with contextlib.suppress(OSError):
+            found.append((entry, sum(1 for _ in entry.glob(SPOOL_FILES))))
+    return found
+
+
+def _held(lock: Path) -> bool:
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # lets the probe's lock go
+    return False
 
 
 def _pid_of(name: str) -> int | None:

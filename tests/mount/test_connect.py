@@ -5,8 +5,11 @@ Real mounts as child processes: through a nats CLI context chosen by ``NATS_CONT
 (seen from the server's own connection list, not from objfs), with ``--server`` repeated and
 comma-separated, through a JetStream imported from another account (API, event and inbox
 prefixes); and the failures a user must understand at once: wrong credentials, a refused
-port, a missing credentials file from ``NATS_CREDS``. Every stderr of these runs is searched
-for the secrets they used.
+port, a missing credentials file from ``NATS_CREDS``; a credentials file, nkey seed or token
+file other users can read is named in a warning. Every stderr of these runs is searched for
+the secrets they used; the mounts with a context, a password file, a credentials file, an
+nkey seed and a token file log everything (``--debug``) to a file, and that file, their
+command line and ``objfs status`` (text and JSON) are searched too.
 """
 
 from __future__ import annotations
@@ -22,9 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import pytest
 from helpers import data, wait_for
 from mounting import Mount, objfs_command
-from secure_nats import ImportedJetStream, ServerWith, closed_port, make_pki
+from secure_nats import (
+    ImportedJetStream,
+    ServerWith,
+    closed_port,
+    make_operator,
+    make_pki,
+    new_nkey,
+)
 
 from objfs.server import free_port
 
@@ -35,6 +46,50 @@ TOKEN = "t0k3n-abc-123"
 def assert_no_secrets(text: str, *secrets: str) -> None:
     for secret in (PASSWORD, TOKEN, *secrets):
         assert secret not in text, f"secret {secret[:4]}... in:\n{text}"
+
+
+@pytest.fixture
+def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A status socket directory of this test's own (its mounts inherit it): ``objfs status``
+    without a mount point asks this test's mounts only."""
+    d = tmp_path / "run"
+    monkeypatch.setenv("OBJFS_RUNTIME_DIR", str(d))
+    return d
+
+
+LOGGED = ("--debug", "--log-file")
+"""How the auth mounts log: everything objfs and nats-py log, to a file (``log_file``)."""
+
+
+def log_file(m: Mount) -> Path:
+    return m.log_dir / f"{m.mountpoint.name}.log"
+
+
+def logged(m: Mount) -> tuple[str, ...]:
+    return (*LOGGED, str(log_file(m)))
+
+
+def assert_shows_no_secrets(m: Mount, *secrets: str) -> None:
+    """Nothing the running mount ``m`` shows holds a secret: its stderr, its log file, its
+    command line (/proc/PID/cmdline: what ps shows every user), and ``objfs status`` of all
+    mounts and of this one, text and ``--json``. ``assert_logged_no_secrets`` checks what is
+    logged until the end."""
+    assert m.proc is not None
+    shown = [m.stderr(), log_file(m).read_text()]
+    shown.append(Path(f"/proc/{m.proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    for args in ((), ("--json",)):
+        for where in ((), (str(m.mountpoint),)):
+            r = objfs("status", *args, *where)
+            assert r.returncode == 0 and str(m.mountpoint) in r.stdout, (args, where, r)
+            shown += [r.stdout, r.stderr]
+    assert "mounted bucket" in shown[1], shown[1]  # the log file is the mount's, not empty
+    assert_no_secrets("\n".join(shown), *secrets)
+
+
+def assert_logged_no_secrets(m: Mount, *secrets: str) -> None:
+    """After the mount ended: its stderr and whole log file."""
+    assert "unmounted" in log_file(m).read_text()
+    assert_no_secrets(m.stderr() + log_file(m).read_text(), *secrets)
 
 
 def objfs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -65,7 +120,7 @@ def nats_py(url: str, fn: Any, **connect: Any) -> Any:
 
 
 def test_context_mount_and_seal(
-    fuse: None, server_with: ServerWith, tmp_path: Path, bucket_name: str
+    fuse: None, server_with: ServerWith, tmp_path: Path, bucket_name: str, runtime_dir: Path
 ) -> None:
     """NATS_CONTEXT names a context file: its URL and credentials are used (no --server, and
     no embedded server); ``objfs seal`` takes the same context."""
@@ -75,15 +130,18 @@ def test_context_mount_and_seal(
     ctx.parent.mkdir(parents=True)
     ctx.write_text(json.dumps({"url": srv.url, "user": "ops", "password": PASSWORD}))
     env = {**os.environ, "XDG_CONFIG_HOME": str(config), "NATS_CONTEXT": "prod"}
-    m = Mount(tmp_path / "mnt", "", bucket_name, log_dir=tmp_path, env=env).start()
+    m = Mount(tmp_path / "mnt", "", bucket_name, log_dir=tmp_path, env=env)
+    m.args = logged(m)
+    m.start()
     try:
         content = data(300 * 1024, 7)
         (m.mountpoint / "f.bin").write_bytes(content)
         assert (m.mountpoint / "f.bin").read_bytes() == content
+        assert_shows_no_secrets(m)
     finally:
         m.stop()
     assert f"via {srv.url}" in m.stderr(), m.stderr()
-    assert_no_secrets(m.stderr())
+    assert_logged_no_secrets(m)
 
     async def get(nc: Any) -> bytes:
         store = await nc.jetstream().object_store(bucket_name)
@@ -211,25 +269,60 @@ def test_servers_repeated_and_comma_lists(
 
 
 def test_password_file_instead_of_argv(
-    fuse: None, server_with: ServerWith, tmp_path: Path, bucket_name: str
+    fuse: None, server_with: ServerWith, tmp_path: Path, bucket_name: str, runtime_dir: Path
 ) -> None:
     """The password can stay out of the process list: --password-file."""
     srv = server_with(f'authorization {{ user: "ops", password: "{PASSWORD}" }}')
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD + "\n")
     pw.chmod(0o600)
-    m = Mount(
-        tmp_path / "mnt", srv.url, bucket_name, log_dir=tmp_path,
-        args=("--user", "ops", "--password-file", str(pw)),
-    ).start()  # fmt: skip
+    m = Mount(tmp_path / "mnt", srv.url, bucket_name, log_dir=tmp_path)
+    m.args = ("--user", "ops", "--password-file", str(pw), *logged(m))
+    m.start()
     try:
-        assert m.proc is not None
-        cmdline = Path(f"/proc/{m.proc.pid}/cmdline").read_bytes().decode()
-        assert PASSWORD not in cmdline
         (m.mountpoint / "z").write_bytes(b"z")
+        assert_shows_no_secrets(m)
     finally:
         m.stop()
-    assert_no_secrets(m.stderr())
+    assert "warning" not in m.stderr(), m.stderr()  # 0600: nothing to warn about
+    assert_logged_no_secrets(m)
+
+
+@pytest.mark.parametrize("kind", ["creds", "nkey", "token-file"])
+def test_secret_file_readable_by_others_warns_and_mounts(
+    fuse: None, server_with: ServerWith, tmp_path: Path, bucket_name: str, runtime_dir: Path,
+    kind: str,
+) -> None:  # fmt: skip
+    """A credentials file, an nkey seed or a token file that other users can read (0644):
+    the mount says so, naming the file and the fix, and mounts all the same; the secret in
+    it is shown nowhere."""
+    if kind == "creds":
+        op = make_operator(tmp_path / "op")
+        srv, secret, path = server_with(op.config), op.user.seed.decode(), op.creds
+    elif kind == "nkey":
+        user = new_nkey()
+        srv = server_with(f'authorization {{ users: [ {{ nkey: "{user.public}" }} ] }}')
+        secret, path = user.seed.decode(), user.write(tmp_path / "user.nk")
+    else:
+        srv, secret = server_with(f'authorization {{ token: "{TOKEN}" }}'), TOKEN
+        path = tmp_path / "token"
+        path.write_text(TOKEN + "\n")
+    path.chmod(0o644)
+    m = Mount(tmp_path / "mnt", srv.url, bucket_name, log_dir=tmp_path)
+    m.args = (f"--{kind}", str(path), *logged(m))
+    m.start()
+    try:
+        (m.mountpoint / "k").write_bytes(b"authenticated")
+        assert (m.mountpoint / "k").read_bytes() == b"authenticated"
+        assert_shows_no_secrets(m, secret)
+    finally:
+        m.stop()
+    warning = (
+        f"objfs: warning: --{kind} {path} holds a secret and is readable by other users "
+        f"(mode 644): chmod 600 {path}\n"
+    )
+    assert warning in m.stderr(), m.stderr()
+    assert_logged_no_secrets(m, secret)
 
 
 def read_in_small_steps(path: Path) -> bytes:

@@ -1,7 +1,9 @@
-"""Seeing what a real mount does: ``objfs status`` over its socket (and who may ask),
-Prometheus metrics over HTTP, ``objfs info`` against the xattrs, systemd's STATUS= line,
-log options, df from the JetStream account's limit, and a mount point left dead by a killed
-daemon cleared at the next start.
+"""Seeing what a real mount does: ``objfs status`` over its socket (and who may ask; recent
+errors, retries and reconnects across a server restart; what a dead mount left in the
+spool), Prometheus metrics over HTTP (loopback unless told), ``objfs info`` against the
+xattrs and of links, systemd's STATUS= line, log options (-q: errors only), df from the
+JetStream account's limit, and a mount point left dead by a killed daemon cleared at the
+next start.
 
 An upload in progress is seen moving through a real mount (``test_status_shows_an_upload_moving``):
 the mount reaches the server through a relay that passes client bytes only as the test grants
@@ -33,6 +35,7 @@ import nats
 import pytest
 from helpers import wait_for
 from mounting import REPO, START_TIMEOUT, Mount, MountFactory, mounted, objfs_command
+from test_recovery import failing_close, kill, spool_dirs
 
 from objfs import status
 from objfs.server import EmbeddedServer
@@ -247,6 +250,41 @@ def test_info_matches_the_xattrs(runtime_dir: Path, mount: Mount, tmp_path: Path
     assert r.returncode == 1 and r.stderr == f"objfs: {plain} is not on an objfs mount\n"
 
 
+def test_info_of_links_shows_their_target(
+    runtime_dir: Path, mount: Mount, nats_server: EmbeddedServer, bucket_name: str
+) -> None:
+    """``ln -s`` to an object makes a NATS object link, to nothing a plain symlink object;
+    ``objfs info`` names each one's target (Linux withholds a symlink's xattrs, so that is
+    all it can show) and does not call it a file not uploaded yet."""
+    (mount.mountpoint / "target.txt").write_bytes(b"pointed at\n")
+    os.symlink("target.txt", mount.mountpoint / "link")
+    os.symlink("nowhere", mount.mountpoint / "dangling")
+
+    async def link_of(nc: Any) -> Any:
+        obs = await nc.jetstream().object_store(bucket_name)
+        return (await obs.get_info("link")).options.link
+
+    async def connected(fn: Any) -> Any:
+        nc = await nats.connect(nats_server.url, connect_timeout=5, max_reconnect_attempts=0)
+        try:
+            return await fn(nc)
+        finally:
+            await nc.close()
+
+    link = asyncio.run(connected(link_of))  # really a NATS link, not a plain symlink
+    assert link is not None and link.bucket == bucket_name and link.name == "target.txt"
+    for name, target in (("link", "target.txt"), ("dangling", "nowhere")):
+        f = mount.mountpoint / name
+        r = objfs("info", "--json", str(f))
+        assert r.returncode == 0, r.stderr
+        info = json.loads(r.stdout)
+        assert info["path"] == str(f) and info["mount"] == str(mount.mountpoint), info
+        assert info["symlink"] == target, info
+        text = objfs("info", str(f)).stdout
+        assert re.search(rf"^symlink +{target}$", text, re.M), text
+        assert "not uploaded yet" not in text, text
+
+
 def test_upload_status_line_to_systemd(
     fuse: None, runtime_dir: Path, nats_server: EmbeddedServer, tmp_path: Path, bucket_name: str
 ) -> None:
@@ -293,6 +331,49 @@ def test_log_file_and_levels(runtime_dir: Path, mounts: MountFactory, tmp_path: 
     (quiet.mountpoint / "q.bin").write_bytes(b"q")
     quiet.stop()
     assert (tmp_path / "quiet.log").read_text() == ""
+
+
+def test_quiet_logs_errors_only(
+    fuse: None, runtime_dir: Path, private_server: EmbeddedServer, tmp_path: Path,
+    bucket_name: str,
+) -> None:  # fmt: skip
+    """-q (after the harness's -v: it wins) keeps the errors and drops the rest: the server
+    stopped and back, the mount logs the failed close (error), and neither the disconnect
+    and reconnect nor the retry's success (warnings) nor the uploads (info)."""
+    log = tmp_path / "quiet.log"
+    m = Mount(tmp_path / "mnt", private_server.url, bucket_name, log_dir=tmp_path,
+              args=("--timeout", "2", "-q", "--log-file", str(log))).start()  # fmt: skip
+    try:
+        (m.mountpoint / "first.bin").write_bytes(b"stored")
+        private_server.stop()
+        failing_close(m.mountpoint / "q.bin", b"q" * 1000)
+        private_server.start()
+        wait_for(lambda: status_json(m.mountpoint)["uploads"]["retrying"] == [], "the retry")
+        assert status_json(m.mountpoint)["server"]["reconnects"] >= 1
+    finally:
+        m.stop()
+    text = log.read_text()
+    assert re.search(r"^\S+ \S+ \d+ ERROR objfs\.\S+: upload of /q\.bin failed", text, re.M), text
+    assert [x for x in text.splitlines() if " ERROR " not in x] == [], text
+
+
+def test_metrics_port_alone_listens_on_loopback_only(
+    runtime_dir: Path, mounts: MountFactory
+) -> None:
+    """``--metrics-addr PORT``: the one listening socket on PORT (IPv4 and IPv6 tables of
+    this network namespace) is bound to 127.0.0.1."""
+    port = free_port()
+    mounts("--metrics-addr", str(port))
+    assert scrape(port)["objfs_connected"] == 1.0
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for row in f.read().splitlines()[1:]:
+                local, state = row.split()[1], row.split()[3]
+                address, _, hex_port = local.rpartition(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    listening.append((table, address))
+    assert listening == [("/proc/net/tcp", "0100007F")], listening  # 127.0.0.1, little-endian
 
 
 SECRET = "s3cret-Pa55word-7f3a"
@@ -492,3 +573,89 @@ def test_status_shows_an_upload_moving(
         relay.grant(math.inf)
         m.stop(check=False)
         relay.close()
+
+
+def test_status_shows_errors_retries_and_reconnects_across_a_server_restart(
+    fuse: None, runtime_dir: Path, private_server: EmbeddedServer, tmp_path: Path,
+    bucket_name: str,
+) -> None:  # fmt: skip
+    """The server stops: a close fails and its upload waits for a retry, both in the status
+    (recent errors, uploads.retrying, DISCONNECTED); back on the same port, the mount counts
+    the reconnect and the retry stores the file."""
+    m = Mount(tmp_path / "mnt", private_server.url, bucket_name, args=("--timeout", "2"),
+              log_dir=tmp_path).start()  # fmt: skip
+    try:
+        (m.mountpoint / "before.bin").write_bytes(b"stored")
+        doc = status_json(m.mountpoint)
+        assert doc["errors"] == [] and doc["server"]["reconnects"] == 0, doc
+        private_server.stop()
+        failing_close(m.mountpoint / "lost.bin", b"x" * 5000)
+        doc = status_json(m.mountpoint)
+        failed = [e for e in doc["errors"] if "upload of /lost.bin failed" in e]
+        assert failed and re.match(r"\d\d:\d\d:\d\d error: ", failed[0]), doc["errors"]
+        [retry] = doc["uploads"]["retrying"]
+        assert retry["path"] == "/lost.bin" and retry["size"] == 5000, retry
+        assert retry["attempts"] >= 1 and retry["last_error"], retry
+        assert doc["uploads"]["failed"] >= 1
+        wait_for(lambda: not status_json(m.mountpoint)["server"]["connected"], "DISCONNECTED")
+        lines = objfs("status", str(m.mountpoint)).stdout.splitlines()
+        assert any(re.fullmatch(r"  server +\S+ DISCONNECTED, 0 reconnect\(s\)", x)
+                   for x in lines), lines  # fmt: skip
+        assert any(re.fullmatch(r"  errors +\S+ (error|warning): .+", x) for x in lines), lines
+        retry_line = r" +/lost\.bin: 4\.9 KiB to retry after \d+ failed attempt\(s\): .+"
+        assert any(re.fullmatch(retry_line, x) for x in lines), lines
+        private_server.start()  # the same port and store
+
+        def back() -> bool:
+            server = status_json(m.mountpoint)["server"]
+            return bool(server["connected"]) and server["reconnects"] >= 1
+
+        wait_for(back, "the reconnect counted")
+        wait_for(lambda: status_json(m.mountpoint)["uploads"]["retrying"] == [], "the retry")
+        assert (m.mountpoint / "lost.bin").read_bytes() == b"x" * 5000
+        text = objfs("status", str(m.mountpoint)).stdout
+        assert re.search(r"^  server +\S+ connected, [1-9]\d* reconnect\(s\)$", text, re.M), text
+    finally:
+        m.stop()
+
+
+def test_status_lists_what_a_dead_mount_left_in_the_spool(
+    fuse: None, runtime_dir: Path, nats_server: EmbeddedServer, tmp_path: Path,
+    bucket_name: str,
+) -> None:  # fmt: skip
+    """A mount killed with a file open for writing leaves it in its spool directory; the
+    next mount of the same spool base keeps it there (not stored: never closed) and its
+    status lists the directory, and not the spool directory of another mount still running
+    beside it."""
+    def mount_at(name: str) -> Mount:
+        return Mount(tmp_path / name, nats_server.url, bucket_name, log_dir=tmp_path)
+
+    spool = tmp_path / "spool"  # Mount's default --spool-dir: shared by all three
+    dead = mount_at("dead").start()
+    try:
+        unfinished = open(dead.mountpoint / "unfinished.bin", "wb")  # noqa: SIM115
+        unfinished.write(b"half")
+        unfinished.flush()
+        kill(dead)
+    finally:
+        dead.stop(check=False)
+    with contextlib.suppress(OSError):
+        unfinished.close()
+    [left] = spool_dirs(spool)
+    m = mount_at("mnt").start()
+    beside = mount_at("beside")
+    try:
+        wait_for(lambda: "kept, not stored" in m.stderr(), "the unfinished file kept")
+        beside.start()
+        wait_for(lambda: "kept, not stored" in beside.stderr(), "the unfinished file kept again")
+        assert len(spool_dirs(spool)) == 3  # the dead mount's, and one of each live mount
+        expected = [{"dir": str(left), "files": 1}]
+        for live in (m, beside):
+            spool_doc = status_json(live.mountpoint)["spool"]
+            assert Path(spool_doc["dir"]).parent == spool, spool_doc
+            assert spool_doc["leftovers"] == expected, spool_doc
+        text = objfs("status", str(m.mountpoint)).stdout
+        assert f"            left by a dead mount: {left} (1 file(s))\n" in text, text
+    finally:
+        beside.stop()
+        m.stop()
