@@ -403,8 +403,15 @@ class TrioStore:
     async def update_meta(self, bucket: str, name: str, meta: ObjectMeta) -> ObjectInfo:
         return await self.bridge.call(self.store.update_meta, bucket, name, meta)
 
-    async def rename(self, bucket: str, old: str, new: str, *, replace: bool = False) -> ObjectInfo:
-        return await self.bridge.call(self.store.rename, bucket, old, new, replace=replace)
+    async def rename(
+        self, bucket: str, old: str, new: str, *, replace: bool = False, keep_replaced: bool = False
+    ) -> ObjectInfo:
+        return await self.bridge.call(
+            self.store.rename, bucket, old, new, replace=replace, keep_replaced=keep_replaced
+        )
+
+    async def purge(self, bucket: str, nuid: str) -> None:
+        await self.bridge.call(self.store.purge, bucket, nuid)
 
     async def delete(self, bucket: str, name: str) -> ObjectInfo:
         return await self.bridge.call(self.store.delete, bucket, name)

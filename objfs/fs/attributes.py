@@ -47,10 +47,10 @@ UNLIMITED_FILES = 1 << 32
 
 def nlink(node: Node) -> int:
     """``st_nlink``: a directory has ``.``, its entry and each subdirectory's ``..``; a file
-    one name (objfs has no hard links), none once unlinked (still open)."""
-    if node.is_dir:
-        return 2 + node.subdirs
-    return 1 if node.attached else 0
+    one name (objfs has no hard links); either none once removed (still open)."""
+    if not node.attached:
+        return 0
+    return 2 + node.subdirs if node.is_dir else 1
 
 
 class Attributes:

@@ -110,7 +110,8 @@ class Files:
         handle = self.handles.open(node, writable)
         handle.info = node.info
         try:
-            if writable and flags & os.O_TRUNC and node.size:
+            if writable and flags & os.O_TRUNC:
+                # Also of an empty file: open(2) marks mtime and ctime for update either way.
                 await self.truncate(node, 0)
                 node.attrs.mtime_ns = node.attrs.ctime_ns = time.time_ns()
         except BaseException:
@@ -237,9 +238,7 @@ class Files:
         finally:
             self.settle(node)
             if node.file.handles == 0:
-                unlinked, node.file.delete_on_close = node.file.delete_on_close, None
-                if unlinked is not None:
-                    await self._retract(unlinked)  # unlinked while open: its delete is now
+                await self._gone_at_last_close(node)
             self.table.maybe_drop(node)
 
     def settle(self, node: Node) -> None:
@@ -255,6 +254,19 @@ class Files:
                 node.file.spool = None
                 self.watcher.local_done(node)  # a remote change held while writing
         self.table.maybe_drop(node)
+
+    async def _gone_at_last_close(self, node: Node) -> None:
+        """What an unlink or a rename over ``node`` left for its last close: the delete of
+        its object, or the purge of the chunks its readers were still reading."""
+        unlinked, node.file.delete_on_close = node.file.delete_on_close, None
+        if unlinked is not None:
+            await self._retract(unlinked)
+        replaced, node.file.purge_on_close = node.file.purge_on_close, None
+        if replaced is not None:
+            try:
+                await self.store.purge(replaced.bucket, replaced.nuid)
+            except StoreError as e:  # a leak, never a loss: nothing refers to them
+                log.warning("chunks of replaced %s kept: %s", replaced.name, e)
 
     async def _retract(self, info: ObjectInfo) -> None:
         """Delete ``info``'s object for a file unlinked here, unless it was replaced since.
@@ -375,10 +387,8 @@ class Files:
             self.early.discard(node)
             spool.close()
             node.file.spool = None
-        for node in self.table.nodes():  # unlinked while open, still open at unmount
-            unlinked, node.file.delete_on_close = node.file.delete_on_close, None
-            if unlinked is not None:
-                await self._retract(unlinked)
+        for node in self.table.nodes():  # unlinked or replaced while open, open at unmount
+            await self._gone_at_last_close(node)
         return failures
 
     def _display(self, node: Node) -> str:

@@ -54,8 +54,9 @@ class Kind(enum.Enum):
 class FileState:
     """The per-inode state of open files and writes, owned by ``files.Files``.
 
-    Written only by ``Files`` and ``HandleTable`` (and ``names.Names.unlink``, which hands a
-    still-open file's object over to ``delete_on_close``); the watcher reads it to know that
+    Written only by ``Files`` and ``HandleTable`` (and ``names.Names``: unlink hands a
+    still-open file's object over to ``delete_on_close``, a rename over it to
+    ``purge_on_close``); the watcher reads it to know that
     a node is being written here and appends to ``remote``. All of it changes only between
     awaits of one trio task (no preemption), except the spool's content, see ``spool.lock``.
     """
@@ -70,6 +71,9 @@ class FileState:
     """The nuid whose pages the kernel may hold for this inode (keep_cache is safe if equal)."""
     delete_on_close: ObjectInfo | None = None
     """The object of a file unlinked while open here: deleted at its last close."""
+    purge_on_close: ObjectInfo | None = None
+    """The object of a file replaced by a rename while open here: its name is the renamed
+    file's now, its chunks are purged at its last close (its readers read on until then)."""
     remote: list[ObjectInfo] = field(default_factory=list)
     """Versions the watch delivered while this mount was writing the node (``watcher``)."""
 

@@ -30,7 +30,7 @@ from objfs.bridge import TrioStore
 from objfs.fs.coherence import Coherence
 from objfs.fs.errors import FsError
 from objfs.fs.inodes import ROOT_INO, InodeTable, Kind, Node
-from objfs.fs.naming import in_bucket, new_attrs, object_name, touch
+from objfs.fs.naming import check_symlink_target, in_bucket, new_attrs, object_name, touch
 from objfs.fs.posix_attrs import attrs_to_headers, symlink_target
 from objfs.fs.values import Caller
 from objfs.fs.watcher import Watcher
@@ -66,6 +66,7 @@ class Links:
         """``Names.symlink``: the plain symlink object, where no NATS link can designate."""
 
     async def symlink(self, parent_ino: int, name: str, target: str, caller: Caller) -> Node:
+        check_symlink_target(target)
         parent = await self.coherence.directory(parent_ino)
         link = await self._link_for(await self._resolve(parent, target))
         if link is None or self.table.child(parent, name) is not None:

@@ -31,6 +31,7 @@ import errno
 import itertools
 import logging
 import stat
+import time
 
 import trio
 
@@ -295,6 +296,7 @@ class Names:
             await self._rename_object(node, new_full, target, noreplace)
         if target is not None:
             self.table.detach(target)
+            target.attrs.ctime_ns = time.time_ns()  # its link count went to 0 (fstat shows it)
         self.table.move(node, new_parent, new_name)
 
     async def _rename_object(
@@ -311,14 +313,31 @@ class Names:
             return
         # rename(2) replaces whatever has the new name, also an object another client stored
         # that the tree does not show yet (EEXIST would be no answer rename(2) ever gives).
-        node.info = await self._rename(node.bucket, node.info.name, new_full, replace=not noreplace)
+        # A replaced file open here keeps its chunks for its readers until its last close,
+        # as on a local disk ("write a copy, rename it over the original" under a reader).
+        keep = (
+            target is not None
+            and target.file.handles > 0
+            and target.info is not None
+            and target.info.nuid != node.info.nuid
+            and not target.info.is_link
+        )
+        node.info = await self._rename(
+            node.bucket, node.info.name, new_full, replace=not noreplace, keep_replaced=keep
+        )
+        if keep and target is not None:
+            target.file.purge_on_close = target.info
 
     async def _delete(self, bucket: str, name: str) -> None:
         tomb = await self.store.delete(bucket, name)
         self.watcher.removed(bucket, name, tomb.revision)
 
-    async def _rename(self, bucket: str, old: str, new: str, *, replace: bool) -> ObjectInfo:
-        moved = await self.store.rename(bucket, old, new, replace=replace)
+    async def _rename(
+        self, bucket: str, old: str, new: str, *, replace: bool, keep_replaced: bool = False
+    ) -> ObjectInfo:
+        moved = await self.store.rename(
+            bucket, old, new, replace=replace, keep_replaced=keep_replaced
+        )
         self.watcher.removed(bucket, old, moved.revision)
         return moved
 

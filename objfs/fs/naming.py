@@ -30,6 +30,15 @@ def check_component(name: str) -> None:
         raise FsError(errno.EINVAL)
 
 
+def check_symlink_target(target: str) -> None:
+    """EINVAL unless ``target`` can be stored: it travels as JSON text (a header or a link's
+    name), so it must be UTF-8, as names must."""
+    try:
+        target.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FsError(errno.EINVAL, "symlink target is not valid UTF-8") from None
+
+
 def object_name(
     parent: Node, name: str, *, directory: bool = False, limit: int = MAX_NAME_BYTES
 ) -> str:

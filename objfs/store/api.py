@@ -265,12 +265,21 @@ class ObjectStore(Protocol):
         """Replace description, headers and metadata; no data is copied."""
 
     @abc.abstractmethod
-    async def rename(self, bucket: str, old: str, new: str, *, replace: bool = False) -> ObjectInfo:
+    async def rename(
+        self, bucket: str, old: str, new: str, *, replace: bool = False, keep_replaced: bool = False
+    ) -> ObjectInfo:
         """Give an object a new name without copying data.
 
         Exists if ``new`` is a live object and ``replace`` is false; with ``replace`` the
-        object that was at ``new`` is deleted (its chunks purged) after the rename.
+        object that was at ``new`` is deleted (its chunks purged) after the rename, or with
+        ``keep_replaced`` only its name is: its chunks stay for readers that have it open,
+        until ``purge``.
         """
+
+    @abc.abstractmethod
+    async def purge(self, bucket: str, nuid: str) -> None:
+        """Drop the chunks ``nuid`` of an object no name refers to any more (one replaced
+        with ``keep_replaced``, once its last reader is gone)."""
 
     @abc.abstractmethod
     async def delete(self, bucket: str, name: str) -> ObjectInfo:

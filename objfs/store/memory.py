@@ -320,7 +320,9 @@ class MemoryObjectStore(ObjectStore):
         info.metadata = dict(meta.metadata)
         return self._publish(b, info)
 
-    async def rename(self, bucket: str, old: str, new: str, *, replace: bool = False) -> ObjectInfo:
+    async def rename(
+        self, bucket: str, old: str, new: str, *, replace: bool = False, keep_replaced: bool = False
+    ) -> ObjectInfo:
         await self._enter("rename")
         b = self._writable(bucket)
         check_object(old)
@@ -343,10 +345,15 @@ class MemoryObjectStore(ObjectStore):
             events.reverse()
         for event in events:
             b.notify(event)
-        if dst is not None and dst.nuid != src.nuid:
+        if dst is not None and dst.nuid != src.nuid and not keep_replaced:
             self._purge(b, dst.nuid)
         self._leave("rename")
         return result
+
+    async def purge(self, bucket: str, nuid: str) -> None:
+        await self._enter("purge")
+        self._purge(self._writable(bucket), nuid)
+        self._leave("purge")
 
     async def delete(self, bucket: str, name: str) -> ObjectInfo:
         await self._enter("delete")

@@ -469,7 +469,9 @@ class NatsObjectStore(ObjectStore):
         )
         return await self._publish_meta(new)
 
-    async def rename(self, bucket: str, old: str, new: str, *, replace: bool = False) -> ObjectInfo:
+    async def rename(
+        self, bucket: str, old: str, new: str, *, replace: bool = False, keep_replaced: bool = False
+    ) -> ObjectInfo:
         check_object(new)
         src = await self.info(bucket, old)
         if old == new:
@@ -513,10 +515,15 @@ class NatsObjectStore(ObjectStore):
             and dst is not None
             and dst.nuid != src.nuid
             and not dst.is_link
+            and not keep_replaced
             and not await self._shares_chunks(dst, dst_headers)
         ):
             await self._purge_chunks(bucket, dst.nuid)
         return moved
+
+    async def purge(self, bucket: str, nuid: str) -> None:
+        check_bucket(bucket)
+        await self._purge_chunks(bucket, nuid)
 
     async def _landed(
         self, bucket: str, name: str, nuid: str

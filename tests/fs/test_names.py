@@ -13,7 +13,7 @@ from objfs.fs import FsError
 from objfs.fs.inodes import ROOT_INO
 from objfs.fs.values import SetAttr
 from objfs.store.api import BucketConfig
-from objfs.store.errors import Exists
+from objfs.store.errors import Exists, StoreError
 
 
 async def names(store, bucket):
@@ -65,6 +65,29 @@ async def test_rename_replaces_an_object_the_tree_does_not_show_yet(store, bucke
     assert refused.value.errno == errno.EEXIST
     assert await stored(store, bucket_name, "d") == b"from another client too"
     assert await names(store, bucket_name) == ["b", "c", "d"]
+
+
+async def test_rename_over_a_file_open_here_keeps_it_readable_until_its_last_close(
+    store, bucket_name, make_fs
+):
+    """"Write a copy, rename it over the original" while a reader has the original open: the
+    reader reads on (a local disk keeps the replaced inode until its last close; the chunks
+    were purged at once and the read gave ESTALE), and the chunks go at that close."""
+    fs = await make_fs(store, bucket_name)
+    await write_file(fs, "v1", b"one")
+    target = await write_file(fs, "v2", b"two")
+    old = target.info
+    handle, _ = await fs.open(target.ino, os.O_RDONLY)
+    await fs.rename(ROOT_INO, "v1", ROOT_INO, "v2")
+    assert await fs.read(handle.fh, 0, 100) == b"two"
+    assert fs.stat(target).nlink == 0  # fstat of the replaced file
+    assert await stored(store, bucket_name, "v2") == b"one"
+    layout = await store.layout(old)
+    assert b"".join(await store.read_chunks(layout, 0, 1)) == b"two"  # kept meanwhile
+    await fs.release(handle.fh)
+    with pytest.raises(StoreError):  # purged at the last close
+        await store.read_chunks(await store.layout(old), 0, 1)
+    assert await names(store, bucket_name) == ["v2"]
 
 
 async def test_rename_directory_moves_everything(store, bucket_name, make_fs):

@@ -141,6 +141,25 @@ def link_counts(root: Path) -> Obs:
     os.unlink(b / "f")
     out.append(["fstat unlinked", os.fstat(fd).st_nlink])
     os.close(fd)
+    # A file replaced by a rename while open: it reads on, its link count 0, its ctime moved.
+    (b / "v1").write_bytes(b"one")
+    (b / "v2").write_bytes(b"two")
+    fd = os.open(b / "v2", os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # read it from the filesystem
+    before = os.fstat(fd)
+    tick()
+    os.rename(b / "v1", b / "v2")
+    after = os.fstat(fd)
+    out.append([
+        "renamed over while open", os.read(fd, 10).decode(), after.st_nlink,
+        after.st_ctime_ns > before.st_ctime_ns, (b / "v2").read_bytes().decode(),
+    ])  # fmt: skip
+    os.close(fd)
+    (a / "gone").mkdir()
+    fd = os.open(a / "gone", os.O_RDONLY)
+    os.rmdir(a / "gone")
+    out.append(["fstat removed directory", os.fstat(fd).st_nlink])
+    os.close(fd)
     out.append(["hard link refused", attempt(lambda: os.link(a / "z", b / "zz"))])
     return out
 
@@ -258,6 +277,9 @@ def times(root: Path) -> Obs:
     step("create", lambda: f.write_bytes(b"1"), d)
     step("write", lambda: f.write_bytes(b"22"), f, d)
     step("truncate", lambda: os.truncate(f, 1), f, d)
+    e = d / "e"
+    e.write_bytes(b"")
+    step("O_TRUNC of an empty file", lambda: os.close(os.open(e, os.O_WRONLY | os.O_TRUNC)), e, d)
     step("chmod", lambda: os.chmod(f, 0o600), f, d)
     step("chown", lambda: os.chown(f, os.getuid(), os.getgid()), f, d)
     step("chown -1 -1", lambda: os.chown(f, -1, -1), f, d)

@@ -108,7 +108,12 @@ def test_names_that_are_not_utf8(mount: Mount) -> None:
     with pytest.raises(OSError) as e:
         os.mkdir(bad)
     assert e.value.errno == errno.EINVAL
+    # A symlink target must be UTF-8 too (it is stored as JSON text): EINVAL, not EIO.
+    with pytest.raises(OSError) as e:
+        os.symlink(b"target\xff", os.fsencode(mount.mountpoint) + b"/ln")
+    assert e.value.errno == errno.EINVAL
     assert os.listdir(mount.mountpoint) == []
+    assert "Traceback" not in mount.stderr(), mount.stderr()
 
 
 def test_very_deep_paths_end_in_enametoolong(mount: Mount) -> None:
