@@ -138,8 +138,11 @@ def link_counts(root: Path) -> Obs:
     os.rmdir(a / "y")
     out.append(["rmdir", os.stat(a).st_nlink])
     fd = os.open(b / "f", os.O_RDWR)
+    before = os.fstat(fd)
+    tick()
     os.unlink(b / "f")
     out.append(["fstat unlinked", os.fstat(fd).st_nlink])
+    out.append(["unlink moved ctime", os.fstat(fd).st_ctime_ns > before.st_ctime_ns])
     os.close(fd)
     # A file replaced by a rename while open: it reads on, its link count 0, its ctime moved.
     (b / "v1").write_bytes(b"one")

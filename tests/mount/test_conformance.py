@@ -151,10 +151,11 @@ def test_hard_links_are_eperm(shared: tuple[Mount, Path]) -> None:
     assert e.value.errno == errno.EPERM
 
 
-def test_names(shared: tuple[Mount, Path]) -> None:
+@pytest.mark.parametrize("uid", [0, NOBODY])
+def test_names(shared: tuple[Mount, Path], uid: int) -> None:
     m, local = shared
-    want = run_case("names", local)
-    got = run_case("names", m.mountpoint)
+    want = run_case("names", local, uid)
+    got = run_case("names", m.mountpoint, uid)
     # Linux filesystems take any bytes; objfs's names are UTF-8 (object names are strings).
     assert want[-1] == ["bad utf-8", "ok"] and got[-1] == ["bad utf-8", "EINVAL"]
     assert got[:-1] == want[:-1]
