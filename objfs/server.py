@@ -219,7 +219,17 @@ class EmbeddedServer:
                         f"{self.data_dir} is in use by another objfs{who} (its embedded server "
                         "holds the lock)"
                     ) from None
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: see below
+                # The lock goes with the last process holding it, which may still be
+                # exiting (the killed objfs or its server): wait for that, bounded.
+                deadline = time.monotonic() + 15
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise  # see below
+                        time.sleep(0.05)
         except BlockingIOError:
             os.close(fd)
             raise ServerError(f"{self.data_dir} is still locked by its previous server") from None
